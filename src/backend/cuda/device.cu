@@ -1,0 +1,68 @@
+// CUDA device management: stream-ordered allocation and clear errors naming what was asked.
+#include <cuda_runtime.h>
+
+#include "backend/cuda/device.hpp"
+#include "core/error.hpp"
+
+namespace linarch::cuda {
+
+namespace {
+void check(cudaError_t status, const char* what) {
+    if (status != cudaSuccess) fail("CUDA error in {}: {}", what, cudaGetErrorString(status));
+}
+}  // namespace
+
+bool built_with_cuda() { return true; }
+
+int device_count() {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError();  // clear the sticky "no device" status
+        return 0;
+    }
+    return count;
+}
+
+std::string describe_device(int index) {
+    if (device_count() <= index) return "no CUDA device visible";
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, index), "cudaGetDeviceProperties");
+    return fmt::format("{}, sm_{}{}, {:.1f} GiB", prop.name, prop.major, prop.minor,
+                       double(prop.totalGlobalMem) / double(1ull << 30));
+}
+
+void require_device(const std::string& what) {
+    if (device_count() == 0)
+        fail("{} needs a CUDA GPU, but none is usable here ({})", what, describe_device());
+}
+
+void* allocate(size_t bytes) {
+    require_device("allocating device memory");
+    void* ptr = nullptr;
+    const cudaError_t status = cudaMallocAsync(&ptr, bytes, cudaStreamPerThread);
+    if (status == cudaErrorMemoryAllocation) {
+        size_t free_bytes = 0, total_bytes = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&free_bytes, &total_bytes);
+        fail("out of GPU memory: asked for {:.1f} MiB, {:.1f} MiB free of {:.1f} MiB",
+             bytes / 1048576.0, free_bytes / 1048576.0, total_bytes / 1048576.0);
+    }
+    check(status, "cudaMallocAsync");
+    return ptr;
+}
+
+void release(void* ptr, size_t) {
+    if (ptr != nullptr) cudaFreeAsync(ptr, cudaStreamPerThread);
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cudaStreamPerThread), "copy to GPU");
+    check(cudaStreamSynchronize(cudaStreamPerThread), "copy to GPU");
+}
+
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cudaStreamPerThread), "copy from GPU");
+    check(cudaStreamSynchronize(cudaStreamPerThread), "copy from GPU");
+}
+
+}  // namespace linarch::cuda

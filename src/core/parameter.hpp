@@ -1,0 +1,33 @@
+// Trainable parameters: a value and its gradient, under a stable name (the checkpoint key).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/tensor.hpp"
+
+namespace linarch {
+
+struct Parameter {
+    std::string name;
+    Tensor value;  // f32 master copy
+    Tensor grad;   // same shape, accumulated by backward passes
+    bool decay = true;  // weight decay applies (not to norms' gains)
+};
+
+// Owns every parameter of a model in creation order (the order checkpoints and optimisers use).
+class ParameterStore {
+public:
+    Parameter& add(const std::string& name, const Shape& shape, bool decay = true);
+    Parameter& get(const std::string& name);
+    const Parameter* find(const std::string& name) const;
+    std::vector<Parameter>& all() { return params_; }
+    const std::vector<Parameter>& all() const { return params_; }
+    void zero_grad();
+    int64_t count() const;  // total number of scalars
+
+private:
+    // deque-like stability is not needed: references are taken after construction is complete.
+    std::vector<Parameter> params_;
+};
+
+}  // namespace linarch

@@ -1,0 +1,99 @@
+#include "support/testkit.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+
+#include "core/rng.hpp"
+
+namespace linarch::testkit {
+
+uint64_t test_seed() {
+    static const uint64_t seed = [] {
+        uint64_t s;
+        if (const char* env = std::getenv("LINARCH_TEST_SEED")) {
+            s = std::strtoull(env, nullptr, 10);
+        } else {
+            std::random_device device;
+            s = (uint64_t(device()) << 32) | device();
+        }
+        std::fprintf(stderr, "[linarch tests] LINARCH_TEST_SEED=%llu\n", static_cast<unsigned long long>(s));
+        return s;
+    }();
+    return seed;
+}
+
+Tensor random_normal(const Shape& shape, DType dtype, uint64_t stream, double std) {
+    Tensor t = Tensor::empty(shape, DType::f64);
+    RngStream rng(test_seed(), stream);
+    double* p = t.data<double>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = std * rng.normal();
+    return dtype == DType::f64 ? t : t.to(dtype);
+}
+
+Tensor random_uniform(const Shape& shape, DType dtype, uint64_t stream, double low, double high) {
+    Tensor t = Tensor::empty(shape, DType::f64);
+    RngStream rng(test_seed(), stream);
+    double* p = t.data<double>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = low + (high - low) * rng.uniform();
+    return dtype == DType::f64 ? t : t.to(dtype);
+}
+
+std::vector<int32_t> random_ids(int64_t count, int32_t n, uint64_t stream) {
+    RngStream rng(test_seed(), stream);
+    std::vector<int32_t> ids(static_cast<size_t>(count));
+    for (auto& id : ids) id = static_cast<int32_t>(rng.below(uint64_t(n)));
+    return ids;
+}
+
+double relative_error(const Tensor& out, const Tensor& ref) {
+    LINARCH_CHECK(out.shape() == ref.shape(), "relative_error: shapes {} and {}", shape_string(out.shape()),
+                  shape_string(ref.shape()));
+    double diff = 0, norm = 0;
+    for (int64_t i = 0; i < out.numel(); ++i) {
+        const double r = ref.flat(i), d = out.flat(i) - r;
+        diff += d * d;
+        norm += r * r;
+    }
+    LINARCH_CHECK(norm > 0, "relative_error: the reference is all zeros (a test must not compare against zeros)");
+    return std::sqrt(diff / norm);
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+    LINARCH_CHECK(a.shape() == b.shape(), "dot: shapes {} and {}", shape_string(a.shape()), shape_string(b.shape()));
+    double sum = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) sum += a.flat(i) * b.flat(i);
+    return sum;
+}
+
+double gradient_check(const std::function<double()>& loss, Tensor& input, const Tensor& analytic,
+                      int64_t max_entries, double step) {
+    LINARCH_CHECK(input.dtype() == DType::f64 && input.is_contiguous(),
+                  "gradient_check needs a contiguous f64 input");
+    LINARCH_CHECK(input.shape() == analytic.shape(), "gradient_check: input {} vs gradient {}",
+                  shape_string(input.shape()), shape_string(analytic.shape()));
+    const int64_t n = input.numel();
+    const int64_t count = std::min(n, max_entries);
+    RngStream pick(test_seed(), 0x6772616463686b);
+    double* x = input.data<double>();
+    double diff = 0, norm = 0;
+    for (int64_t j = 0; j < count; ++j) {
+        // All entries when small; otherwise a random sample (with the first and last always in).
+        const int64_t i = (count == n) ? j : (j == 0 ? 0 : j == 1 ? n - 1 : int64_t(pick.below(uint64_t(n))));
+        const double saved = x[i];
+        x[i] = saved + step;
+        const double up = loss();
+        x[i] = saved - step;
+        const double down = loss();
+        x[i] = saved;
+        const double fd = (up - down) / (2 * step);
+        const double d = fd - analytic.flat(i);
+        diff += d * d;
+        norm += fd * fd;
+    }
+    LINARCH_CHECK(norm > 0, "gradient_check: the finite-difference gradient is all zeros");
+    return std::sqrt(diff / norm);
+}
+
+}  // namespace linarch::testkit

@@ -1,0 +1,35 @@
+// Shared test helpers: fresh random inputs, relative error, finite-difference gradient checks.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.hpp"
+
+namespace linarch::testkit {
+
+// Base seed of this test process: random each run (so tests see fresh inputs), or
+// LINARCH_TEST_SEED to replay a failure. Printed once so a failing run can be reproduced.
+uint64_t test_seed();
+
+// Tensor of independent N(0, std²) draws (stream distinguishes tensors within one test).
+Tensor random_normal(const Shape& shape, DType dtype, uint64_t stream, double std = 1.0);
+// Uniform draws in [low, high).
+Tensor random_uniform(const Shape& shape, DType dtype, uint64_t stream, double low, double high);
+// Integers uniform in [0, n).
+std::vector<int32_t> random_ids(int64_t count, int32_t n, uint64_t stream);
+
+// ‖out − ref‖ / ‖ref‖ over all elements, in double; shapes must match.
+double relative_error(const Tensor& out, const Tensor& ref);
+
+// Σ_i a_i · b_i in double (projects an output onto a random direction to make a scalar loss).
+double dot(const Tensor& a, const Tensor& b);
+
+// Central finite differences of `loss` with respect to up to `max_entries` entries of `input`
+// (an f64 tensor that `loss` reads), compared with `analytic` (the gradient a backward pass
+// produced). Returns ‖fd − analytic‖ / ‖fd‖ over the checked entries.
+double gradient_check(const std::function<double()>& loss, Tensor& input, const Tensor& analytic,
+                      int64_t max_entries = 64, double step = 1e-6);
+
+}  // namespace linarch::testkit
