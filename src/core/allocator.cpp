@@ -51,7 +51,8 @@ void CpuPool::release(void* ptr, size_t bytes) {
     if (ptr == nullptr) return;
     const size_t cls = size_class(bytes);
     std::lock_guard lock(mutex_);
-    free_blocks_.emplace(cls, ptr);
+    // Newest first within a size class: the block just released is the one most likely in cache.
+    free_blocks_.emplace_hint(free_blocks_.lower_bound(cls), cls, ptr);
     cached_bytes_ += cls;
     live_bytes_ -= cls;
 }

@@ -1,6 +1,7 @@
 // Trainable parameters: a value and its gradient, under a stable name (the checkpoint key).
 #pragma once
 #include <string>
+#include <deque>
 #include <vector>
 
 #include "core/tensor.hpp"
@@ -20,14 +21,13 @@ public:
     Parameter& add(const std::string& name, const Shape& shape, bool decay = true);
     Parameter& get(const std::string& name);
     const Parameter* find(const std::string& name) const;
-    std::vector<Parameter>& all() { return params_; }
-    const std::vector<Parameter>& all() const { return params_; }
+    std::deque<Parameter>& all() { return params_; }
+    const std::deque<Parameter>& all() const { return params_; }
     void zero_grad();
     int64_t count() const;  // total number of scalars
 
 private:
-    // deque-like stability is not needed: references are taken after construction is complete.
-    std::vector<Parameter> params_;
+    std::deque<Parameter> params_;  // deque: layers keep references to their parameters
 };
 
 }  // namespace linarch

@@ -31,7 +31,7 @@ void linear_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Ten
                                          const Tensor& k, const Tensor& v, const Tensor* initial_state,
                                          const LinearAttentionArgs& args);
 
-// Causal depthwise convolution over time (mixers.md §12), kernel K (2..8), optional SiLU after:
+// Causal depthwise convolution over time (mixers.md §12), kernel K (1..8), optional SiLU after:
 // out[b,t,c] = act(Σ_{j<K} weight[c,j] · x[b, t-K+1+j, c])   (x before the sequence start is 0)
 // x, out [B,T,C]; weight [C,K].
 void short_conv_forward(Tensor& out, const Tensor& x, const Tensor& weight, bool silu);

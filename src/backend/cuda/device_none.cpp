@@ -13,7 +13,10 @@ void require_device(const std::string& what) {
          "or at /usr/local/cuda)", what);
 }
 
-void* allocate(size_t) { require_device("allocating device memory"); }
+void* allocate(size_t) {
+    require_device("allocating device memory");
+    return nullptr;
+}
 void release(void*, size_t) {}
 void copy_to_device(void*, const void*, size_t) { require_device("copying to the GPU"); }
 void copy_to_host(void*, const void*, size_t) { require_device("copying from the GPU"); }

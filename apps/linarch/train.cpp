@@ -1,0 +1,44 @@
+#include <fmt/core.h>
+
+#include "commands.hpp"
+#include "core/spec.hpp"
+#include "train/trainer.hpp"
+
+namespace linarch::cli {
+
+void add_train_command(CLI::App& app) {
+    struct Options {
+        std::string config, out;
+        std::vector<std::string> overrides;
+        int64_t steps = 0;
+        bool resume = false;
+    };
+    auto options = std::make_shared<Options>();
+    CLI::App* cmd = app.add_subcommand("train", "Train a model from a TOML spec");
+    cmd->add_option("--config,-c", options->config, "Spec file (TOML)")->required()->check(CLI::ExistingFile);
+    cmd->add_option("--steps", options->steps, "Override run.steps");
+    cmd->add_option("--set", options->overrides, "Override a spec field: dotted.key=value (repeatable)");
+    cmd->add_option("--out,-o", options->out, "Run directory (checkpoints, metrics.jsonl); default runs/<config name>");
+    cmd->add_flag("--resume", options->resume, "Continue the run in --out from its latest checkpoint");
+    cmd->callback([options] {
+        std::vector<std::string> overrides = options->overrides;
+        if (options->steps > 0) overrides.push_back(fmt::format("run.steps={}", options->steps));
+        const Spec spec = load_spec(options->config, overrides);
+        TrainOptions train_options;
+        train_options.out_dir = options->out.empty()
+                                    ? std::filesystem::path("runs") / std::filesystem::path(options->config).stem()
+                                    : std::filesystem::path(options->out);
+        train_options.resume = options->resume;
+        const TrainResult result = train(spec, train_options);
+        if (result.interrupted) {
+            fmt::print("interrupted at step {}; resume with --resume --out {}\n", result.steps_done,
+                       train_options.out_dir.string());
+            return;
+        }
+        fmt::print("trained {} steps; checkpoint {}\n", result.steps_done, result.checkpoint.string());
+        fmt::print("val_loss={:.4f}\n", result.val_loss);
+        fmt::print("val_bpb={:.4f}\n", result.val_bpb);
+    });
+}
+
+}  // namespace linarch::cli

@@ -1,0 +1,497 @@
+// Spec parsing: TOML text (+ --set overrides) → validated Spec, and Spec → TOML text.
+// One schema table below lists every key, its type, its accepted values and its place in Spec;
+// parsing, printing and comparison all walk that table, so a key is described exactly once.
+#include "core/spec.hpp"
+
+#include <toml++/toml.h>
+
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <variant>
+
+#include "core/atomic_file.hpp"
+#include "core/error.hpp"
+
+namespace linarch {
+
+namespace {
+
+constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// ---- schema -----------------------------------------------------------------------------------
+// Accepted values (the error messages print the same ranges):
+//   model:  vocab_size [2, 2^24]; d_model, n_heads, head_dim >= 1; n_layers [1, 1024];
+//           mlp_hidden >= 0; norm_eps > 0; init_std > 0
+//   mixer:  kind "linear_attention"; decay "none" | "fixed"; chunk_size [1, 1024];
+//           conv_size 0 or [2, 8]; output_norm boolean
+//   data:   corpus non-empty string; seq_len >= 2; batch_size >= 1
+//   optim:  lr > 0; min_lr_ratio [0, 1]; warmup_steps >= 0; weight_decay >= 0; beta1, beta2 [0, 1);
+//           eps > 0; grad_clip >= 0; grad_accum >= 1
+//   run:    steps >= 1; seed [0, 2^64) (above 2^63 − 1, TOML's integer range, as a decimal string);
+//           eval_every >= 0; eval_batches >= 1; checkpoint_every >= 0; log_every >= 1; threads >= 0
+// Numbers must be finite. Integer fields reject floats (3.0); number fields accept integers.
+
+struct IntField {
+    int64_t& (*get)(Spec&);
+    int64_t low, high;  // inclusive; high == kNoLimit: unbounded
+    bool zero_too;      // 0 is accepted besides [low, high] ("0 = off")
+};
+struct SeedField {
+    uint64_t& (*get)(Spec&);
+};
+struct FloatField {
+    double& (*get)(Spec&);
+    double low, high;  // high == kInf: unbounded
+    bool low_open, high_open;
+};
+struct BoolField {
+    bool& (*get)(Spec&);
+};
+struct StringField {
+    std::string& (*get)(Spec&);
+    std::vector<std::string_view> choices;  // empty: any non-empty string
+};
+using FieldKind = std::variant<IntField, SeedField, FloatField, BoolField, StringField>;
+
+struct Field {
+    std::string_view key;
+    FieldKind kind;
+};
+
+struct TableSchema {
+    std::string_view path;  // "model.mixer"
+    std::vector<Field> fields;
+    std::vector<std::string_view> subtables;  // keys naming nested tables ("mixer" in model)
+};
+
+#define LINARCH_MEMBER(member) [](Spec& s) -> auto& { return s.member; }
+
+IntField at_least(int64_t& (*get)(Spec&), int64_t low) { return {get, low, kNoLimit, false}; }
+IntField in_range(int64_t& (*get)(Spec&), int64_t low, int64_t high) { return {get, low, high, false}; }
+FloatField positive(double& (*get)(Spec&)) { return {get, 0, kInf, true, false}; }
+FloatField non_negative(double& (*get)(Spec&)) { return {get, 0, kInf, false, false}; }
+
+// In the order spec_to_toml writes them (a table's subtables follow its keys, as TOML requires).
+const std::vector<TableSchema>& schema() {
+    static const std::vector<TableSchema> tables = {
+        {"model",
+         {
+             {"vocab_size", in_range(LINARCH_MEMBER(model.vocab_size), 2, int64_t(1) << 24)},
+             {"d_model", at_least(LINARCH_MEMBER(model.d_model), 1)},
+             {"n_layers", in_range(LINARCH_MEMBER(model.n_layers), 1, 1024)},
+             {"n_heads", at_least(LINARCH_MEMBER(model.n_heads), 1)},
+             {"head_dim", at_least(LINARCH_MEMBER(model.head_dim), 1)},
+             {"mlp_hidden", at_least(LINARCH_MEMBER(model.mlp_hidden), 0)},
+             {"norm_eps", positive(LINARCH_MEMBER(model.norm_eps))},
+             {"init_std", positive(LINARCH_MEMBER(model.init_std))},
+         },
+         {"mixer"}},
+        {"model.mixer",
+         {
+             {"kind", StringField{LINARCH_MEMBER(model.mixer.kind), {"linear_attention"}}},
+             {"decay", StringField{LINARCH_MEMBER(model.mixer.decay), {"none", "fixed"}}},
+             {"chunk_size", in_range(LINARCH_MEMBER(model.mixer.chunk_size), 1, 1024)},
+             {"conv_size", IntField{LINARCH_MEMBER(model.mixer.conv_size), 2, 8, true}},
+             {"output_norm", BoolField{LINARCH_MEMBER(model.mixer.output_norm)}},
+         },
+         {}},
+        {"data",
+         {
+             {"corpus", StringField{LINARCH_MEMBER(data.corpus), {}}},
+             {"seq_len", at_least(LINARCH_MEMBER(data.seq_len), 2)},
+             {"batch_size", at_least(LINARCH_MEMBER(data.batch_size), 1)},
+         },
+         {}},
+        {"optim",
+         {
+             {"lr", positive(LINARCH_MEMBER(optim.lr))},
+             {"min_lr_ratio", FloatField{LINARCH_MEMBER(optim.min_lr_ratio), 0, 1, false, false}},
+             {"warmup_steps", at_least(LINARCH_MEMBER(optim.warmup_steps), 0)},
+             {"weight_decay", non_negative(LINARCH_MEMBER(optim.weight_decay))},
+             {"beta1", FloatField{LINARCH_MEMBER(optim.beta1), 0, 1, false, true}},
+             {"beta2", FloatField{LINARCH_MEMBER(optim.beta2), 0, 1, false, true}},
+             {"eps", positive(LINARCH_MEMBER(optim.eps))},
+             {"grad_clip", non_negative(LINARCH_MEMBER(optim.grad_clip))},
+             {"grad_accum", at_least(LINARCH_MEMBER(optim.grad_accum), 1)},
+         },
+         {}},
+        {"run",
+         {
+             {"steps", at_least(LINARCH_MEMBER(run.steps), 1)},
+             {"seed", SeedField{LINARCH_MEMBER(run.seed)}},
+             {"eval_every", at_least(LINARCH_MEMBER(run.eval_every), 0)},
+             {"eval_batches", at_least(LINARCH_MEMBER(run.eval_batches), 1)},
+             {"checkpoint_every", at_least(LINARCH_MEMBER(run.checkpoint_every), 0)},
+             {"log_every", at_least(LINARCH_MEMBER(run.log_every), 1)},
+             {"threads", at_least(LINARCH_MEMBER(run.threads), 0)},
+         },
+         {}},
+    };
+    return tables;
+}
+
+#undef LINARCH_MEMBER
+
+const TableSchema* find_table(std::string_view path) {
+    for (const TableSchema& table : schema())
+        if (table.path == path) return &table;
+    return nullptr;
+}
+
+const Field* find_field(const TableSchema& table, std::string_view key) {
+    for (const Field& field : table.fields)
+        if (field.key == key) return &field;
+    return nullptr;
+}
+
+bool is_subtable(const TableSchema& table, std::string_view key) {
+    for (std::string_view sub : table.subtables)
+        if (sub == key) return true;
+    return false;
+}
+
+std::string join_path(std::string_view table, std::string_view key) {
+    return table.empty() ? std::string(key) : fmt::format("{}.{}", table, key);
+}
+
+std::string valid_keys(const TableSchema& table) {
+    std::string out;
+    for (const Field& field : table.fields) out += fmt::format("{}{}", out.empty() ? "" : ", ", field.key);
+    for (std::string_view sub : table.subtables) out += fmt::format("{}{}", out.empty() ? "" : ", ", sub);
+    return fmt::format("valid keys in [{}]: {}", table.path, out);
+}
+
+std::string valid_tables() {
+    std::string out;
+    for (const TableSchema& table : schema())
+        if (table.path.find('.') == std::string_view::npos)
+            out += fmt::format("{}[{}]", out.empty() ? "" : ", ", table.path);
+    return "valid tables: " + out;
+}
+
+std::string expectation(const FieldKind& kind) {
+    struct Describe {
+        std::string operator()(const IntField& f) const {
+            std::string range = f.high == kNoLimit ? fmt::format("an integer >= {}", f.low)
+                                                   : fmt::format("an integer in [{}, {}]", f.low, f.high);
+            return f.zero_too ? "0 or " + range : range;
+        }
+        std::string operator()(const SeedField&) const {
+            return "an integer >= 0 (a decimal string for seeds above 2^63 - 1)";
+        }
+        std::string operator()(const FloatField& f) const {
+            if (f.high == kInf) return fmt::format("a number {} {}", f.low_open ? ">" : ">=", f.low);
+            return fmt::format("a number in {}{}, {}{}", f.low_open ? "(" : "[", f.low, f.high,
+                               f.high_open ? ")" : "]");
+        }
+        std::string operator()(const BoolField&) const { return "a boolean (true or false)"; }
+        std::string operator()(const StringField& f) const {
+            if (f.choices.empty()) return "a non-empty string";
+            std::string out;
+            for (std::string_view choice : f.choices)
+                out += fmt::format("{}\"{}\"", out.empty() ? "" : ", ", choice);
+            return f.choices.size() == 1 ? out : "one of " + out;
+        }
+    };
+    return std::visit(Describe{}, kind);
+}
+
+// ---- TOML values as text ------------------------------------------------------------------------
+
+// A TOML basic string: quotes, backslashes and control characters escaped.
+std::string quote(std::string_view text) {
+    std::string out = "\"";
+    for (char c : text) {
+        const auto byte = static_cast<unsigned char>(c);
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else if (c == '\n') {
+            out += "\\n";
+        } else if (c == '\t') {
+            out += "\\t";
+        } else if (byte < 0x20 || byte == 0x7f) {
+            out += fmt::format("\\u{:04X}", byte);
+        } else {
+            out += c;
+        }
+    }
+    return out + "\"";
+}
+
+// Shortest text that reads back to the same double, always lexed as a TOML float ("3" → "3.0").
+std::string format_double(double value) {
+    std::string text = fmt::format("{}", value);
+    if (text.find_first_of(".eni") == std::string::npos) text += ".0";
+    return text;
+}
+
+std::string type_name(const toml::node& node) {
+    switch (node.type()) {
+        case toml::node_type::string: return "string";
+        case toml::node_type::integer: return "integer";
+        case toml::node_type::floating_point: return "float";
+        case toml::node_type::boolean: return "boolean";
+        case toml::node_type::date: return "date";
+        case toml::node_type::time: return "time";
+        case toml::node_type::date_time: return "date-time";
+        case toml::node_type::array: return "array";
+        case toml::node_type::table: return "table";
+        case toml::node_type::none: break;
+    }
+    return "nothing";
+}
+
+std::string value_text(const toml::node& node) {
+    if (auto s = node.as_string()) return quote(s->get());
+    if (auto i = node.as_integer()) return std::to_string(i->get());
+    if (auto f = node.as_floating_point()) return format_double(f->get());
+    if (auto b = node.as_boolean()) return b->get() ? "true" : "false";
+    return "";
+}
+
+// "float 3.0", "string \"abc\"", "table": what a value of the wrong type is.
+std::string typed_value_text(const toml::node& node) {
+    const std::string text = value_text(node);
+    return text.empty() ? type_name(node) : fmt::format("{} {}", type_name(node), text);
+}
+
+// ---- validation ---------------------------------------------------------------------------------
+
+class Reader {
+public:
+    Reader(std::string source, std::map<std::string, std::string> override_of_key)
+        : source_(std::move(source)), override_of_key_(std::move(override_of_key)) {}
+
+    Spec read(const toml::table& root) const {
+        Spec spec;
+        for (auto&& [key, node] : root) {
+            const TableSchema* table = find_table(key.str());
+            if (table == nullptr || key.str().find('.') != std::string_view::npos)
+                fail("{}: unknown {} \"{}\" ({})", where(std::string(key.str()), key.source()),
+                     node.is_table() ? "table" : "top-level key", key.str(), valid_tables());
+            read_table(*table, node, spec);
+        }
+        return spec;
+    }
+
+private:
+    // "file:line" of a value, or "--set key=value" when an override put it there.
+    std::string where(const std::string& dotted_key, const toml::source_region& region) const {
+        if (auto it = override_of_key_.find(dotted_key); it != override_of_key_.end())
+            return "--set " + it->second;
+        if (region.begin.line == 0) return source_;
+        return fmt::format("{}:{}", source_, region.begin.line);
+    }
+
+    void read_table(const TableSchema& table, const toml::node& node, Spec& spec) const {
+        const std::string path(table.path);
+        const toml::table* entries = node.as_table();
+        if (entries == nullptr)
+            fail("{}: {}: expected a table, got {}", where(path, node.source()), path, typed_value_text(node));
+        for (auto&& [key, value] : *entries) {
+            const std::string dotted = join_path(path, key.str());
+            if (const Field* field = find_field(table, key.str())) {
+                read_field(*field, dotted, value, spec);
+            } else if (is_subtable(table, key.str())) {
+                read_table(*find_table(dotted), value, spec);
+            } else {
+                fail("{}: unknown key \"{}\" ({})", where(dotted, key.source()), dotted, valid_keys(table));
+            }
+        }
+    }
+
+    [[noreturn]] void reject(const Field& field, const std::string& dotted, const toml::node& node,
+                             const std::string& got) const {
+        fail("{}: {}: expected {}, got {}", where(dotted, node.source()), dotted, expectation(field.kind), got);
+    }
+
+    void read_field(const Field& field, const std::string& dotted, const toml::node& node, Spec& spec) const {
+        // Both throw; written as lambdas to keep each branch below to its checks.
+        auto wrong_type = [&]() { reject(field, dotted, node, typed_value_text(node)); };
+        auto out_of_range = [&]() { reject(field, dotted, node, value_text(node)); };
+        if (auto* f = std::get_if<IntField>(&field.kind)) {
+            if (!node.is_integer()) wrong_type();
+            const int64_t v = node.as_integer()->get();
+            if (!(v >= f->low && v <= f->high) && !(f->zero_too && v == 0)) out_of_range();
+            f->get(spec) = v;
+        } else if (auto* f = std::get_if<SeedField>(&field.kind)) {
+            if (auto* i = node.as_integer()) {
+                if (i->get() < 0) out_of_range();
+                f->get(spec) = static_cast<uint64_t>(i->get());
+            } else if (auto* s = node.as_string()) {
+                const std::string& text = s->get();
+                uint64_t v = 0;
+                auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), v);
+                if (text.empty() || error != std::errc() || end != text.data() + text.size()) out_of_range();
+                f->get(spec) = v;
+            } else {
+                wrong_type();
+            }
+        } else if (auto* f = std::get_if<FloatField>(&field.kind)) {
+            double v = 0;
+            if (auto* d = node.as_floating_point()) {
+                v = d->get();
+            } else if (auto* i = node.as_integer()) {
+                v = static_cast<double>(i->get());
+            } else {
+                wrong_type();
+            }
+            const bool above_low = f->low_open ? v > f->low : v >= f->low;
+            const bool below_high = f->high_open ? v < f->high : v <= f->high;
+            if (!std::isfinite(v) || !above_low || !below_high) out_of_range();
+            f->get(spec) = v;
+        } else if (auto* f = std::get_if<BoolField>(&field.kind)) {
+            if (!node.is_boolean()) wrong_type();
+            f->get(spec) = node.as_boolean()->get();
+        } else if (auto* f = std::get_if<StringField>(&field.kind)) {
+            if (!node.is_string()) wrong_type();
+            const std::string& v = node.as_string()->get();
+            bool ok = f->choices.empty() ? !v.empty() : false;
+            for (std::string_view choice : f->choices) ok = ok || v == choice;
+            if (!ok) out_of_range();
+            f->get(spec) = v;
+        }
+    }
+
+    std::string source_;
+    std::map<std::string, std::string> override_of_key_;
+};
+
+// ---- overrides ----------------------------------------------------------------------------------
+
+std::string_view trim(std::string_view text) {
+    const auto first = text.find_first_not_of(" \t");
+    if (first == std::string_view::npos) return {};
+    return text.substr(first, text.find_last_not_of(" \t") - first + 1);
+}
+
+// The TOML value `text` denotes; text that is not one TOML value is taken as a bare string, so
+// `--set model.mixer.decay=fixed` works without shell-quoted quotes.
+toml::table parse_override_value(std::string_view text) {
+    try {
+        toml::table parsed = toml::parse(fmt::format("value = {}", text), std::string_view("--set"));
+        if (parsed.size() == 1 && parsed.contains("value")) return parsed;
+    } catch (const toml::parse_error&) {
+    }
+    toml::table bare;
+    bare.insert("value", std::string(text));
+    return bare;
+}
+
+// Applies one "dotted.key=value" to `root`; records which override set which key.
+void apply_override(const std::string& text, const std::string& source, toml::table& root,
+                    std::map<std::string, std::string>& override_of_key) {
+    const auto equals = text.find('=');
+    if (equals == std::string::npos) fail("--set {}: expected dotted.key=value", text);
+    const std::string key(trim(std::string_view(text).substr(0, equals)));
+    const std::string_view value = trim(std::string_view(text).substr(equals + 1));
+    if (key.empty()) fail("--set {}: missing the key before '='", text);
+    if (value.empty()) fail("--set {}: missing the value after '=' (quote an empty string: \"\")", text);
+
+    // Resolve the key against the schema: tables down to one field.
+    std::vector<std::string> parts;
+    for (size_t start = 0;;) {
+        const size_t dot = key.find('.', start);
+        parts.push_back(key.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+        if (dot == std::string::npos) break;
+        start = dot + 1;
+    }
+    const TableSchema* table = find_table(parts[0]);
+    if (table == nullptr || parts[0].empty())
+        fail("--set {}: unknown table \"{}\" ({})", text, parts[0], valid_tables());
+    bool names_a_table = parts.size() == 1;
+    for (size_t i = 1; i < parts.size(); ++i) {
+        const std::string prefix = join_path(table->path, parts[i]);
+        const bool last = i + 1 == parts.size();
+        if (is_subtable(*table, parts[i])) {
+            table = find_table(prefix);
+            names_a_table = last;
+        } else if (find_field(*table, parts[i]) == nullptr || !last) {
+            fail("--set {}: unknown key \"{}\" ({})", text, prefix, valid_keys(*table));
+        }
+    }
+    if (names_a_table)
+        fail("--set {}: \"{}\" is a table; set one of its keys ({})", text, key, valid_keys(*table));
+
+    // Walk (creating) the tables in the document, then replace the value.
+    toml::table* target = &root;
+    std::string path;
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+        path = join_path(path, parts[i]);
+        auto [position, inserted] = target->emplace<toml::table>(parts[i]);
+        toml::table* next = position->second.as_table();
+        if (next == nullptr)
+            fail("--set {}: cannot set it because {} ({}:{}) is {}, not a table", text, path, source,
+                 position->second.source().begin.line, typed_value_text(position->second));
+        target = next;
+    }
+    toml::table parsed = parse_override_value(value);
+    target->insert_or_assign(parts.back(), std::move(*parsed.get("value")));
+    override_of_key[key] = text;
+}
+
+}  // namespace
+
+Spec parse_spec(const std::string& text, const std::string& source_name,
+                const std::vector<std::string>& overrides) {
+    toml::table root;
+    try {
+        root = toml::parse(text, std::string_view(source_name));
+    } catch (const toml::parse_error& e) {
+        fail("{}:{}:{}: TOML syntax error: {}", source_name, e.source().begin.line, e.source().begin.column,
+             e.description());
+    }
+    std::map<std::string, std::string> override_of_key;
+    for (const std::string& override_text : overrides)
+        apply_override(override_text, source_name, root, override_of_key);
+    Spec spec = Reader(source_name, std::move(override_of_key)).read(root);
+    spec.source = source_name;
+    return spec;
+}
+
+Spec load_spec(const std::string& path, const std::vector<std::string>& overrides) {
+    return parse_spec(read_file(path, "spec file"), path, overrides);
+}
+
+std::string spec_to_toml(const Spec& spec) {
+    // Reading through the schema's getters needs a mutable Spec; only reads happen here.
+    Spec& fields = const_cast<Spec&>(spec);
+    struct Format {
+        Spec& spec;
+        std::string operator()(const IntField& f) const { return std::to_string(f.get(spec)); }
+        std::string operator()(const SeedField& f) const {
+            const uint64_t seed = f.get(spec);
+            // TOML integers are signed 64-bit; larger seeds are written as decimal strings.
+            if (seed > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+                return quote(std::to_string(seed));
+            return std::to_string(seed);
+        }
+        std::string operator()(const FloatField& f) const { return format_double(f.get(spec)); }
+        std::string operator()(const BoolField& f) const { return f.get(spec) ? "true" : "false"; }
+        std::string operator()(const StringField& f) const { return quote(f.get(spec)); }
+    };
+    std::string out = "# linarch spec\n";
+    for (const TableSchema& table : schema()) {
+        out += fmt::format("\n[{}]\n", table.path);
+        for (const Field& field : table.fields)
+            out += fmt::format("{} = {}\n", field.key, std::visit(Format{fields}, field.kind));
+    }
+    return out;
+}
+
+bool operator==(const Spec& a, const Spec& b) {
+    Spec& left = const_cast<Spec&>(a);
+    Spec& right = const_cast<Spec&>(b);
+    for (const TableSchema& table : schema())
+        for (const Field& field : table.fields) {
+            auto same = [&](const auto& f) { return f.get(left) == f.get(right); };
+            if (!std::visit(same, field.kind)) return false;
+        }
+    return true;
+}
+
+}  // namespace linarch

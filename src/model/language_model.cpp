@@ -1,0 +1,173 @@
+#include "model/language_model.hpp"
+
+#include <cmath>
+
+#include "core/rng.hpp"
+#include "ops/dense.hpp"
+
+namespace linarch {
+
+namespace {
+int64_t default_mlp_hidden(const ModelSpec& spec) {
+    if (spec.mlp_hidden > 0) return spec.mlp_hidden;
+    // LLaMA's choice: 8/3·d keeps a SwiGLU MLP at the FLOPs of a 4·d GELU MLP; round to 64.
+    return (8 * spec.d_model / 3 + 63) / 64 * 64;
+}
+
+void fill_normal(Parameter& p, uint64_t seed, double std) {
+    RngStream rng(seed, stream_id(p.name.c_str()));
+    float* data = p.value.data<float>();
+    for (int64_t i = 0; i < p.value.numel(); ++i) data[i] = float(std * rng.normal());
+}
+
+std::string layer_prefix(size_t layer) { return "layers." + std::to_string(layer); }
+}  // namespace
+
+LanguageModel::LanguageModel(const ModelSpec& spec)
+    : spec_(spec),
+      mlp_hidden_(default_mlp_hidden(spec)),
+      embedding_(params_.add("embedding.weight", {spec.vocab_size, spec.d_model})),
+      final_norm_([this]() -> Parameter& {
+          for (int64_t l = 0; l < spec_.n_layers; ++l) {
+              const std::string prefix = layer_prefix(size_t(l));
+              Parameter& attn_norm = params_.add(prefix + ".attn_norm.weight", {spec_.d_model}, false);
+              auto mixer = std::make_unique<LinearAttentionMixer>(spec_, params_, prefix + ".mixer");
+              Parameter& mlp_norm = params_.add(prefix + ".mlp_norm.weight", {spec_.d_model}, false);
+              Parameter& gate = params_.add(prefix + ".mlp.gate_proj.weight", {mlp_hidden_, spec_.d_model});
+              Parameter& up = params_.add(prefix + ".mlp.up_proj.weight", {mlp_hidden_, spec_.d_model});
+              Parameter& down = params_.add(prefix + ".mlp.down_proj.weight", {spec_.d_model, mlp_hidden_});
+              blocks_.push_back(Block{attn_norm, mlp_norm, gate, up, down, std::move(mixer), {}, {}, {}, {}, {}, {},
+                                      {}, {}, {}});
+          }
+          return params_.add("final_norm.weight", {spec_.d_model}, false);
+      }()) {}
+
+void LanguageModel::initialize(uint64_t seed) {
+    const double std = spec_.init_std;
+    // Residual-branch outputs shrink with depth so the residual stream's variance stays O(1)
+    // at initialisation (GPT-2's 1/√(2L)).
+    const double output_std = std / std::sqrt(2.0 * double(spec_.n_layers));
+    fill_normal(embedding_, seed, std);
+    for (Block& block : blocks_) {
+        block.attn_norm.value.fill(1.0);
+        block.mlp_norm.value.fill(1.0);
+        fill_normal(block.gate_proj, seed, std);
+        fill_normal(block.up_proj, seed, std);
+        fill_normal(block.down_proj, seed, output_std);
+        block.mixer->initialize(seed, std, output_std);
+    }
+    final_norm_.value.fill(1.0);
+}
+
+double LanguageModel::forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int64_t batch,
+                              int64_t seq_len) {
+    const int64_t n = batch * seq_len, d = spec_.d_model;
+    LINARCH_CHECK(int64_t(inputs.size()) == n && int64_t(targets.size()) == n,
+                  "model forward: {} inputs and {} targets for batch {} × seq_len {}", inputs.size(), targets.size(),
+                  batch, seq_len);
+    inputs_.assign(inputs.begin(), inputs.end());
+    targets_.assign(targets.begin(), targets.end());
+    batch_ = batch;
+    seq_len_ = seq_len;
+    Tensor x = Tensor::empty({n, d});
+    ops::embedding_forward(x, inputs_, embedding_.value);
+    for (Block& b : blocks_) {
+        b.x_in = x;
+        b.h1 = Tensor::empty({n, d});
+        b.rstd1 = Tensor::empty({n});
+        ops::rmsnorm_forward(b.h1, b.rstd1, x, b.attn_norm.value, spec_.norm_eps);
+        Tensor mixed = Tensor::empty({n, d});
+        b.mixer->forward(mixed, b.h1, batch, seq_len);
+        b.x_mid = Tensor::empty({n, d});
+        ops::add_forward(b.x_mid, x, mixed);
+        b.h2 = Tensor::empty({n, d});
+        b.rstd2 = Tensor::empty({n});
+        ops::rmsnorm_forward(b.h2, b.rstd2, b.x_mid, b.mlp_norm.value, spec_.norm_eps);
+        b.gate = Tensor::empty({n, mlp_hidden_});
+        b.up = Tensor::empty({n, mlp_hidden_});
+        ops::matmul_forward(b.gate, b.h2, b.gate_proj.value);
+        ops::matmul_forward(b.up, b.h2, b.up_proj.value);
+        b.act = Tensor::empty({n, mlp_hidden_});
+        ops::swiglu_forward(b.act, b.gate, b.up);
+        x = Tensor::empty({n, d});
+        ops::matmul_forward(x, b.act, b.down_proj.value);
+        ops::add_forward(x, x, b.x_mid);
+    }
+    x_final_ = x;
+    h_final_ = Tensor::empty({n, d});
+    rstd_final_ = Tensor::empty({n});
+    ops::rmsnorm_forward(h_final_, rstd_final_, x, final_norm_.value, spec_.norm_eps);
+    losses_ = Tensor::empty({n});
+    logsumexp_ = Tensor::empty({n});
+    const double mean = ops::lm_head_cross_entropy_forward(losses_, logsumexp_, h_final_, embedding_.value, targets_);
+    counted_tokens_ = 0;
+    for (int32_t t : targets_) counted_tokens_ += t >= 0;
+    return mean;
+}
+
+void LanguageModel::backward(double loss_scale) {
+    const int64_t n = batch_ * seq_len_, d = spec_.d_model;
+    Tensor dh = Tensor::zeros({n, d});
+    ops::lm_head_cross_entropy_backward(&dh, &embedding_.grad, h_final_, embedding_.value, targets_, logsumexp_,
+                                        loss_scale);
+    // dx carries ∂loss/∂(residual stream); every branch adds into it.
+    Tensor dx = Tensor::zeros({n, d});
+    ops::rmsnorm_backward(&dx, &final_norm_.grad, dh, x_final_, final_norm_.value, rstd_final_);
+    for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
+        Block& b = *it;
+        Tensor d_act = Tensor::zeros({n, mlp_hidden_});
+        ops::matmul_backward(&d_act, &b.down_proj.grad, dx, b.act, b.down_proj.value);
+        Tensor d_gate = Tensor::zeros({n, mlp_hidden_}), d_up = Tensor::zeros({n, mlp_hidden_});
+        ops::swiglu_backward(d_gate, d_up, d_act, b.gate, b.up);
+        Tensor dh2 = Tensor::zeros({n, d});
+        ops::matmul_backward(&dh2, &b.gate_proj.grad, d_gate, b.h2, b.gate_proj.value);
+        ops::matmul_backward(&dh2, &b.up_proj.grad, d_up, b.h2, b.up_proj.value);
+        ops::rmsnorm_backward(&dx, &b.mlp_norm.grad, dh2, b.x_mid, b.mlp_norm.value, b.rstd2);
+        Tensor dh1 = Tensor::zeros({n, d});
+        b.mixer->backward(dh1, dx);
+        ops::rmsnorm_backward(&dx, &b.attn_norm.grad, dh1, b.x_in, b.attn_norm.value, b.rstd1);
+    }
+    ops::embedding_backward(embedding_.grad, inputs_, dx);
+}
+
+LanguageModel::DecodeState LanguageModel::new_decode_state() const {
+    DecodeState state;
+    for (const Block& b : blocks_) state.layers.push_back(b.mixer->new_state());
+    return state;
+}
+
+void LanguageModel::step(DecodeState& state, int32_t token, Tensor& logits) const {
+    const int64_t d = spec_.d_model;
+    const int32_t ids[1] = {token};
+    Tensor x = Tensor::empty({1, d});
+    ops::embedding_forward(x, ids, embedding_.value);
+    Tensor h = Tensor::empty({1, d}), rstd = Tensor::empty({1}), branch = Tensor::empty({1, d});
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+        const Block& b = blocks_[l];
+        ops::rmsnorm_forward(h, rstd, x, b.attn_norm.value, spec_.norm_eps);
+        b.mixer->step(branch, h, state.layers[l]);
+        ops::add_forward(x, x, branch);
+        ops::rmsnorm_forward(h, rstd, x, b.mlp_norm.value, spec_.norm_eps);
+        Tensor gate = Tensor::empty({1, mlp_hidden_}), up = Tensor::empty({1, mlp_hidden_});
+        ops::matmul_forward(gate, h, b.gate_proj.value);
+        ops::matmul_forward(up, h, b.up_proj.value);
+        Tensor act = Tensor::empty({1, mlp_hidden_});
+        ops::swiglu_forward(act, gate, up);
+        ops::matmul_forward(branch, act, b.down_proj.value);
+        ops::add_forward(x, x, branch);
+    }
+    ops::rmsnorm_forward(h, rstd, x, final_norm_.value, spec_.norm_eps);
+    ops::lm_head_logits(logits, h, embedding_.value);
+    ++state.position;
+}
+
+double LanguageModel::train_flops_per_token() const {
+    double matmul_params = double(spec_.vocab_size * spec_.d_model);  // LM head (tied embedding)
+    for (const Parameter& p : params_.all())
+        if (p.value.dim() == 2 && p.name != "embedding.weight" && p.name.find("conv") == std::string::npos)
+            matmul_params += double(p.value.numel());
+    const double attention = double(spec_.n_layers) * blocks_.front().mixer->attention_flops_per_token();
+    return 3.0 * (2.0 * matmul_params + attention);
+}
+
+}  // namespace linarch

@@ -1,0 +1,65 @@
+// A decoder-only language model assembled from the spec (pre-norm residual blocks):
+//   x = embed(tokens)
+//   per layer:  x += mixer(rmsnorm(x));  x += W_down·(silu(W_gate·h) ⊙ W_up·h), h = rmsnorm(x)
+//   loss = cross_entropy(rmsnorm(x) · embedᵀ, targets)        (tied LM head, fused)
+// forward() keeps what backward() needs; step() is the O(1)-state decode path.
+#pragma once
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "core/parameter.hpp"
+#include "core/spec.hpp"
+#include "mixers/linear_attention_mixer.hpp"
+
+namespace linarch {
+
+class LanguageModel {
+public:
+    explicit LanguageModel(const ModelSpec& spec);
+    // Deterministic initialisation: each parameter draws from its own stream named after it.
+    void initialize(uint64_t seed);
+
+    // Mean cross-entropy (nats/token) over B sequences of T tokens; targets < 0 are ignored.
+    double forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int64_t batch,
+                   int64_t seq_len);
+    // Adds loss_scale · ∂(Σ token losses)/∂θ of the last forward into the parameter gradients.
+    void backward(double loss_scale);
+    // Tokens the last forward counted (targets ≥ 0).
+    int64_t counted_tokens() const { return counted_tokens_; }
+
+    struct DecodeState {
+        std::vector<LinearAttentionMixer::State> layers;
+        int64_t position = 0;
+    };
+    DecodeState new_decode_state() const;
+    // Feeds one token; logits[V] receives the next-token logits.
+    void step(DecodeState& state, int32_t token, Tensor& logits) const;
+
+    ParameterStore& parameters() { return params_; }
+    const ParameterStore& parameters() const { return params_; }
+    const ModelSpec& spec() const { return spec_; }
+    int64_t mlp_hidden() const { return mlp_hidden_; }
+    // Training FLOPs per token (forward + backward: 3× forward; matmuls 2 FLOPs per MAC).
+    double train_flops_per_token() const;
+
+private:
+    struct Block {
+        Parameter &attn_norm, &mlp_norm, &gate_proj, &up_proj, &down_proj;
+        std::unique_ptr<LinearAttentionMixer> mixer;
+        // Activations of the last forward (N = B·T rows).
+        Tensor x_in, h1, rstd1, x_mid, h2, rstd2, gate, up, act;
+    };
+    ModelSpec spec_;
+    int64_t mlp_hidden_;
+    ParameterStore params_;
+    Parameter& embedding_;
+    std::vector<Block> blocks_;
+    Parameter& final_norm_;
+    // Last forward.
+    std::vector<int32_t> inputs_, targets_;
+    int64_t batch_ = 0, seq_len_ = 0, counted_tokens_ = 0;
+    Tensor x_final_, h_final_, rstd_final_, losses_, logsumexp_;
+};
+
+}  // namespace linarch

@@ -1,0 +1,312 @@
+// Entry points of the dense ops: check everything a backend takes on trust (device, dtype,
+// contiguity, shapes, id ranges), then dispatch on the dtype to the CPU backend.
+#include "ops/dense.hpp"
+
+#include <string>
+
+#include "backend/cpu/dense.hpp"
+
+namespace linarch::ops {
+namespace {
+
+// The checks every op makes on its tensors. The first tensor checked fixes the call's dtype;
+// every message starts with the op and the tensor's name ("rmsnorm_forward: weight: ...").
+class OpChecks {
+public:
+    explicit OpChecks(const char* op) : op_(op) {}
+
+    // CPU, contiguous, f32/f64, and the same dtype as the tensors checked before it.
+    void tensor(const Tensor& t, const char* name) {
+        LINARCH_CHECK(t.defined(), "{}: {} is an undefined tensor", op_, name);
+        LINARCH_CHECK(t.device() == Device::cpu, "{}: {} is a CUDA tensor, but {} has no CUDA implementation yet",
+                      op_, name, op_);
+        LINARCH_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64,
+                      "{}: {} has dtype {}; dense ops take F32 or F64", op_, name, dtype_name(t.dtype()));
+        if (first_ == nullptr) {
+            first_ = name;
+            dtype_ = t.dtype();
+        }
+        LINARCH_CHECK(t.dtype() == dtype_, "{}: {} has dtype {} but {} has dtype {} (one dtype per call)", op_, name,
+                      dtype_name(t.dtype()), first_, dtype_name(dtype_));
+        LINARCH_CHECK(t.is_contiguous(), "{}: {} must be contiguous (shape {}, strides {})", op_, name,
+                      shape_string(t.shape()), shape_string(t.strides()));
+    }
+    // As tensor(), and the shape must be exactly `shape`.
+    void tensor(const Tensor& t, const char* name, const Shape& shape) {
+        tensor(t, name);
+        check_shape(t, shape, fmt::format("{}: {}", op_, name).c_str());
+    }
+    // As tensor(), and a 2-D tensor (whose sizes then define the op's dimensions).
+    void matrix(const Tensor& t, const char* name) {
+        tensor(t, name);
+        LINARCH_CHECK(t.dim() == 2, "{}: {}: expected a 2-D tensor, got shape {}", op_, name,
+                      shape_string(t.shape()));
+    }
+    // One id per row: the count must match, and each id must index a row of a table of `rows`.
+    // With negative_ignored (cross-entropy targets), ids < 0 mark ignored rows instead.
+    void ids(std::span<const int32_t> ids, const char* name, int64_t count, int64_t rows, bool negative_ignored) {
+        LINARCH_CHECK(int64_t(ids.size()) == count, "{}: {}: expected {} ids, got {}", op_, name, count,
+                      ids.size());
+        for (size_t n = 0; n < ids.size(); ++n) {
+            const int32_t id = ids[n];
+            LINARCH_CHECK(id < rows && (id >= 0 || negative_ignored), "{}: {}[{}] = {} is outside [0, {}){}", op_,
+                          name, n, id, rows, negative_ignored ? " (negative targets mark ignored rows)" : "");
+        }
+    }
+    DType dtype() const { return dtype_; }
+
+private:
+    const char* op_;
+    const char* first_ = nullptr;
+    DType dtype_ = DType::f32;
+};
+
+// Calls fn(T{}) with T the C++ type of `dtype` (checked to be f32 or f64 by OpChecks).
+template <typename Fn> decltype(auto) dispatch(DType dtype, Fn&& fn) {
+    if (dtype == DType::f32) return fn(float{});
+    return fn(double{});
+}
+
+template <typename T> T* ptr(Tensor& t) { return t.data<T>(); }
+template <typename T> const T* ptr(const Tensor& t) { return t.data<T>(); }
+template <typename T> T* ptr_or_null(Tensor* t) { return t ? t->data<T>() : nullptr; }
+
+}  // namespace
+
+// out[M,N] = inp[M,K] · weight[N,K]ᵀ
+void matmul_forward(Tensor& out, const Tensor& inp, const Tensor& weight, bool accumulate) {
+    OpChecks c("matmul_forward");
+    c.matrix(inp, "inp");
+    c.matrix(weight, "weight");
+    const int64_t M = inp.size(0), K = inp.size(1), N = weight.size(0);
+    c.tensor(weight, "weight", {N, K});
+    c.tensor(out, "out", {M, N});
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::matmul_forward<T>(ptr<T>(out), ptr<T>(inp), ptr<T>(weight), M, K, N, accumulate);
+    });
+}
+
+// dinp[M,K] += dout[M,N] · weight[N,K];   dweight[N,K] += dout[M,N]ᵀ · inp[M,K]
+void matmul_backward(Tensor* dinp, Tensor* dweight, const Tensor& dout, const Tensor& inp, const Tensor& weight) {
+    OpChecks c("matmul_backward");
+    c.matrix(inp, "inp");
+    c.matrix(weight, "weight");
+    const int64_t M = inp.size(0), K = inp.size(1), N = weight.size(0);
+    c.tensor(weight, "weight", {N, K});
+    c.tensor(dout, "dout", {M, N});
+    if (dinp) c.tensor(*dinp, "dinp", {M, K});
+    if (dweight) c.tensor(*dweight, "dweight", {N, K});
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::matmul_backward<T>(ptr_or_null<T>(dinp), ptr_or_null<T>(dweight), ptr<T>(dout), ptr<T>(inp),
+                                ptr<T>(weight), M, K, N);
+    });
+}
+
+// out[N,D] = table[ids[n], :]
+void embedding_forward(Tensor& out, std::span<const int32_t> ids, const Tensor& table) {
+    OpChecks c("embedding_forward");
+    c.matrix(table, "table");
+    const int64_t N = int64_t(ids.size()), V = table.size(0), D = table.size(1);
+    c.tensor(out, "out", {N, D});
+    c.ids(ids, "ids", N, V, false);
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::embedding_forward<T>(ptr<T>(out), ids.data(), ptr<T>(table), N, D);
+    });
+}
+
+// dtable[ids[n], :] += dout[n, :]
+void embedding_backward(Tensor& dtable, std::span<const int32_t> ids, const Tensor& dout) {
+    OpChecks c("embedding_backward");
+    c.matrix(dtable, "dtable");
+    const int64_t N = int64_t(ids.size()), V = dtable.size(0), D = dtable.size(1);
+    c.tensor(dout, "dout", {N, D});
+    c.ids(ids, "ids", N, V, false);
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::embedding_backward<T>(ptr<T>(dtable), ids.data(), ptr<T>(dout), N, D);
+    });
+}
+
+// out[N,D] = x[N,D] · rstd · weight[D];   rstd[N]
+void rmsnorm_forward(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& weight, double eps) {
+    OpChecks c("rmsnorm_forward");
+    c.matrix(x, "x");
+    const int64_t N = x.size(0), D = x.size(1);
+    LINARCH_CHECK(D > 0, "rmsnorm_forward: x: rows are empty (shape {})", shape_string(x.shape()));
+    LINARCH_CHECK(eps >= 0, "rmsnorm_forward: eps must be ≥ 0, got {}", eps);
+    c.tensor(weight, "weight", {D});
+    c.tensor(out, "out", {N, D});
+    c.tensor(rstd, "rstd", {N});
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::rmsnorm_forward<T>(ptr<T>(out), ptr<T>(rstd), ptr<T>(x), ptr<T>(weight), N, D, eps);
+    });
+}
+
+// dx[N,D] += ...;   dweight[D] += Σ_n dout · x · rstd
+void rmsnorm_backward(Tensor* dx, Tensor* dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
+                      const Tensor& rstd) {
+    OpChecks c("rmsnorm_backward");
+    c.matrix(x, "x");
+    const int64_t N = x.size(0), D = x.size(1);
+    c.tensor(weight, "weight", {D});
+    c.tensor(rstd, "rstd", {N});
+    c.tensor(dout, "dout", {N, D});
+    if (dx) c.tensor(*dx, "dx", {N, D});
+    if (dweight) c.tensor(*dweight, "dweight", {D});
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::rmsnorm_backward<T>(ptr_or_null<T>(dx), ptr_or_null<T>(dweight), ptr<T>(dout), ptr<T>(x),
+                                 ptr<T>(weight), ptr<T>(rstd), N, D);
+    });
+}
+
+// out[N,F] = silu(gate) · up   (elementwise: any shape, the same for all three)
+void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up) {
+    OpChecks c("swiglu_forward");
+    c.tensor(gate, "gate");
+    c.tensor(up, "up", gate.shape());
+    c.tensor(out, "out", gate.shape());
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::swiglu_forward<T>(ptr<T>(out), ptr<T>(gate), ptr<T>(up), gate.numel());
+    });
+}
+
+// dgate[N,F] += dout · up · silu'(gate);   dup[N,F] += dout · silu(gate)
+void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up) {
+    OpChecks c("swiglu_backward");
+    c.tensor(gate, "gate");
+    c.tensor(up, "up", gate.shape());
+    c.tensor(dout, "dout", gate.shape());
+    c.tensor(dgate, "dgate", gate.shape());
+    c.tensor(dup, "dup", gate.shape());
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::swiglu_backward<T>(ptr<T>(dgate), ptr<T>(dup), ptr<T>(dout), ptr<T>(gate), ptr<T>(up), gate.numel());
+    });
+}
+
+// out = a + b   (any equal shapes; out may alias a)
+void add_forward(Tensor& out, const Tensor& a, const Tensor& b) {
+    OpChecks c("add_forward");
+    c.tensor(a, "a");
+    c.tensor(b, "b", a.shape());
+    c.tensor(out, "out", a.shape());
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::add_forward<T>(ptr<T>(out), ptr<T>(a), ptr<T>(b), a.numel());
+    });
+}
+
+// dst += src
+void add_into(Tensor& dst, const Tensor& src) {
+    OpChecks c("add_into");
+    c.tensor(dst, "dst");
+    c.tensor(src, "src", dst.shape());
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::add_into<T>(ptr<T>(dst), ptr<T>(src), dst.numel());
+    });
+}
+
+// losses[N], logsumexp[N] from hidden[N,D], weight[V,D], targets[N]; returns the mean loss over
+// rows whose target is ≥ 0 (0 when every row is ignored: such a batch contributes nothing).
+double lm_head_cross_entropy_forward(Tensor& losses, Tensor& logsumexp, const Tensor& hidden, const Tensor& weight,
+                                     std::span<const int32_t> targets) {
+    OpChecks c("lm_head_cross_entropy_forward");
+    c.matrix(hidden, "hidden");
+    c.matrix(weight, "weight");
+    const int64_t N = hidden.size(0), D = hidden.size(1), V = weight.size(0);
+    LINARCH_CHECK(V > 0, "lm_head_cross_entropy_forward: weight: the vocabulary is empty (shape {})",
+                  shape_string(weight.shape()));
+    c.tensor(weight, "weight", {V, D});
+    c.tensor(losses, "losses", {N});
+    c.tensor(logsumexp, "logsumexp", {N});
+    c.ids(targets, "targets", N, V, true);
+    int64_t counted = 0;
+    const double total = dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        return cpu::lm_head_cross_entropy_forward<T>(ptr<T>(losses), ptr<T>(logsumexp), ptr<T>(hidden),
+                                                     ptr<T>(weight), targets.data(), N, D, V, &counted);
+    });
+    return counted > 0 ? total / double(counted) : 0.0;
+}
+
+// dhidden[N,D] += ...;  dweight[V,D] += ...  for the loss loss_scale · Σ_n losses[n]
+void lm_head_cross_entropy_backward(Tensor* dhidden, Tensor* dweight, const Tensor& hidden, const Tensor& weight,
+                                    std::span<const int32_t> targets, const Tensor& logsumexp, double loss_scale) {
+    OpChecks c("lm_head_cross_entropy_backward");
+    c.matrix(hidden, "hidden");
+    c.matrix(weight, "weight");
+    const int64_t N = hidden.size(0), D = hidden.size(1), V = weight.size(0);
+    LINARCH_CHECK(V > 0, "lm_head_cross_entropy_backward: weight: the vocabulary is empty (shape {})",
+                  shape_string(weight.shape()));
+    c.tensor(weight, "weight", {V, D});
+    c.tensor(logsumexp, "logsumexp", {N});
+    if (dhidden) c.tensor(*dhidden, "dhidden", {N, D});
+    if (dweight) c.tensor(*dweight, "dweight", {V, D});
+    c.ids(targets, "targets", N, V, true);
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::lm_head_cross_entropy_backward<T>(ptr_or_null<T>(dhidden), ptr_or_null<T>(dweight), ptr<T>(hidden),
+                                               ptr<T>(weight), targets.data(), ptr<T>(logsumexp), loss_scale, N, D,
+                                               V);
+    });
+}
+
+// logits[N,V] = hidden[N,D] · weight[V,D]ᵀ
+void lm_head_logits(Tensor& logits, const Tensor& hidden, const Tensor& weight) {
+    OpChecks c("lm_head_logits");
+    c.matrix(hidden, "hidden");
+    c.matrix(weight, "weight");
+    const int64_t N = hidden.size(0), D = hidden.size(1), V = weight.size(0);
+    c.tensor(weight, "weight", {V, D});
+    c.tensor(logits, "logits", {N, V});
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::matmul_forward<T>(ptr<T>(logits), ptr<T>(hidden), ptr<T>(weight), N, D, V, false);
+    });
+}
+
+// Σ x² over all elements, in double
+double sum_squares(const Tensor& x) {
+    OpChecks c("sum_squares");
+    c.tensor(x, "x");
+    return dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        return cpu::sum_squares<T>(ptr<T>(x), x.numel());
+    });
+}
+
+// x *= factor
+void scale_inplace(Tensor& x, double factor) {
+    OpChecks c("scale_inplace");
+    c.tensor(x, "x");
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::scale_inplace<T>(ptr<T>(x), x.numel(), factor);
+    });
+}
+
+// param, grad, m, v: one shape; updated in place (grad read only)
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& hp) {
+    OpChecks c("adamw_update");
+    c.tensor(param, "param");
+    c.tensor(grad, "grad", param.shape());
+    c.tensor(m, "m", param.shape());
+    c.tensor(v, "v", param.shape());
+    LINARCH_CHECK(hp.step >= 1, "adamw_update: step is counted from 1, got {}", hp.step);
+    LINARCH_CHECK(hp.beta1 >= 0 && hp.beta1 < 1 && hp.beta2 >= 0 && hp.beta2 < 1,
+                  "adamw_update: betas must lie in [0, 1), got beta1 = {}, beta2 = {}", hp.beta1, hp.beta2);
+    dispatch(c.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::adamw_update<T>(ptr<T>(param), ptr<T>(grad), ptr<T>(m), ptr<T>(v), param.numel(), hp.lr, hp.beta1,
+                             hp.beta2, hp.eps, hp.weight_decay, hp.step);
+    });
+}
+
+}  // namespace linarch::ops

@@ -1,0 +1,421 @@
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <random>
+
+#include "core/atomic_file.hpp"
+#include "core/rng.hpp"
+#include "core/spec.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+
+namespace {
+
+// A fresh directory under the system temp dir, removed with everything in it.
+struct SpecTempDir {
+    std::filesystem::path path;
+    SpecTempDir() {
+        std::random_device device;
+        do {
+            path = std::filesystem::temp_directory_path() /
+                   fmt::format("linarch-test-spec-{}-{:08x}", ::getpid(), device());
+        } while (!std::filesystem::create_directory(path));
+    }
+    ~SpecTempDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
+    }
+};
+
+// The message of the Error `action` throws (a test failure when it throws nothing).
+std::string error_of(const std::function<void()>& action) {
+    try {
+        action();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    ADD_FAILURE() << "expected an Error";
+    return "";
+}
+
+void expect_contains(const std::string& message, std::initializer_list<std::string> parts) {
+    for (const std::string& part : parts)
+        EXPECT_NE(message.find(part), std::string::npos) << "message: " << message << "\nlacks: " << part;
+}
+
+std::string parse_error(const std::string& text, const std::vector<std::string>& overrides = {}) {
+    return error_of([&] { parse_spec(text, "configs/demo.toml", overrides); });
+}
+
+// Every field set to a non-default value, as a file and as the Spec it describes.
+const char* kFullFile = R"(# every key
+[model]
+vocab_size = 512
+d_model = 384
+n_layers = 6
+n_heads = 6
+head_dim = 32
+mlp_hidden = 1024
+norm_eps = 1e-6
+init_std = 0.015
+
+[model.mixer]
+kind = "linear_attention"
+decay = "fixed"
+chunk_size = 128
+conv_size = 0
+output_norm = false
+
+[data]
+corpus = "data/shakespeare"
+seq_len = 512
+batch_size = 8
+
+[optim]
+lr = 6e-4
+min_lr_ratio = 0.0
+warmup_steps = 0
+weight_decay = 0
+beta1 = 0.8
+beta2 = 0.99
+eps = 1e-10
+grad_clip = 0.5
+grad_accum = 4
+
+[run]
+steps = 5000
+seed = 1234
+eval_every = 0
+eval_batches = 32
+checkpoint_every = 1000
+log_every = 1
+threads = 2
+)";
+
+Spec full_spec() {
+    Spec s;
+    s.model.vocab_size = 512;
+    s.model.d_model = 384;
+    s.model.n_layers = 6;
+    s.model.n_heads = 6;
+    s.model.head_dim = 32;
+    s.model.mlp_hidden = 1024;
+    s.model.norm_eps = 1e-6;
+    s.model.init_std = 0.015;
+    s.model.mixer.kind = "linear_attention";
+    s.model.mixer.decay = "fixed";
+    s.model.mixer.chunk_size = 128;
+    s.model.mixer.conv_size = 0;
+    s.model.mixer.output_norm = false;
+    s.data.corpus = "data/shakespeare";
+    s.data.seq_len = 512;
+    s.data.batch_size = 8;
+    s.optim.lr = 6e-4;
+    s.optim.min_lr_ratio = 0.0;
+    s.optim.warmup_steps = 0;
+    s.optim.weight_decay = 0;
+    s.optim.beta1 = 0.8;
+    s.optim.beta2 = 0.99;
+    s.optim.eps = 1e-10;
+    s.optim.grad_clip = 0.5;
+    s.optim.grad_accum = 4;
+    s.run.steps = 5000;
+    s.run.seed = 1234;
+    s.run.eval_every = 0;
+    s.run.eval_batches = 32;
+    s.run.checkpoint_every = 1000;
+    s.run.log_every = 1;
+    s.run.threads = 2;
+    return s;
+}
+
+}  // namespace
+
+TEST(SpecDefaults, EmptyFileAndEmptyTablesGiveTheStructDefaults) {
+    const Spec empty = parse_spec("", "empty.toml");
+    EXPECT_TRUE(empty == Spec{});
+    EXPECT_EQ(empty.source, "empty.toml");
+    EXPECT_EQ(empty.model.vocab_size, 256);
+    EXPECT_EQ(empty.model.mixer.decay, "none");
+    EXPECT_EQ(empty.optim.lr, 3e-3);
+    EXPECT_EQ(empty.run.seed, 1u);
+    const Spec tables = parse_spec("[model]\n[model.mixer]\n[data]\n[optim]\n[run]\n", "tables.toml");
+    EXPECT_TRUE(tables == Spec{});
+    // A file setting one key changes only that key.
+    Spec expected;
+    expected.model.mixer.chunk_size = 32;
+    EXPECT_TRUE(parse_spec("[model.mixer]\nchunk_size = 32\n", "one.toml") == expected);
+    EXPECT_TRUE(parse_spec("model.mixer.chunk_size = 32\n", "dotted.toml") == expected);
+}
+
+TEST(SpecFile, FullFileLoadsAndRoundTrips) {
+    SpecTempDir dir;
+    const auto path = dir.path / "full.toml";
+    write_file_atomic(path, kFullFile);
+    const Spec spec = load_spec(path.string());
+    EXPECT_TRUE(spec == full_spec()) << spec_to_toml(spec);
+    EXPECT_EQ(spec.source, path.string());
+    EXPECT_FALSE(spec == Spec{});
+
+    const std::string text = spec_to_toml(spec);
+    const Spec again = parse_spec(text, "checkpoint");
+    EXPECT_TRUE(again == spec) << text;
+    EXPECT_EQ(spec_to_toml(again), text);
+    // The printed form names every table.
+    expect_contains(text, {"[model]", "[model.mixer]", "[data]", "[optim]", "[run]", "decay = \"fixed\""});
+}
+
+TEST(SpecFile, MissingFileIsAnErrorNamingIt) {
+    SpecTempDir dir;
+    const std::string path = (dir.path / "x.toml").string();
+    expect_contains(error_of([&] { load_spec(path); }),
+                    {"cannot open spec file \"" + path + "\": No such file or directory"});
+}
+
+TEST(SpecErrors, UnknownKeyNamesFileLineKeyAndValidKeys) {
+    const std::string text = "# demo\n[model]\nvocab_size = 256\nd_model = 128\n\n# typo below\nd_modle = 64\n";
+    expect_contains(parse_error(text),
+                    {"configs/demo.toml:7: unknown key \"model.d_modle\"",
+                     "(valid keys in [model]: vocab_size, d_model, n_layers, n_heads, head_dim, mlp_hidden, "
+                     "norm_eps, init_std, mixer)"});
+    expect_contains(parse_error("[model.mixer]\nkind = \"linear_attention\"\ndecy = \"fixed\"\n"),
+                    {"configs/demo.toml:3:", "\"model.mixer.decy\"",
+                     "valid keys in [model.mixer]: kind, decay, chunk_size, conv_size, output_norm"});
+    expect_contains(parse_error("[run]\nsteps = 10\n\n[optimizer]\nlr = 1\n"),
+                    {"configs/demo.toml:4: unknown table \"optimizer\"", "valid tables: [model], [data], [optim], [run]"});
+    expect_contains(parse_error("lr = 0.1\n"), {"configs/demo.toml:1: unknown top-level key \"lr\"", "valid tables"});
+}
+
+TEST(SpecErrors, WrongTypeNamesFileLineKeyAndExpectation) {
+    std::string text = "[optim]\n";
+    for (int line = 2; line < 12; ++line) text += "\n";
+    text += "lr = \"fast\"\n";  // line 12
+    expect_contains(parse_error(text), {"configs/demo.toml:12: optim.lr: expected a number > 0, got string \"fast\""});
+    // Integers given as floats are not integers; integers are fine for number fields.
+    expect_contains(parse_error("[model]\nn_layers = 3.0\n"),
+                    {"configs/demo.toml:2: model.n_layers: expected an integer in [1, 1024], got float 3.0"});
+    EXPECT_EQ(parse_spec("[optim]\nlr = 1\n", "x.toml").optim.lr, 1.0);
+    expect_contains(parse_error("[model.mixer]\noutput_norm = 1\n"),
+                    {"configs/demo.toml:2: model.mixer.output_norm: expected a boolean", "got integer 1"});
+    expect_contains(parse_error("[data]\ncorpus = 3\n"),
+                    {"configs/demo.toml:2: data.corpus: expected a non-empty string, got integer 3"});
+    expect_contains(parse_error("[data]\nseq_len = [1, 2]\n"), {"configs/demo.toml:2: data.seq_len:", "got array"});
+    expect_contains(parse_error("model = 3\n"), {"configs/demo.toml:1: model: expected a table, got integer 3"});
+    expect_contains(parse_error("[model]\nmixer = \"linear\"\n"),
+                    {"configs/demo.toml:2: model.mixer: expected a table, got string \"linear\""});
+}
+
+TEST(SpecErrors, OutOfRangeNamesFileLineKeyAndRange) {
+    expect_contains(parse_error("[model]\nd_model = 64\nn_layers = 0\n"),
+                    {"configs/demo.toml:3: model.n_layers: expected an integer in [1, 1024], got 0"});
+    expect_contains(parse_error("[model.mixer]\ndecay = \"exp\"\n"),
+                    {"configs/demo.toml:2: model.mixer.decay: expected one of \"none\", \"fixed\", got \"exp\""});
+    expect_contains(parse_error("[model.mixer]\nkind = \"mamba\"\n"),
+                    {"configs/demo.toml:2: model.mixer.kind: expected \"linear_attention\", got \"mamba\""});
+    expect_contains(parse_error("[model.mixer]\nconv_size = 1\n"),
+                    {"configs/demo.toml:2: model.mixer.conv_size: expected 0 or an integer in [2, 8], got 1"});
+    expect_contains(parse_error("[optim]\nbeta2 = 1.0\n"),
+                    {"configs/demo.toml:2: optim.beta2: expected a number in [0, 1), got 1.0"});
+    expect_contains(parse_error("[optim]\nlr = inf\n"), {"configs/demo.toml:2: optim.lr: expected a number > 0, got inf"});
+    expect_contains(parse_error("[optim]\neps = nan\n"), {"configs/demo.toml:2: optim.eps:", "got nan"});
+    expect_contains(parse_error("[run]\nseed = -1\n"), {"configs/demo.toml:2: run.seed: expected an integer >= 0"});
+    expect_contains(parse_error("[data]\ncorpus = \"\"\n"), {"configs/demo.toml:2: data.corpus: expected a non-empty string"});
+}
+
+// Each bound of each range: the value just outside is an error naming the key, the one at the
+// bound is accepted.
+TEST(SpecErrors, EveryRangeBoundIsChecked) {
+    struct Bound {
+        const char* table;
+        const char* key;
+        const char* bad;
+        const char* good;
+    };
+    const Bound bounds[] = {
+        {"model", "vocab_size", "1", "2"},          {"model", "vocab_size", "16777217", "16777216"},
+        {"model", "d_model", "0", "1"},             {"model", "n_layers", "0", "1"},
+        {"model", "n_layers", "1025", "1024"},      {"model", "n_heads", "0", "1"},
+        {"model", "head_dim", "0", "1"},            {"model", "mlp_hidden", "-1", "0"},
+        {"model", "norm_eps", "0", "1e-300"},       {"model", "init_std", "-0.1", "1e-9"},
+        {"model.mixer", "chunk_size", "0", "1"},    {"model.mixer", "chunk_size", "1025", "1024"},
+        {"model.mixer", "conv_size", "9", "8"},     {"model.mixer", "conv_size", "-1", "2"},
+        {"data", "seq_len", "1", "2"},              {"data", "batch_size", "0", "1"},
+        {"optim", "lr", "0", "1e-12"},              {"optim", "min_lr_ratio", "-0.01", "0"},
+        {"optim", "min_lr_ratio", "1.01", "1"},     {"optim", "warmup_steps", "-1", "0"},
+        {"optim", "weight_decay", "-0.5", "0"},    {"optim", "beta1", "-0.1", "0"},
+        {"optim", "beta1", "1", "0.999999"},        {"optim", "beta2", "1.5", "0.5"},
+        {"optim", "eps", "0.0", "1e-30"},           {"optim", "grad_clip", "-1", "0"},
+        {"optim", "grad_accum", "0", "1"},          {"run", "steps", "0", "1"},
+        {"run", "eval_every", "-1", "0"},           {"run", "eval_batches", "0", "1"},
+        {"run", "checkpoint_every", "-1", "0"},     {"run", "log_every", "0", "1"},
+        {"run", "threads", "-1", "0"},
+    };
+    for (const Bound& b : bounds) {
+        const std::string dotted = fmt::format("{}.{}", b.table, b.key);
+        expect_contains(parse_error(fmt::format("[{}]\n{} = {}\n", b.table, b.key, b.bad)),
+                        {"configs/demo.toml:2: " + dotted + ": expected ", fmt::format(", got {}", b.bad)});
+        EXPECT_NO_THROW(parse_spec(fmt::format("[{}]\n{} = {}\n", b.table, b.key, b.good), "ok.toml")) << dotted;
+    }
+}
+
+TEST(SpecErrors, SyntaxErrorsCarryTheParsersLineAndColumn) {
+    const std::string message = parse_error("[model]\nd_model = 64\nn_layers = = 3\n");
+    expect_contains(message, {"configs/demo.toml:3:", "TOML syntax error"});
+    expect_contains(parse_error("[model]\nd_model = 64\nd_model = 65\n"), {"configs/demo.toml:3:", "d_model"});
+    expect_contains(parse_error("[model\n"), {"configs/demo.toml:1:", "TOML syntax error"});
+}
+
+TEST(SpecOverrides, ValidOverridesApplyOnTopOfTheFile) {
+    const std::string text = "[optim]\nlr = 0.1\n[model]\nn_layers = 2\n";
+    const Spec spec = parse_spec(text, "configs/demo.toml",
+                                 {"optim.lr=1e-3", "model.mixer.decay=\"fixed\"", "model.mixer.conv_size = 0",
+                                  "data.corpus=data/other dir", "run.seed=18446744073709551615",
+                                  "model.mixer.output_norm=false", "model.n_layers=3", "model.n_layers=5",
+                                  "optim.beta1=0"});
+    EXPECT_EQ(spec.optim.lr, 1e-3);
+    EXPECT_EQ(spec.model.mixer.decay, "fixed");
+    EXPECT_EQ(spec.model.mixer.conv_size, 0);
+    EXPECT_EQ(spec.data.corpus, "data/other dir");
+    EXPECT_EQ(spec.run.seed, 18446744073709551615u);
+    EXPECT_FALSE(spec.model.mixer.output_norm);
+    EXPECT_EQ(spec.model.n_layers, 5);  // the last override of a key wins
+    EXPECT_EQ(spec.optim.beta1, 0.0);
+    // A bare word is a string.
+    EXPECT_EQ(parse_spec("", "x.toml", {"model.mixer.decay=fixed"}).model.mixer.decay, "fixed");
+
+    SpecTempDir dir;
+    write_file_atomic(dir.path / "s.toml", text);
+    EXPECT_EQ(load_spec((dir.path / "s.toml").string(), {"optim.lr=2e-3"}).optim.lr, 2e-3);
+}
+
+TEST(SpecOverrides, BadValuesNameTheOverride) {
+    expect_contains(parse_error("[optim]\nlr = 0.1\n", {"optim.lr=abc"}),
+                    {"--set optim.lr=abc: optim.lr: expected a number > 0, got string \"abc\""});
+    expect_contains(parse_error("", {"model.n_layers=0"}),
+                    {"--set model.n_layers=0: model.n_layers: expected an integer in [1, 1024], got 0"});
+    expect_contains(parse_error("", {"model.mixer.decay=exp"}),
+                    {"--set model.mixer.decay=exp: model.mixer.decay: expected one of \"none\", \"fixed\""});
+    expect_contains(parse_error("", {"optim.lr"}), {"--set optim.lr: expected dotted.key=value"});
+    expect_contains(parse_error("", {"optim.lr="}), {"--set optim.lr=:", "missing the value"});
+    expect_contains(parse_error("", {"=3"}), {"--set =3:", "missing the key"});
+    // An error in the file still names the file line when overrides touch other keys.
+    expect_contains(parse_error("[optim]\nlr = -1\n", {"optim.eps=1e-9"}), {"configs/demo.toml:2: optim.lr"});
+}
+
+TEST(SpecOverrides, TypeMismatchesNameTheOverride) {
+    expect_contains(parse_error("", {"model.n_layers=2.5"}),
+                    {"--set model.n_layers=2.5: model.n_layers: expected an integer in [1, 1024], got float 2.5"});
+    expect_contains(parse_error("", {"model.mixer.output_norm=yes"}),
+                    {"--set model.mixer.output_norm=yes: model.mixer.output_norm: expected a boolean",
+                     "got string \"yes\""});
+    expect_contains(parse_error("", {"data.corpus=12"}),
+                    {"--set data.corpus=12: data.corpus: expected a non-empty string, got integer 12"});
+    expect_contains(parse_error("[model]\nmixer = 1\n", {"model.mixer.decay=fixed"}),
+                    {"--set model.mixer.decay=fixed:", "model.mixer", "configs/demo.toml:2", "not a table"});
+}
+
+TEST(SpecOverrides, UnknownKeysListTheValidOnes) {
+    expect_contains(parse_error("", {"optim.lrr=1"}),
+                    {"--set optim.lrr=1: unknown key \"optim.lrr\"",
+                     "valid keys in [optim]: lr, min_lr_ratio, warmup_steps, weight_decay, beta1, beta2, eps, "
+                     "grad_clip, grad_accum"});
+    expect_contains(parse_error("", {"model.mixer.gamma=0.9"}),
+                    {"--set model.mixer.gamma=0.9: unknown key \"model.mixer.gamma\"", "valid keys in [model.mixer]"});
+    expect_contains(parse_error("", {"model.d_model.x=1"}), {"--set model.d_model.x=1: unknown key", "[model]"});
+    expect_contains(parse_error("", {"optimizer.lr=1"}),
+                    {"--set optimizer.lr=1: unknown table \"optimizer\"", "valid tables: [model], [data], [optim], [run]"});
+    expect_contains(parse_error("", {"model.mixer=1"}), {"--set model.mixer=1:", "is a table", "valid keys in [model.mixer]"});
+    expect_contains(parse_error("", {"run=1"}), {"--set run=1:", "is a table"});
+}
+
+TEST(SpecEquality, EveryFieldTakesPartButNotTheSource) {
+    const std::vector<std::function<void(Spec&)>> changes = {
+        [](Spec& s) { s.model.vocab_size++; },       [](Spec& s) { s.model.d_model++; },
+        [](Spec& s) { s.model.n_layers++; },         [](Spec& s) { s.model.n_heads++; },
+        [](Spec& s) { s.model.head_dim++; },         [](Spec& s) { s.model.mlp_hidden++; },
+        [](Spec& s) { s.model.norm_eps *= 2; },      [](Spec& s) { s.model.init_std *= 2; },
+        [](Spec& s) { s.model.mixer.kind.push_back('x'); },   [](Spec& s) { s.model.mixer.decay = "fixed"; },
+        [](Spec& s) { s.model.mixer.chunk_size++; }, [](Spec& s) { s.model.mixer.conv_size++; },
+        [](Spec& s) { s.model.mixer.output_norm = !s.model.mixer.output_norm; },
+        [](Spec& s) { s.data.corpus += "x"; },       [](Spec& s) { s.data.seq_len++; },
+        [](Spec& s) { s.data.batch_size++; },        [](Spec& s) { s.optim.lr *= 2; },
+        [](Spec& s) { s.optim.min_lr_ratio *= 2; },  [](Spec& s) { s.optim.warmup_steps++; },
+        [](Spec& s) { s.optim.weight_decay *= 2; },  [](Spec& s) { s.optim.beta1 /= 2; },
+        [](Spec& s) { s.optim.beta2 /= 2; },         [](Spec& s) { s.optim.eps *= 2; },
+        [](Spec& s) { s.optim.grad_clip *= 2; },     [](Spec& s) { s.optim.grad_accum++; },
+        [](Spec& s) { s.run.steps++; },              [](Spec& s) { s.run.seed++; },
+        [](Spec& s) { s.run.eval_every++; },         [](Spec& s) { s.run.eval_batches++; },
+        [](Spec& s) { s.run.checkpoint_every++; },   [](Spec& s) { s.run.log_every++; },
+        [](Spec& s) { s.run.threads++; },
+    };
+    for (size_t i = 0; i < changes.size(); ++i) {
+        Spec changed;
+        changes[i](changed);
+        EXPECT_FALSE(changed == Spec{}) << "change " << i;
+        // And the printed form carries the change (kind has no other valid value to print).
+        if (changed.model.mixer.kind == Spec{}.model.mixer.kind) {
+            EXPECT_TRUE(parse_spec(spec_to_toml(changed), "x") == changed) << "change " << i;
+        }
+    }
+    Spec other_source;
+    other_source.source = "elsewhere.toml";
+    EXPECT_TRUE(other_source == Spec{});
+}
+
+TEST(SpecRoundTrip, RandomValuesRoundTripExactly) {
+    RngStream rng(testkit::test_seed(), 91);
+    auto integer = [&](int64_t low, int64_t high) { return low + int64_t(rng.below(uint64_t(high - low + 1))); };
+    // Doubles with full 53-bit mantissas over many magnitudes: the printed form must be exact.
+    auto positive = [&](int low_exp, int high_exp) {
+        return (0.5 + rng.uniform()) * std::pow(10.0, double(integer(low_exp, high_exp)));
+    };
+    const char* corpora[] = {"data/kjv", "a dir/with \"quotes\" and \\backslashes\\", "tab\there, ünïcødé",
+                             "line\nbreak", "#not a comment", "x"};
+    for (int trial = 0; trial < 300; ++trial) {
+        Spec s;
+        s.model.vocab_size = integer(2, int64_t(1) << 24);
+        s.model.d_model = integer(1, int64_t(1) << 40);
+        s.model.n_layers = integer(1, 1024);
+        s.model.n_heads = integer(1, 64);
+        s.model.head_dim = integer(1, 256);
+        s.model.mlp_hidden = integer(0, 100000);
+        s.model.norm_eps = positive(-300, -1);
+        s.model.init_std = positive(-10, 300);
+        s.model.mixer.decay = rng.below(2) ? "none" : "fixed";
+        s.model.mixer.chunk_size = integer(1, 1024);
+        s.model.mixer.conv_size = rng.below(3) == 0 ? 0 : integer(2, 8);
+        s.model.mixer.output_norm = rng.below(2) == 1;
+        s.data.corpus = corpora[rng.below(std::size(corpora))];
+        s.data.seq_len = integer(2, int64_t(1) << 20);
+        s.data.batch_size = integer(1, 4096);
+        s.optim.lr = positive(-8, 2);
+        s.optim.min_lr_ratio = rng.below(4) == 0 ? double(rng.below(2)) : rng.uniform();
+        s.optim.warmup_steps = integer(0, 100000);
+        s.optim.weight_decay = rng.below(4) == 0 ? 0.0 : positive(-5, 1);
+        s.optim.beta1 = rng.uniform();
+        s.optim.beta2 = 1.0 - std::ldexp(1.0, -int(integer(1, 53)));  // near 1, still below
+        s.optim.eps = positive(-20, -1);
+        s.optim.grad_clip = rng.below(4) == 0 ? 0.0 : positive(-3, 17);  // up to > 2^53: integral doubles
+        s.optim.grad_accum = integer(1, 64);
+        s.run.steps = integer(1, INT64_MAX - 1);
+        s.run.seed = rng.next_u64();
+        s.run.eval_every = integer(0, 10000);
+        s.run.eval_batches = integer(1, 10000);
+        s.run.checkpoint_every = integer(0, 10000);
+        s.run.log_every = integer(1, 1000);
+        s.run.threads = integer(0, 256);
+        const std::string text = spec_to_toml(s);
+        Spec back;
+        ASSERT_NO_THROW(back = parse_spec(text, "random.toml")) << text;
+        ASSERT_TRUE(back == s) << "trial " << trial << ":\n" << text << "\nread back as:\n" << spec_to_toml(back);
+    }
+    // Integral doubles print as floats, never as integers that could overflow TOML's range.
+    Spec big;
+    big.model.init_std = 1e300;
+    big.optim.grad_clip = 9007199254740994.0;
+    EXPECT_TRUE(parse_spec(spec_to_toml(big), "big.toml") == big) << spec_to_toml(big);
+}
