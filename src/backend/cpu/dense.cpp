@@ -16,6 +16,9 @@ namespace {
 // Rows of the LM head handled per GEMM: the block's logits (kLmHeadRowBlock × V) are the only
 // V-sized buffer, so memory stays O(V) whatever N is, while the GEMMs stay large enough for BLAS.
 constexpr int64_t kLmHeadRowBlock = 128;
+// Below this many elements a loop runs on one thread: waking a thread team costs more than the
+// work, and on a busy machine spinning teams can slow small ops a hundredfold.
+constexpr int64_t kParallelMinWork = int64_t(1) << 15;
 // Columns per task when a reduction runs over rows (dweight of rmsnorm, dtable of embedding): each
 // task owns its columns and walks the rows in order, so there are no races and the sum does not
 // depend on the thread count.
@@ -93,7 +96,7 @@ void matmul_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* 
 
 // out[N,D] = table[ids[n], :]
 template <typename T> void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t N, int64_t D) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= kParallelMinWork)
     for (int64_t n = 0; n < N; ++n) {
         const T* row = table + int64_t(ids[n]) * D;
         std::copy(row, row + D, out + n * D);
@@ -103,7 +106,7 @@ template <typename T> void embedding_forward(T* out, const int32_t* ids, const T
 // dtable[ids[n], :] += dout[n, :]. Repeated ids hit the same table row, so the work is split by
 // columns (not rows) and each task adds the rows in order: race-free and deterministic.
 template <typename T> void embedding_backward(T* dtable, const int32_t* ids, const T* dout, int64_t N, int64_t D) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= kParallelMinWork)
     for (int64_t c0 = 0; c0 < D; c0 += kColumnBlock) {
         const int64_t c1 = std::min(D, c0 + kColumnBlock);
         for (int64_t n = 0; n < N; ++n) {
@@ -121,7 +124,7 @@ template <typename T> void embedding_backward(T* dtable, const int32_t* ids, con
 // out[N,D] = x · rstd · weight[D];   rstd[N] = 1/sqrt(mean(x²) + eps)
 template <typename T>
 void rmsnorm_forward(T* out, T* rstd, const T* x, const T* weight, int64_t N, int64_t D, double eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= kParallelMinWork)
     for (int64_t n = 0; n < N; ++n) {
         const T* row = x + n * D;
         T sum_sq = 0;
@@ -141,7 +144,7 @@ template <typename T>
 void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight, const T* rstd, int64_t N,
                       int64_t D) {
     if (dx) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= kParallelMinWork)
         for (int64_t n = 0; n < N; ++n) {
             const T* xr = x + n * D;
             const T* gr = dout + n * D;
@@ -157,7 +160,7 @@ void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* wei
     }
     if (dweight) {
         // A sum over all N rows: accumulated in double so long batches do not lose f32 bits.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= kParallelMinWork)
         for (int64_t c0 = 0; c0 < D; c0 += kColumnBlock) {
             const int64_t c1 = std::min(D, c0 + kColumnBlock);
             double acc[kColumnBlock] = {};
@@ -182,13 +185,13 @@ template <typename T> inline T sigmoid(T g) { return T(1) / (T(1) + std::exp(-g)
 
 // out[n] = silu(gate) · up
 template <typename T> void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
 }
 
 // silu'(g) = σ(g)·(1 + g·(1 − σ(g)))
 template <typename T> void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) {
         const T g = gate[i], s = sigmoid(g);
         dgate[i] += dout[i] * up[i] * s * (T(1) + g * (T(1) - s));
@@ -201,13 +204,13 @@ template <typename T> void swiglu_backward(T* dgate, T* dup, const T* dout, cons
 
 // out[n] = a + b
 template <typename T> void add_forward(T* out, const T* a, const T* b, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
 
 // dst[n] += src
 template <typename T> void add_into(T* dst, const T* src, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
@@ -223,7 +226,7 @@ double lm_head_cross_entropy_forward(T* losses, T* logsumexp, const T* hidden, c
     for (int64_t r0 = 0; r0 < N; r0 += kLmHeadRowBlock) {
         const int64_t rows = std::min(kLmHeadRowBlock, N - r0);
         gemm<T>(false, true, rows, V, D, hidden + r0 * D, D, weight, D, T(0), logits, V);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * V >= kParallelMinWork)
         for (int64_t i = 0; i < rows; ++i) {
             const T* row = logits + i * V;
             // logsumexp = max + log Σ exp(l − max): every exponent is ≤ 0, so nothing overflows
@@ -263,7 +266,7 @@ void lm_head_cross_entropy_backward(T* dhidden, T* dweight, const T* hidden, con
     for (int64_t r0 = 0; r0 < N; r0 += kLmHeadRowBlock) {
         const int64_t rows = std::min(kLmHeadRowBlock, N - r0);
         gemm<T>(false, true, rows, V, D, hidden + r0 * D, D, weight, D, T(0), dlogits, V);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * V >= kParallelMinWork)
         for (int64_t i = 0; i < rows; ++i) {
             T* row = dlogits + i * V;
             const int32_t target = targets[r0 + i];
@@ -288,7 +291,7 @@ void lm_head_cross_entropy_backward(T* dhidden, T* dweight, const T* hidden, con
 template <typename T> double sum_squares(const T* x, int64_t n) {
     const int64_t chunks = (n + kSumChunk - 1) / kSumChunk;
     std::vector<double> partial(static_cast<size_t>(chunks));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
         const int64_t begin = chunk * kSumChunk, end = std::min(n, begin + kSumChunk);
         double sum = 0;
@@ -304,7 +307,7 @@ template <typename T> double sum_squares(const T* x, int64_t n) {
 // x *= factor
 template <typename T> void scale_inplace(T* x, int64_t n, double factor) {
     const T f = T(factor);
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) x[i] *= f;
 }
 
@@ -320,7 +323,7 @@ void adamw_update(T* param, const T* grad, T* m, T* v, int64_t n, double lr, dou
     const T inv_bias2 = T(1.0 / (1.0 - std::pow(beta2, double(step))));
     const T b1 = T(beta1), b2 = T(beta2), one_minus_b1 = T(1.0 - beta1), one_minus_b2 = T(1.0 - beta2);
     const T lr_t = T(lr), eps_t = T(eps), wd = T(weight_decay);
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) {
         const T g = grad[i];
         const T mi = b1 * m[i] + one_minus_b1 * g;
