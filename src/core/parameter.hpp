@@ -10,7 +10,7 @@ namespace linarch {
 
 struct Parameter {
     std::string name;
-    Tensor value;  // f32 master copy
+    Tensor value;  // master copy: f32 for training, f64 for reference checks
     Tensor grad;   // same shape, accumulated by backward passes
     bool decay = true;  // weight decay applies (not to norms' gains)
 };
@@ -18,6 +18,8 @@ struct Parameter {
 // Owns every parameter of a model in creation order (the order checkpoints and optimisers use).
 class ParameterStore {
 public:
+    explicit ParameterStore(DType dtype = DType::f32) : dtype_(dtype) {}
+    DType dtype() const { return dtype_; }
     Parameter& add(const std::string& name, const Shape& shape, bool decay = true);
     Parameter& get(const std::string& name);
     const Parameter* find(const std::string& name) const;
@@ -27,6 +29,7 @@ public:
     int64_t count() const;  // total number of scalars
 
 private:
+    DType dtype_;
     std::deque<Parameter> params_;  // deque: layers keep references to their parameters
 };
 

@@ -10,21 +10,24 @@ namespace linarch {
 namespace {
 void fill_normal(Tensor& t, uint64_t seed, const std::string& name, double std) {
     RngStream rng(seed, stream_id(name.c_str()));
-    float* p = t.data<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = float(std * rng.normal());
+    std::vector<double> values(size_t(t.numel()));
+    for (double& v : values) v = std * rng.normal();
+    t.copy_from(Tensor::from_vector(t.shape(), values, DType::f64));
 }
 
 // PyTorch's default Conv1d initialisation, U(−1/√K, 1/√K), as fla's short convolution uses.
 void fill_conv(Tensor& t, uint64_t seed, const std::string& name) {
     RngStream rng(seed, stream_id(name.c_str()));
     const double bound = 1.0 / std::sqrt(double(t.size(1)));
-    float* p = t.data<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = float(bound * (2 * rng.uniform() - 1));
+    std::vector<double> values(size_t(t.numel()));
+    for (double& v : values) v = bound * (2 * rng.uniform() - 1);
+    t.copy_from(Tensor::from_vector(t.shape(), values, DType::f64));
 }
 }  // namespace
 
 LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, ParameterStore& params, const std::string& prefix)
-    : heads_(spec.n_heads),
+    : dtype_(params.dtype()),
+      heads_(spec.n_heads),
       head_dim_(spec.head_dim),
       width_(spec.n_heads * spec.head_dim),
       conv_size_(spec.mixer.conv_size),
@@ -44,9 +47,9 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, ParameterStore
     args_.chunk_size = spec.mixer.chunk_size;
     if (spec.mixer.decay == "fixed") {
         // RetNet's multi-scale retention: γ_h = 1 − 2^(−5−h), kept in log space (mixers.md §2).
-        args_.log_decay = Tensor::empty({heads_});
-        for (int64_t h = 0; h < heads_; ++h)
-            args_.log_decay.data<float>()[h] = float(std::log1p(-std::exp2(-5.0 - double(h))));
+        std::vector<double> log_decay(static_cast<size_t>(heads_));
+        for (int64_t h = 0; h < heads_; ++h) log_decay[size_t(h)] = std::log1p(-std::exp2(-5.0 - double(h)));
+        args_.log_decay = Tensor::from_vector({heads_}, log_decay, dtype_);
     }
 }
 
@@ -70,21 +73,21 @@ void LinearAttentionMixer::forward(Tensor& out, const Tensor& x, int64_t batch, 
     Parameter* proj[3] = {&q_proj_, &k_proj_, &v_proj_};
     Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
     for (int i = 0; i < 3; ++i) {
-        *pre[i] = Tensor::empty({n, width_});
+        *pre[i] = Tensor::empty({n, width_}, dtype_);
         ops::matmul_forward(*pre[i], x, proj[i]->value);
         if (conv_size_ > 0) {
-            *post[i] = Tensor::empty(heads_shape);
+            *post[i] = Tensor::empty(heads_shape, dtype_);
             Tensor conv_out = post[i]->view({batch, seq_len, width_});
             ops::short_conv_forward(conv_out, pre[i]->view({batch, seq_len, width_}), conv[i]->value, true);
         } else {
             *post[i] = pre[i]->view(heads_shape);
         }
     }
-    c.o = Tensor::empty(heads_shape);
+    c.o = Tensor::empty(heads_shape, dtype_);
     ops::linear_attention_chunkwise_forward(c.o, nullptr, c.q, c.k, c.v, nullptr, args_);
     if (output_norm_) {
-        c.o_norm = Tensor::empty({n * heads_, head_dim_});
-        c.o_rstd = Tensor::empty({n * heads_});
+        c.o_norm = Tensor::empty({n * heads_, head_dim_}, dtype_);
+        c.o_rstd = Tensor::empty({n * heads_}, dtype_);
         ops::rmsnorm_forward(c.o_norm, c.o_rstd, c.o.view({n * heads_, head_dim_}), out_norm_->value, norm_eps_);
     } else {
         c.o_norm = c.o;
@@ -96,15 +99,15 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     Cache& c = cache_;
     const int64_t n = c.batch * c.seq_len;
     const Shape heads_shape{c.batch, c.seq_len, heads_, head_dim_};
-    Tensor d_o_norm = Tensor::zeros({n, width_});
+    Tensor d_o_norm = Tensor::zeros({n, width_}, dtype_);
     ops::matmul_backward(&d_o_norm, &o_proj_.grad, dout, c.o_norm.view({n, width_}), o_proj_.value);
     Tensor d_o = d_o_norm;
     if (output_norm_) {
-        d_o = Tensor::zeros({n * heads_, head_dim_});
+        d_o = Tensor::zeros({n * heads_, head_dim_}, dtype_);
         ops::rmsnorm_backward(&d_o, &out_norm_->grad, d_o_norm.view({n * heads_, head_dim_}),
                               c.o.view({n * heads_, head_dim_}), out_norm_->value, c.o_rstd);
     }
-    Tensor dq = Tensor::zeros(heads_shape), dk = Tensor::zeros(heads_shape), dv = Tensor::zeros(heads_shape);
+    Tensor dq = Tensor::zeros(heads_shape, dtype_), dk = Tensor::zeros(heads_shape, dtype_), dv = Tensor::zeros(heads_shape, dtype_);
     ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, d_o.view(heads_shape), nullptr, c.q, c.k, c.v,
                                              nullptr, args_);
     Tensor* d_post[3] = {&dq, &dk, &dv};
@@ -114,7 +117,7 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     for (int i = 0; i < 3; ++i) {
         Tensor d_pre = d_post[i]->view({n, width_});
         if (conv_size_ > 0) {
-            d_pre = Tensor::zeros({c.batch, c.seq_len, width_});
+            d_pre = Tensor::zeros({c.batch, c.seq_len, width_}, dtype_);
             ops::short_conv_backward(d_pre, conv[i]->grad, d_post[i]->view({c.batch, c.seq_len, width_}),
                                      pre[i]->view({c.batch, c.seq_len, width_}), conv[i]->value, true);
             d_pre = d_pre.view({n, width_});
@@ -125,8 +128,8 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
 
 LinearAttentionMixer::State LinearAttentionMixer::new_state() const {
     State state;
-    state.attention = Tensor::zeros({1, heads_, head_dim_, head_dim_});
-    if (conv_size_ > 0) state.conv_window = Tensor::zeros({3, conv_size_, width_});
+    state.attention = Tensor::zeros({1, heads_, head_dim_, head_dim_}, dtype_);
+    if (conv_size_ > 0) state.conv_window = Tensor::zeros({3, conv_size_, width_}, dtype_);
     return state;
 }
 
@@ -136,7 +139,7 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, State& state) cons
     const Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
     Tensor qkv[3];
     for (int i = 0; i < 3; ++i) {
-        Tensor projected = Tensor::empty({1, width_});
+        Tensor projected = Tensor::empty({1, width_}, dtype_);
         ops::matmul_forward(projected, x, proj[i]->value);
         if (conv_size_ == 0) {
             qkv[i] = projected.view(token_shape);
@@ -145,21 +148,21 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, State& state) cons
         // Slide the window by one row and run the causal conv over it: its last output row is
         // exactly the training-time conv output at this position.
         Tensor window = state.conv_window.select(0, i);
-        float* rows = window.data<float>();
-        std::copy(rows + width_, rows + conv_size_ * width_, rows);
-        std::copy(projected.data<float>(), projected.data<float>() + width_, rows + (conv_size_ - 1) * width_);
-        Tensor conv_out = Tensor::empty({1, conv_size_, width_});
+        const Tensor older = window.narrow(0, 1, conv_size_ - 1).clone();
+        window.narrow(0, 0, conv_size_ - 1).copy_from(older);
+        window.narrow(0, conv_size_ - 1, 1).copy_from(projected);
+        Tensor conv_out = Tensor::empty({1, conv_size_, width_}, dtype_);
         ops::short_conv_forward(conv_out, window.view({1, conv_size_, width_}), conv[i]->value, true);
         qkv[i] = conv_out.narrow(1, conv_size_ - 1, 1).contiguous().view(token_shape);
     }
-    Tensor o = Tensor::empty(token_shape);
-    Tensor next_state = Tensor::empty(state.attention.shape());
+    Tensor o = Tensor::empty(token_shape, dtype_);
+    Tensor next_state = Tensor::empty(state.attention.shape(), dtype_);
     ops::linear_attention_recurrent_forward(o, &next_state, qkv[0], qkv[1], qkv[2], &state.attention, args_);
     state.attention = next_state;
     Tensor o_norm = o.view({heads_, head_dim_});
     if (output_norm_) {
-        o_norm = Tensor::empty({heads_, head_dim_});
-        Tensor rstd = Tensor::empty({heads_});
+        o_norm = Tensor::empty({heads_, head_dim_}, dtype_);
+        Tensor rstd = Tensor::empty({heads_}, dtype_);
         ops::rmsnorm_forward(o_norm, rstd, o.view({heads_, head_dim_}), out_norm_->value, norm_eps_);
     }
     ops::matmul_forward(out, o_norm.view({1, width_}), o_proj_.value);

@@ -39,6 +39,7 @@ private:
         Tensor x, q_pre, k_pre, v_pre, q, k, v, o, o_norm, o_rstd;
         int64_t batch = 0, seq_len = 0;
     };
+    DType dtype_;
     int64_t heads_, head_dim_, width_, conv_size_;
     bool output_norm_;
     double norm_eps_;

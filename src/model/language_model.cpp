@@ -16,16 +16,19 @@ int64_t default_mlp_hidden(const ModelSpec& spec) {
 
 void fill_normal(Parameter& p, uint64_t seed, double std) {
     RngStream rng(seed, stream_id(p.name.c_str()));
-    float* data = p.value.data<float>();
-    for (int64_t i = 0; i < p.value.numel(); ++i) data[i] = float(std * rng.normal());
+    std::vector<double> values(size_t(p.value.numel()));
+    for (double& v : values) v = std * rng.normal();
+    p.value.copy_from(Tensor::from_vector(p.value.shape(), values, DType::f64));
 }
 
 std::string layer_prefix(size_t layer) { return "layers." + std::to_string(layer); }
 }  // namespace
 
-LanguageModel::LanguageModel(const ModelSpec& spec)
+LanguageModel::LanguageModel(const ModelSpec& spec, DType dtype)
     : spec_(spec),
+      dtype_(dtype),
       mlp_hidden_(default_mlp_hidden(spec)),
+      params_(dtype),
       embedding_(params_.add("embedding.weight", {spec.vocab_size, spec.d_model})),
       final_norm_([this]() -> Parameter& {
           for (int64_t l = 0; l < spec_.n_layers; ++l) {
@@ -69,36 +72,36 @@ double LanguageModel::forward(std::span<const int32_t> inputs, std::span<const i
     targets_.assign(targets.begin(), targets.end());
     batch_ = batch;
     seq_len_ = seq_len;
-    Tensor x = Tensor::empty({n, d});
+    Tensor x = Tensor::empty({n, d}, dtype_);
     ops::embedding_forward(x, inputs_, embedding_.value);
     for (Block& b : blocks_) {
         b.x_in = x;
-        b.h1 = Tensor::empty({n, d});
-        b.rstd1 = Tensor::empty({n});
+        b.h1 = Tensor::empty({n, d}, dtype_);
+        b.rstd1 = Tensor::empty({n}, dtype_);
         ops::rmsnorm_forward(b.h1, b.rstd1, x, b.attn_norm.value, spec_.norm_eps);
-        Tensor mixed = Tensor::empty({n, d});
+        Tensor mixed = Tensor::empty({n, d}, dtype_);
         b.mixer->forward(mixed, b.h1, batch, seq_len);
-        b.x_mid = Tensor::empty({n, d});
+        b.x_mid = Tensor::empty({n, d}, dtype_);
         ops::add_forward(b.x_mid, x, mixed);
-        b.h2 = Tensor::empty({n, d});
-        b.rstd2 = Tensor::empty({n});
+        b.h2 = Tensor::empty({n, d}, dtype_);
+        b.rstd2 = Tensor::empty({n}, dtype_);
         ops::rmsnorm_forward(b.h2, b.rstd2, b.x_mid, b.mlp_norm.value, spec_.norm_eps);
-        b.gate = Tensor::empty({n, mlp_hidden_});
-        b.up = Tensor::empty({n, mlp_hidden_});
+        b.gate = Tensor::empty({n, mlp_hidden_}, dtype_);
+        b.up = Tensor::empty({n, mlp_hidden_}, dtype_);
         ops::matmul_forward(b.gate, b.h2, b.gate_proj.value);
         ops::matmul_forward(b.up, b.h2, b.up_proj.value);
-        b.act = Tensor::empty({n, mlp_hidden_});
+        b.act = Tensor::empty({n, mlp_hidden_}, dtype_);
         ops::swiglu_forward(b.act, b.gate, b.up);
-        x = Tensor::empty({n, d});
+        x = Tensor::empty({n, d}, dtype_);
         ops::matmul_forward(x, b.act, b.down_proj.value);
         ops::add_forward(x, x, b.x_mid);
     }
     x_final_ = x;
-    h_final_ = Tensor::empty({n, d});
-    rstd_final_ = Tensor::empty({n});
+    h_final_ = Tensor::empty({n, d}, dtype_);
+    rstd_final_ = Tensor::empty({n}, dtype_);
     ops::rmsnorm_forward(h_final_, rstd_final_, x, final_norm_.value, spec_.norm_eps);
-    losses_ = Tensor::empty({n});
-    logsumexp_ = Tensor::empty({n});
+    losses_ = Tensor::empty({n}, dtype_);
+    logsumexp_ = Tensor::empty({n}, dtype_);
     const double mean = ops::lm_head_cross_entropy_forward(losses_, logsumexp_, h_final_, embedding_.value, targets_);
     counted_tokens_ = 0;
     for (int32_t t : targets_) counted_tokens_ += t >= 0;
@@ -107,23 +110,23 @@ double LanguageModel::forward(std::span<const int32_t> inputs, std::span<const i
 
 void LanguageModel::backward(double loss_scale) {
     const int64_t n = batch_ * seq_len_, d = spec_.d_model;
-    Tensor dh = Tensor::zeros({n, d});
+    Tensor dh = Tensor::zeros({n, d}, dtype_);
     ops::lm_head_cross_entropy_backward(&dh, &embedding_.grad, h_final_, embedding_.value, targets_, logsumexp_,
                                         loss_scale);
     // dx carries ∂loss/∂(residual stream); every branch adds into it.
-    Tensor dx = Tensor::zeros({n, d});
+    Tensor dx = Tensor::zeros({n, d}, dtype_);
     ops::rmsnorm_backward(&dx, &final_norm_.grad, dh, x_final_, final_norm_.value, rstd_final_);
     for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
         Block& b = *it;
-        Tensor d_act = Tensor::zeros({n, mlp_hidden_});
+        Tensor d_act = Tensor::zeros({n, mlp_hidden_}, dtype_);
         ops::matmul_backward(&d_act, &b.down_proj.grad, dx, b.act, b.down_proj.value);
-        Tensor d_gate = Tensor::zeros({n, mlp_hidden_}), d_up = Tensor::zeros({n, mlp_hidden_});
+        Tensor d_gate = Tensor::zeros({n, mlp_hidden_}, dtype_), d_up = Tensor::zeros({n, mlp_hidden_}, dtype_);
         ops::swiglu_backward(d_gate, d_up, d_act, b.gate, b.up);
-        Tensor dh2 = Tensor::zeros({n, d});
+        Tensor dh2 = Tensor::zeros({n, d}, dtype_);
         ops::matmul_backward(&dh2, &b.gate_proj.grad, d_gate, b.h2, b.gate_proj.value);
         ops::matmul_backward(&dh2, &b.up_proj.grad, d_up, b.h2, b.up_proj.value);
         ops::rmsnorm_backward(&dx, &b.mlp_norm.grad, dh2, b.x_mid, b.mlp_norm.value, b.rstd2);
-        Tensor dh1 = Tensor::zeros({n, d});
+        Tensor dh1 = Tensor::zeros({n, d}, dtype_);
         b.mixer->backward(dh1, dx);
         ops::rmsnorm_backward(&dx, &b.attn_norm.grad, dh1, b.x_in, b.attn_norm.value, b.rstd1);
     }
@@ -139,19 +142,19 @@ LanguageModel::DecodeState LanguageModel::new_decode_state() const {
 void LanguageModel::step(DecodeState& state, int32_t token, Tensor& logits) const {
     const int64_t d = spec_.d_model;
     const int32_t ids[1] = {token};
-    Tensor x = Tensor::empty({1, d});
+    Tensor x = Tensor::empty({1, d}, dtype_);
     ops::embedding_forward(x, ids, embedding_.value);
-    Tensor h = Tensor::empty({1, d}), rstd = Tensor::empty({1}), branch = Tensor::empty({1, d});
+    Tensor h = Tensor::empty({1, d}, dtype_), rstd = Tensor::empty({1}, dtype_), branch = Tensor::empty({1, d}, dtype_);
     for (size_t l = 0; l < blocks_.size(); ++l) {
         const Block& b = blocks_[l];
         ops::rmsnorm_forward(h, rstd, x, b.attn_norm.value, spec_.norm_eps);
         b.mixer->step(branch, h, state.layers[l]);
         ops::add_forward(x, x, branch);
         ops::rmsnorm_forward(h, rstd, x, b.mlp_norm.value, spec_.norm_eps);
-        Tensor gate = Tensor::empty({1, mlp_hidden_}), up = Tensor::empty({1, mlp_hidden_});
+        Tensor gate = Tensor::empty({1, mlp_hidden_}, dtype_), up = Tensor::empty({1, mlp_hidden_}, dtype_);
         ops::matmul_forward(gate, h, b.gate_proj.value);
         ops::matmul_forward(up, h, b.up_proj.value);
-        Tensor act = Tensor::empty({1, mlp_hidden_});
+        Tensor act = Tensor::empty({1, mlp_hidden_}, dtype_);
         ops::swiglu_forward(act, gate, up);
         ops::matmul_forward(branch, act, b.down_proj.value);
         ops::add_forward(x, x, branch);

@@ -16,7 +16,8 @@ namespace linarch {
 
 class LanguageModel {
 public:
-    explicit LanguageModel(const ModelSpec& spec);
+    // dtype f32 trains; f64 gives the float64 reference model that gradient checks use.
+    explicit LanguageModel(const ModelSpec& spec, DType dtype = DType::f32);
     // Deterministic initialisation: each parameter draws from its own stream named after it.
     void initialize(uint64_t seed);
 
@@ -51,6 +52,7 @@ private:
         Tensor x_in, h1, rstd1, x_mid, h2, rstd2, gate, up, act;
     };
     ModelSpec spec_;
+    DType dtype_;
     int64_t mlp_hidden_;
     ParameterStore params_;
     Parameter& embedding_;

@@ -1,0 +1,51 @@
+// The CUDA device as the tensor core sees it. Skipped (not passed) where no GPU is usable.
+#include <gtest/gtest.h>
+
+#include "backend/cuda/device.hpp"
+#include "core/tensor.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+
+// GTEST_SKIP returns from the function it is in, so this must expand inside the test body.
+#define SKIP_WITHOUT_GPU() \
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device()
+
+TEST(CudaDevice, TensorsRoundTripThroughTheGpu) {
+    SKIP_WITHOUT_GPU();
+    for (DType dtype : {DType::f32, DType::bf16, DType::f64}) {
+        Tensor host = testkit::random_normal({37, 129}, dtype, 1);
+        Tensor device = host.to(Device::cuda);
+        EXPECT_EQ(device.device(), Device::cuda);
+        Tensor back = device.to(Device::cpu);
+        EXPECT_EQ(testkit::relative_error(back, host), 0.0);
+        // A strided view is made contiguous on the way.
+        Tensor column = host.narrow(1, 5, 3).to(Device::cuda).to(Device::cpu);
+        EXPECT_EQ(testkit::relative_error(column, host.narrow(1, 5, 3)), 0.0);
+    }
+}
+
+TEST(CudaDevice, RunningOutOfMemorySaysWhatWasAskedAndWhatIsFree) {
+    SKIP_WITHOUT_GPU();
+    try {
+        Tensor::empty({int64_t(1) << 40}, DType::f32, Device::cuda);  // 4 TiB
+        FAIL() << "expected an out-of-memory error";
+    } catch (const Error& e) {
+        const std::string message = e.what();
+        EXPECT_NE(message.find("out of GPU memory"), std::string::npos) << message;
+        EXPECT_NE(message.find("MiB free"), std::string::npos) << message;
+    }
+    // The device is still usable afterwards.
+    Tensor small = testkit::random_normal({8}, DType::f32, 2).to(Device::cuda);
+    EXPECT_EQ(small.to(Device::cpu).numel(), 8);
+}
+
+TEST(CudaDevice, WithoutAGpuRequestsFailWithAClearMessage) {
+    if (cuda::device_count() > 0) GTEST_SKIP() << "a GPU is present: " << cuda::describe_device();
+    try {
+        Tensor::empty({4}, DType::f32, Device::cuda);
+        FAIL() << "expected an error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("needs a CUDA GPU"), std::string::npos) << e.what();
+    }
+}
