@@ -25,8 +25,11 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Accepted values (the error messages print the same ranges):
 //   model:  vocab_size [2, 2^24]; d_model, n_heads, head_dim >= 1; n_layers [1, 1024];
 //           mlp_hidden >= 0; norm_eps > 0; init_std > 0
-//   mixer:  kind "linear_attention"; decay "none" | "fixed"; chunk_size [1, 1024];
-//           conv_size 0 or [2, 8]; output_norm boolean
+//   mixer:  kind "linear_attention"; feature_map identity | elu1 | relu; qk_norm none | l2;
+//           decay none | fixed | scalar | vector; decay_parameterization logsigmoid | mamba2
+//           (mamba2 needs decay = "scalar"); gate_temperature (0, 1e6]; gate_low_rank >= 0;
+//           chunk_size [1, 1024]; conv_size 0 or [2, 8]; output_norm boolean;
+//           output_gate none | sigmoid | swish
 //   data:   corpus non-empty string; seq_len >= 2; batch_size >= 1
 //   optim:  lr > 0; min_lr_ratio [0, 1]; warmup_steps >= 0; weight_decay >= 0; beta1, beta2 [0, 1);
 //           eps > 0; grad_clip >= 0; grad_accum >= 1
@@ -92,10 +95,17 @@ const std::vector<TableSchema>& schema() {
         {"model.mixer",
          {
              {"kind", StringField{LINARCH_MEMBER(model.mixer.kind), {"linear_attention"}}},
-             {"decay", StringField{LINARCH_MEMBER(model.mixer.decay), {"none", "fixed"}}},
+             {"feature_map", StringField{LINARCH_MEMBER(model.mixer.feature_map), {"identity", "elu1", "relu"}}},
+             {"qk_norm", StringField{LINARCH_MEMBER(model.mixer.qk_norm), {"none", "l2"}}},
+             {"decay", StringField{LINARCH_MEMBER(model.mixer.decay), {"none", "fixed", "scalar", "vector"}}},
+             {"decay_parameterization",
+              StringField{LINARCH_MEMBER(model.mixer.decay_parameterization), {"logsigmoid", "mamba2"}}},
+             {"gate_temperature", FloatField{LINARCH_MEMBER(model.mixer.gate_temperature), 0, 1e6, true, false}},
+             {"gate_low_rank", at_least(LINARCH_MEMBER(model.mixer.gate_low_rank), 0)},
              {"chunk_size", in_range(LINARCH_MEMBER(model.mixer.chunk_size), 1, 1024)},
              {"conv_size", IntField{LINARCH_MEMBER(model.mixer.conv_size), 2, 8, true}},
              {"output_norm", BoolField{LINARCH_MEMBER(model.mixer.output_norm)}},
+             {"output_gate", StringField{LINARCH_MEMBER(model.mixer.output_gate), {"none", "sigmoid", "swish"}}},
          },
          {}},
         {"data",
@@ -434,6 +444,14 @@ void apply_override(const std::string& text, const std::string& source, toml::ta
     override_of_key[key] = text;
 }
 
+// Options that are valid alone but not together. The message names both keys and why.
+void check_combinations(const Spec& spec) {
+    const MixerSpec& mixer = spec.model.mixer;
+    LINARCH_CHECK(mixer.decay_parameterization != "mamba2" || mixer.decay == "scalar",
+                  "{}: model.mixer.decay_parameterization = \"mamba2\" makes one decay per head, so it needs "
+                  "model.mixer.decay = \"scalar\" (got \"{}\")", spec.source, mixer.decay);
+}
+
 }  // namespace
 
 Spec parse_spec(const std::string& text, const std::string& source_name,
@@ -450,6 +468,7 @@ Spec parse_spec(const std::string& text, const std::string& source_name,
         apply_override(override_text, source_name, root, override_of_key);
     Spec spec = Reader(source_name, std::move(override_of_key)).read(root);
     spec.source = source_name;
+    check_combinations(spec);
     return spec;
 }
 

@@ -8,12 +8,23 @@
 
 namespace linarch {
 
+// The token mixer's design axes (mixers.md); presets in configs/ set them to published designs.
 struct MixerSpec {
-    std::string kind = "linear_attention";  // the only kind until the mixer-family issue
-    std::string decay = "none";             // "none" | "fixed" (RetNet: γ_h = 1 − 2^(−5−h))
+    std::string kind = "linear_attention";
+    std::string feature_map = "identity";   // φ on q and k: "identity" | "elu1" | "relu"
+    std::string qk_norm = "none";           // "none" | "l2" (L2-normalise q and k per head)
+    // "none" | "fixed" (RetNet: γ_h = 1 − 2^(−5−h)) | "scalar" (data-dependent, one per head) |
+    // "vector" (data-dependent, one per key channel: GLA)
+    std::string decay = "none";
+    // How a data-dependent decay is made from the input: "logsigmoid" (log α = logsigmoid(x·W + b)/τ,
+    // GLA) | "mamba2" (log α = −exp(A_log)·softplus(x·W + dt_bias), scalar decays only)
+    std::string decay_parameterization = "logsigmoid";
+    double gate_temperature = 16.0;         // τ of the logsigmoid parameterisation
+    int64_t gate_low_rank = 16;             // rank of a vector decay's projection; 0 = full rank
     int64_t chunk_size = 64;                // chunkwise form's chunk length (1..1024)
     int64_t conv_size = 4;                  // short causal depthwise conv on q,k,v; 0 = none, else 2..8
     bool output_norm = true;                // per-head RMSNorm on the mixer output
+    std::string output_gate = "none";       // "none" | "sigmoid" | "swish" of a projection of the input
 };
 
 struct ModelSpec {

@@ -8,20 +8,16 @@
 namespace linarch {
 
 namespace {
-void fill_normal(Tensor& t, uint64_t seed, const std::string& name, double std) {
+// Fills a tensor of any dtype from float64 draws of `draw(rng)`, from the stream named after it.
+template <typename Draw> void fill(Tensor& t, uint64_t seed, const std::string& name, Draw&& draw) {
     RngStream rng(seed, stream_id(name.c_str()));
-    std::vector<double> values(size_t(t.numel()));
-    for (double& v : values) v = std * rng.normal();
+    std::vector<double> values(static_cast<size_t>(t.numel()));
+    for (double& v : values) v = draw(rng);
     t.copy_from(Tensor::from_vector(t.shape(), values, DType::f64));
 }
 
-// PyTorch's default Conv1d initialisation, U(−1/√K, 1/√K), as fla's short convolution uses.
-void fill_conv(Tensor& t, uint64_t seed, const std::string& name) {
-    RngStream rng(seed, stream_id(name.c_str()));
-    const double bound = 1.0 / std::sqrt(double(t.size(1)));
-    std::vector<double> values(size_t(t.numel()));
-    for (double& v : values) v = bound * (2 * rng.uniform() - 1);
-    t.copy_from(Tensor::from_vector(t.shape(), values, DType::f64));
+void fill_normal(Parameter& p, uint64_t seed, double std) {
+    fill(p.value, seed, p.name, [std](RngStream& rng) { return std * rng.normal(); });
 }
 }  // namespace
 
@@ -31,8 +27,15 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, ParameterStore
       head_dim_(spec.head_dim),
       width_(spec.n_heads * spec.head_dim),
       conv_size_(spec.mixer.conv_size),
+      gate_low_rank_(spec.mixer.gate_low_rank),
+      feature_map_(ops::feature_map_from_name(spec.mixer.feature_map)),
+      l2_qk_(spec.mixer.qk_norm == "l2"),
       output_norm_(spec.mixer.output_norm),
+      decay_(spec.mixer.decay),
+      decay_parameterization_(spec.mixer.decay_parameterization),
+      output_gate_(spec.mixer.output_gate),
       norm_eps_(spec.norm_eps),
+      gate_temperature_(spec.mixer.gate_temperature),
       q_proj_(params.add(prefix + ".q_proj.weight", {width_, spec.d_model})),
       k_proj_(params.add(prefix + ".k_proj.weight", {width_, spec.d_model})),
       v_proj_(params.add(prefix + ".v_proj.weight", {width_, spec.d_model})),
@@ -42,10 +45,27 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, ParameterStore
         k_conv_ = &params.add(prefix + ".k_conv.weight", {width_, conv_size_}, false);
         v_conv_ = &params.add(prefix + ".v_conv.weight", {width_, conv_size_}, false);
     }
+    if (decay_ == "scalar" || decay_ == "vector") {
+        const int64_t channels = decay_ == "scalar" ? heads_ : width_;
+        if (decay_ == "vector" && gate_low_rank_ > 0) {
+            // GLA's low-rank gate projection (d → r → H·Dk), mixers.md §4.
+            decay_down_ = &params.add(prefix + ".decay_down.weight", {gate_low_rank_, spec.d_model});
+            decay_up_ = &params.add(prefix + ".decay_up.weight", {channels, gate_low_rank_});
+        } else {
+            decay_proj_ = &params.add(prefix + ".decay_proj.weight", {channels, spec.d_model});
+        }
+        if (decay_parameterization_ == "mamba2") {
+            a_log_ = &params.add(prefix + ".a_log", {heads_}, false);
+            dt_bias_ = &params.add(prefix + ".dt_bias", {heads_}, false);
+        } else {
+            decay_bias_ = &params.add(prefix + ".decay_bias", {channels}, false);
+        }
+    }
     if (output_norm_) out_norm_ = &params.add(prefix + ".out_norm.weight", {head_dim_}, false);
+    if (output_gate_ != "none") out_gate_proj_ = &params.add(prefix + ".out_gate_proj.weight", {width_, spec.d_model});
     args_.scale = 1.0 / std::sqrt(double(head_dim_));
     args_.chunk_size = spec.mixer.chunk_size;
-    if (spec.mixer.decay == "fixed") {
+    if (decay_ == "fixed") {
         // RetNet's multi-scale retention: γ_h = 1 − 2^(−5−h), kept in log space (mixers.md §2).
         std::vector<double> log_decay(static_cast<size_t>(heads_));
         for (int64_t h = 0; h < heads_; ++h) log_decay[size_t(h)] = std::log1p(-std::exp2(-5.0 - double(h)));
@@ -54,75 +74,212 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, ParameterStore
 }
 
 void LinearAttentionMixer::initialize(uint64_t seed, double input_std, double output_std) {
-    for (Parameter* p : {&q_proj_, &k_proj_, &v_proj_}) fill_normal(p->value, seed, p->name, input_std);
-    fill_normal(o_proj_.value, seed, o_proj_.name, output_std);
+    for (Parameter* p : {&q_proj_, &k_proj_, &v_proj_}) fill_normal(*p, seed, input_std);
+    fill_normal(o_proj_, seed, output_std);
+    // PyTorch's default Conv1d initialisation, U(−1/√K, 1/√K), as fla's short convolution uses.
     for (Parameter* p : {q_conv_, k_conv_, v_conv_})
-        if (p) fill_conv(p->value, seed, p->name);
+        if (p) {
+            const double bound = 1.0 / std::sqrt(double(conv_size_));
+            fill(p->value, seed, p->name, [bound](RngStream& rng) { return bound * (2 * rng.uniform() - 1); });
+        }
+    for (Parameter* p : {decay_proj_, decay_down_, decay_up_, out_gate_proj_})
+        if (p) fill_normal(*p, seed, input_std);
+    if (decay_bias_) decay_bias_->value.zero();  // α = sigmoid(0)^(1/τ) at initialisation
+    if (a_log_) {
+        // Mamba-2: A ~ U[1, 16], Δt log-uniform in [0.001, 0.1] stored through softplus⁻¹.
+        fill(a_log_->value, seed, a_log_->name, [](RngStream& rng) { return std::log(1 + 15 * rng.uniform()); });
+        fill(dt_bias_->value, seed, dt_bias_->name, [](RngStream& rng) {
+            const double dt = std::exp(std::log(0.001) + rng.uniform() * (std::log(0.1) - std::log(0.001)));
+            return dt + std::log(-std::expm1(-dt));
+        });
+    }
     if (out_norm_) out_norm_->value.fill(1.0);
 }
 
-void LinearAttentionMixer::forward(Tensor& out, const Tensor& x, int64_t batch, int64_t seq_len) {
-    const int64_t n = batch * seq_len;
-    Cache& c = cache_;
-    c.x = x;
-    c.batch = batch;
-    c.seq_len = seq_len;
-    const Shape heads_shape{batch, seq_len, heads_, head_dim_};
-    Tensor* pre[3] = {&c.q_pre, &c.k_pre, &c.v_pre};
-    Tensor* post[3] = {&c.q, &c.k, &c.v};
-    Parameter* proj[3] = {&q_proj_, &k_proj_, &v_proj_};
-    Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
+Shape LinearAttentionMixer::heads_shape(const Activations& a) const {
+    return {a.batch, a.seq_len, heads_, head_dim_};
+}
+
+ops::LinearAttentionArgs LinearAttentionMixer::attention_args(const Activations& a) const {
+    ops::LinearAttentionArgs args = args_;
+    if (a.log_gate.defined())
+        args.log_gate = decay_ == "scalar" ? a.log_gate.view({a.batch, a.seq_len, heads_})
+                                           : a.log_gate.view(heads_shape(a));
+    return args;
+}
+
+void LinearAttentionMixer::project_and_convolve(Activations& a) const {
+    const int64_t n = a.batch * a.seq_len;
+    const Parameter* proj[3] = {&q_proj_, &k_proj_, &v_proj_};
+    const Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
     for (int i = 0; i < 3; ++i) {
-        *pre[i] = Tensor::empty({n, width_}, dtype_);
-        ops::matmul_forward(*pre[i], x, proj[i]->value);
-        if (conv_size_ > 0) {
-            *post[i] = Tensor::empty(heads_shape, dtype_);
-            Tensor conv_out = post[i]->view({batch, seq_len, width_});
-            ops::short_conv_forward(conv_out, pre[i]->view({batch, seq_len, width_}), conv[i]->value, true);
-        } else {
-            *post[i] = pre[i]->view(heads_shape);
+        a.projected[i] = Tensor::empty({n, width_}, dtype_);
+        ops::matmul_forward(a.projected[i], a.x, proj[i]->value);
+        if (conv_size_ == 0) {
+            a.convolved[i] = a.projected[i].view(heads_shape(a));
+            continue;
+        }
+        a.convolved[i] = Tensor::empty(heads_shape(a), dtype_);
+        Tensor conv_out = a.convolved[i].view({a.batch, a.seq_len, width_});
+        ops::short_conv_forward(conv_out, a.projected[i].view({a.batch, a.seq_len, width_}), conv[i]->value, true);
+    }
+}
+
+void LinearAttentionMixer::make_queries_and_keys(Activations& a) const {
+    const int64_t rows = a.batch * a.seq_len * heads_;
+    for (int i = 0; i < 2; ++i) {
+        a.featured[i] = a.convolved[i];
+        if (feature_map_ != ops::FeatureMap::identity) {
+            a.featured[i] = Tensor::empty(heads_shape(a), dtype_);
+            ops::feature_map_forward(a.featured[i], a.convolved[i], feature_map_);
+        }
+        a.normalized[i] = a.featured[i];
+        if (l2_qk_) {
+            a.normalized[i] = Tensor::empty(heads_shape(a), dtype_);
+            a.inv_norm[i] = Tensor::empty({rows}, dtype_);
+            Tensor out = a.normalized[i].view({rows, head_dim_});
+            ops::l2norm_forward(out, a.inv_norm[i], a.featured[i].view({rows, head_dim_}), 1e-6);
         }
     }
-    c.o = Tensor::empty(heads_shape, dtype_);
-    ops::linear_attention_chunkwise_forward(c.o, nullptr, c.q, c.k, c.v, nullptr, args_);
-    if (output_norm_) {
-        c.o_norm = Tensor::empty({n * heads_, head_dim_}, dtype_);
-        c.o_rstd = Tensor::empty({n * heads_}, dtype_);
-        ops::rmsnorm_forward(c.o_norm, c.o_rstd, c.o.view({n * heads_, head_dim_}), out_norm_->value, norm_eps_);
+}
+
+void LinearAttentionMixer::make_log_gate(Activations& a) const {
+    if (decay_ != "scalar" && decay_ != "vector") return;
+    const int64_t n = a.batch * a.seq_len;
+    const int64_t channels = decay_ == "scalar" ? heads_ : width_;
+    a.decay_input = Tensor::empty({n, channels}, dtype_);
+    if (decay_down_) {
+        a.decay_hidden = Tensor::empty({n, gate_low_rank_}, dtype_);
+        ops::matmul_forward(a.decay_hidden, a.x, decay_down_->value);
+        ops::matmul_forward(a.decay_input, a.decay_hidden, decay_up_->value);
     } else {
-        c.o_norm = c.o;
+        ops::matmul_forward(a.decay_input, a.x, decay_proj_->value);
     }
-    ops::matmul_forward(out, c.o_norm.view({n, width_}), o_proj_.value);
+    a.log_gate = Tensor::empty({n, channels}, dtype_);
+    if (a_log_) {
+        ops::mamba2_decay_forward(a.log_gate, a.decay_input, a_log_->value, dt_bias_->value);
+    } else {
+        Tensor biased = Tensor::empty({n, channels}, dtype_);
+        ops::add_bias_forward(biased, a.decay_input, decay_bias_->value);
+        ops::logsigmoid_decay_forward(a.log_gate, biased, gate_temperature_);
+        a.decay_input = biased;  // backward needs the biased input
+    }
+}
+
+void LinearAttentionMixer::finish_output(Activations& a, Tensor& out) const {
+    const int64_t n = a.batch * a.seq_len;
+    a.o_norm = a.o.view({n, width_});
+    if (output_norm_) {
+        a.o_norm = Tensor::empty({n, width_}, dtype_);
+        a.o_rstd = Tensor::empty({n * heads_}, dtype_);
+        Tensor normed = a.o_norm.view({n * heads_, head_dim_});
+        ops::rmsnorm_forward(normed, a.o_rstd, a.o.view({n * heads_, head_dim_}), out_norm_->value, norm_eps_);
+    }
+    a.gated = a.o_norm;
+    if (out_gate_proj_) {
+        a.gate_input = Tensor::empty({n, width_}, dtype_);
+        ops::matmul_forward(a.gate_input, a.x, out_gate_proj_->value);
+        a.gated = Tensor::empty({n, width_}, dtype_);
+        ops::output_gate_forward(a.gated, a.o_norm, a.gate_input, ops::gate_activation_from_name(output_gate_));
+    }
+    ops::matmul_forward(out, a.gated, o_proj_.value);
+}
+
+void LinearAttentionMixer::forward(Tensor& out, const Tensor& x, int64_t batch, int64_t seq_len) {
+    Activations& a = cache_;
+    a = Activations{};
+    a.x = x;
+    a.batch = batch;
+    a.seq_len = seq_len;
+    project_and_convolve(a);
+    make_queries_and_keys(a);
+    make_log_gate(a);
+    a.o = Tensor::empty(heads_shape(a), dtype_);
+    ops::linear_attention_chunkwise_forward(a.o, nullptr, a.normalized[0], a.normalized[1], a.convolved[2], nullptr,
+                                            attention_args(a));
+    finish_output(a, out);
 }
 
 void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
-    Cache& c = cache_;
-    const int64_t n = c.batch * c.seq_len;
-    const Shape heads_shape{c.batch, c.seq_len, heads_, head_dim_};
-    Tensor d_o_norm = Tensor::zeros({n, width_}, dtype_);
-    ops::matmul_backward(&d_o_norm, &o_proj_.grad, dout, c.o_norm.view({n, width_}), o_proj_.value);
-    Tensor d_o = d_o_norm;
-    if (output_norm_) {
-        d_o = Tensor::zeros({n * heads_, head_dim_}, dtype_);
-        ops::rmsnorm_backward(&d_o, &out_norm_->grad, d_o_norm.view({n * heads_, head_dim_}),
-                              c.o.view({n * heads_, head_dim_}), out_norm_->value, c.o_rstd);
+    Activations& a = cache_;
+    const int64_t n = a.batch * a.seq_len, rows = n * heads_;
+    const Shape shape = heads_shape(a);
+    // Output side: o_proj, output gate, per-head norm.
+    Tensor d_gated = Tensor::zeros({n, width_}, dtype_);
+    ops::matmul_backward(&d_gated, &o_proj_.grad, dout, a.gated, o_proj_.value);
+    Tensor d_o_norm = d_gated;
+    if (out_gate_proj_) {
+        d_o_norm = Tensor::zeros({n, width_}, dtype_);
+        Tensor d_gate_input = Tensor::zeros({n, width_}, dtype_);
+        ops::output_gate_backward(d_o_norm, d_gate_input, d_gated, a.o_norm, a.gate_input,
+                                  ops::gate_activation_from_name(output_gate_));
+        ops::matmul_backward(&dx, &out_gate_proj_->grad, d_gate_input, a.x, out_gate_proj_->value);
     }
-    Tensor dq = Tensor::zeros(heads_shape, dtype_), dk = Tensor::zeros(heads_shape, dtype_), dv = Tensor::zeros(heads_shape, dtype_);
-    ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, d_o.view(heads_shape), nullptr, c.q, c.k, c.v,
-                                             nullptr, args_);
-    Tensor* d_post[3] = {&dq, &dk, &dv};
-    const Tensor* pre[3] = {&c.q_pre, &c.k_pre, &c.v_pre};
+    Tensor d_o = d_o_norm.view(shape);
+    if (output_norm_) {
+        d_o = Tensor::zeros(shape, dtype_);
+        Tensor d_o_rows = d_o.view({rows, head_dim_});
+        ops::rmsnorm_backward(&d_o_rows, &out_norm_->grad, d_o_norm.view({rows, head_dim_}),
+                              a.o.view({rows, head_dim_}), out_norm_->value, a.o_rstd);
+    }
+    // Attention core.
+    Tensor d_qk[2] = {Tensor::zeros(shape, dtype_), Tensor::zeros(shape, dtype_)};
+    Tensor d_convolved[3];
+    d_convolved[2] = Tensor::zeros(shape, dtype_);
+    Tensor d_log_gate;
+    if (a.log_gate.defined()) d_log_gate = Tensor::zeros(a.log_gate.shape(), dtype_);
+    const ops::LinearAttentionArgs args = attention_args(a);
+    Tensor d_log_gate_view;
+    if (a.log_gate.defined()) d_log_gate_view = d_log_gate.view(args.log_gate.shape());
+    ops::linear_attention_chunkwise_backward(d_qk[0], d_qk[1], d_convolved[2], nullptr, d_o, nullptr,
+                                             a.normalized[0], a.normalized[1], a.convolved[2], nullptr, args,
+                                             a.log_gate.defined() ? &d_log_gate_view : nullptr);
+    // Decay path.
+    if (a.log_gate.defined()) {
+        const int64_t channels = a.log_gate.size(1);
+        Tensor d_decay_input = Tensor::zeros({n, channels}, dtype_);
+        if (a_log_) {
+            ops::mamba2_decay_backward(d_decay_input, a_log_->grad, dt_bias_->grad, d_log_gate, a.decay_input,
+                                       a_log_->value, dt_bias_->value);
+        } else {
+            ops::logsigmoid_decay_backward(d_decay_input, d_log_gate, a.decay_input, gate_temperature_);
+            ops::add_bias_backward(decay_bias_->grad, d_decay_input);
+        }
+        if (decay_down_) {
+            Tensor d_hidden = Tensor::zeros({n, gate_low_rank_}, dtype_);
+            ops::matmul_backward(&d_hidden, &decay_up_->grad, d_decay_input, a.decay_hidden, decay_up_->value);
+            ops::matmul_backward(&dx, &decay_down_->grad, d_hidden, a.x, decay_down_->value);
+        } else {
+            ops::matmul_backward(&dx, &decay_proj_->grad, d_decay_input, a.x, decay_proj_->value);
+        }
+    }
+    // q, k: L2 norm, then feature map.
+    for (int i = 0; i < 2; ++i) {
+        Tensor d_featured = d_qk[i];
+        if (l2_qk_) {
+            d_featured = Tensor::zeros(shape, dtype_);
+            Tensor d_rows = d_featured.view({rows, head_dim_});
+            ops::l2norm_backward(d_rows, d_qk[i].view({rows, head_dim_}), a.normalized[i].view({rows, head_dim_}),
+                                 a.inv_norm[i]);
+        }
+        d_convolved[i] = d_featured;
+        if (feature_map_ != ops::FeatureMap::identity) {
+            d_convolved[i] = Tensor::zeros(shape, dtype_);
+            ops::feature_map_backward(d_convolved[i], d_featured, a.convolved[i], feature_map_);
+        }
+    }
+    // Short conv and input projections.
     Parameter* proj[3] = {&q_proj_, &k_proj_, &v_proj_};
     Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
     for (int i = 0; i < 3; ++i) {
-        Tensor d_pre = d_post[i]->view({n, width_});
+        Tensor d_projected = d_convolved[i].view({n, width_});
         if (conv_size_ > 0) {
-            d_pre = Tensor::zeros({c.batch, c.seq_len, width_}, dtype_);
-            ops::short_conv_backward(d_pre, conv[i]->grad, d_post[i]->view({c.batch, c.seq_len, width_}),
-                                     pre[i]->view({c.batch, c.seq_len, width_}), conv[i]->value, true);
-            d_pre = d_pre.view({n, width_});
+            d_projected = Tensor::zeros({a.batch, a.seq_len, width_}, dtype_);
+            ops::short_conv_backward(d_projected, conv[i]->grad, d_convolved[i].view({a.batch, a.seq_len, width_}),
+                                     a.projected[i].view({a.batch, a.seq_len, width_}), conv[i]->value, true);
+            d_projected = d_projected.view({n, width_});
         }
-        ops::matmul_backward(&dx, &proj[i]->grad, d_pre, c.x, proj[i]->value);
+        ops::matmul_backward(&dx, &proj[i]->grad, d_projected, a.x, proj[i]->value);
     }
 }
 
@@ -134,15 +291,17 @@ LinearAttentionMixer::State LinearAttentionMixer::new_state() const {
 }
 
 void LinearAttentionMixer::step(Tensor& out, const Tensor& x, State& state) const {
-    const Shape token_shape{1, 1, heads_, head_dim_};
+    Activations a;
+    a.x = x;
+    a.batch = 1;
+    a.seq_len = 1;
     const Parameter* proj[3] = {&q_proj_, &k_proj_, &v_proj_};
     const Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
-    Tensor qkv[3];
     for (int i = 0; i < 3; ++i) {
-        Tensor projected = Tensor::empty({1, width_}, dtype_);
-        ops::matmul_forward(projected, x, proj[i]->value);
+        a.projected[i] = Tensor::empty({1, width_}, dtype_);
+        ops::matmul_forward(a.projected[i], x, proj[i]->value);
         if (conv_size_ == 0) {
-            qkv[i] = projected.view(token_shape);
+            a.convolved[i] = a.projected[i].view(heads_shape(a));
             continue;
         }
         // Slide the window by one row and run the causal conv over it: its last output row is
@@ -150,22 +309,19 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, State& state) cons
         Tensor window = state.conv_window.select(0, i);
         const Tensor older = window.narrow(0, 1, conv_size_ - 1).clone();
         window.narrow(0, 0, conv_size_ - 1).copy_from(older);
-        window.narrow(0, conv_size_ - 1, 1).copy_from(projected);
+        window.narrow(0, conv_size_ - 1, 1).copy_from(a.projected[i]);
         Tensor conv_out = Tensor::empty({1, conv_size_, width_}, dtype_);
         ops::short_conv_forward(conv_out, window.view({1, conv_size_, width_}), conv[i]->value, true);
-        qkv[i] = conv_out.narrow(1, conv_size_ - 1, 1).contiguous().view(token_shape);
+        a.convolved[i] = conv_out.narrow(1, conv_size_ - 1, 1).contiguous().view(heads_shape(a));
     }
-    Tensor o = Tensor::empty(token_shape, dtype_);
+    make_queries_and_keys(a);
+    make_log_gate(a);
+    a.o = Tensor::empty(heads_shape(a), dtype_);
     Tensor next_state = Tensor::empty(state.attention.shape(), dtype_);
-    ops::linear_attention_recurrent_forward(o, &next_state, qkv[0], qkv[1], qkv[2], &state.attention, args_);
+    ops::linear_attention_recurrent_forward(a.o, &next_state, a.normalized[0], a.normalized[1], a.convolved[2],
+                                            &state.attention, attention_args(a));
     state.attention = next_state;
-    Tensor o_norm = o.view({heads_, head_dim_});
-    if (output_norm_) {
-        o_norm = Tensor::empty({heads_, head_dim_}, dtype_);
-        Tensor rstd = Tensor::empty({heads_}, dtype_);
-        ops::rmsnorm_forward(o_norm, rstd, o.view({heads_, head_dim_}), out_norm_->value, norm_eps_);
-    }
-    ops::matmul_forward(out, o_norm.view({1, width_}), o_proj_.value);
+    finish_output(a, out);
 }
 
 double LinearAttentionMixer::attention_flops_per_token() const {

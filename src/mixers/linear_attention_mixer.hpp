@@ -1,13 +1,15 @@
-// The linear-attention token mixer as a layer (mixers.md §1-2, §12):
-//   q,k,v = x·W_{q,k,v}ᵀ  →  short causal conv + SiLU (optional)  →  causal linear attention
-//   (chunkwise in training, recurrent in decoding; fixed per-head decay optional)
-//   →  per-head RMSNorm (optional)  →  ·W_oᵀ
+// The linear-attention token mixer as a layer (mixers.md §1-5, §12):
+//   q,k,v = x·W_{q,k,v}ᵀ → short causal conv + SiLU (optional) → feature map φ on q,k → L2 norm of
+//   q,k (optional) → causal linear attention with decay none | fixed per head | data-dependent
+//   scalar (Mamba-2) | data-dependent vector (GLA), chunkwise in training and recurrent in decoding
+//   → per-head RMSNorm (optional) → output gate act(x·W_gᵀ) (optional) → ·W_oᵀ
 // Parameters live in the model's ParameterStore under "<prefix>.*".
 #pragma once
 #include <string>
 
 #include "core/parameter.hpp"
 #include "core/spec.hpp"
+#include "ops/elementwise.hpp"
 #include "ops/linear_attention.hpp"
 
 namespace linarch {
@@ -35,18 +37,40 @@ public:
     double attention_flops_per_token() const;
 
 private:
-    struct Cache {
-        Tensor x, q_pre, k_pre, v_pre, q, k, v, o, o_norm, o_rstd;
+    // Intermediates of one forward (the training cache, or one decode step's scratch).
+    struct Activations {
+        Tensor x;
         int64_t batch = 0, seq_len = 0;
+        Tensor projected[3];  // [N, width]: x·W_{q,k,v}ᵀ
+        Tensor convolved[3];  // [B,T,H,D]: after the short conv (the projections when there is none)
+        Tensor featured[2];   // q, k after φ
+        Tensor normalized[2]; // q, k after the L2 norm: what attention reads
+        Tensor inv_norm[2];
+        Tensor decay_hidden, decay_input, log_gate;  // data-dependent decay path
+        Tensor o, o_norm, o_rstd, gate_input, gated;
     };
+    void project_and_convolve(Activations& a) const;  // training path (whole sequences)
+    void make_queries_and_keys(Activations& a) const;
+    void make_log_gate(Activations& a) const;
+    void finish_output(Activations& a, Tensor& out) const;
+    ops::LinearAttentionArgs attention_args(const Activations& a) const;
+    Shape heads_shape(const Activations& a) const;
+
     DType dtype_;
-    int64_t heads_, head_dim_, width_, conv_size_;
-    bool output_norm_;
-    double norm_eps_;
-    ops::LinearAttentionArgs args_;
+    int64_t heads_, head_dim_, width_, conv_size_, gate_low_rank_;
+    ops::FeatureMap feature_map_;
+    bool l2_qk_, output_norm_;
+    std::string decay_, decay_parameterization_, output_gate_;
+    double norm_eps_, gate_temperature_;
+    ops::LinearAttentionArgs args_;  // scale, chunk size, fixed log decay
     Parameter &q_proj_, &k_proj_, &v_proj_, &o_proj_;
     Parameter *q_conv_ = nullptr, *k_conv_ = nullptr, *v_conv_ = nullptr, *out_norm_ = nullptr;
-    Cache cache_;
+    // Data-dependent decay: decay_proj [C,d] (or decay_down [r,d] then decay_up [C,r]) with
+    // C = H (scalar) or H·Dk (vector), then decay_bias [C] (logsigmoid) or a_log, dt_bias [H] (mamba2).
+    Parameter *decay_proj_ = nullptr, *decay_down_ = nullptr, *decay_up_ = nullptr, *decay_bias_ = nullptr;
+    Parameter *a_log_ = nullptr, *dt_bias_ = nullptr;
+    Parameter* out_gate_proj_ = nullptr;
+    Activations cache_;
 };
 
 }  // namespace linarch

@@ -1,5 +1,5 @@
-// Linear attention and short conv ops: check every tensor (device, dtype, contiguity, shape), then
-// dispatch to the backend. Only the CPU backend exists so far.
+// Linear attention and short conv ops: check every tensor (device, dtype, contiguity, shape) and the
+// decay and sequence arguments, then dispatch to the backend. Only the CPU backend exists so far.
 #include "ops/linear_attention.hpp"
 
 #include <string>
@@ -48,10 +48,39 @@ void check_operand(const char* op, const char* name, const Tensor& t, DType dtyp
                   shape_string(t.shape()));
 }
 
-// Checks q, k, v, initial_state and log_decay; returns the sizes they agree on.
-cpu::LinearAttentionDims check_linear_attention_inputs(const char* op, const Tensor& q, const Tensor& k,
-                                                       const Tensor& v, const Tensor* initial_state,
-                                                       const LinearAttentionArgs& args) {
+// What the checks establish: the sizes and the kind of decay.
+struct Checked {
+    cpu::LinearAttentionDims dims;
+    cpu::GateKind gate;
+};
+
+// Every value of a log decay must be ≤ 0 (α = exp(g) ≤ 1 keeps the state bounded); `!(x <= 0)` also
+// rejects NaN. Reads the typed data directly: the gate is as large as k, and this runs every step.
+template <typename T> void check_non_positive(const char* op, const char* name, const Tensor& t) {
+    const T* values = t.data<T>();
+    for (int64_t i = 0; i < t.numel(); ++i)
+        LINARCH_CHECK(values[i] <= T(0), "{}: {}: expected every value ≤ 0, got {} at index {}", op, name,
+                      double(values[i]), i);
+}
+
+// The packed-sequence offsets; returns the number of sequences (B without cu_seqlens).
+int64_t check_cu_seqlens(const char* op, const std::vector<int64_t>& cu, int64_t B, int64_t T) {
+    if (cu.empty()) return B;
+    LINARCH_CHECK(B == 1, "{}: cu_seqlens: expected batch 1 with packed sequences, got q batch {}", op, B);
+    LINARCH_CHECK(cu.size() >= 2, "{}: cu_seqlens: expected at least 2 offsets (one sequence), got {}", op,
+                  cu.size());
+    LINARCH_CHECK(cu.front() == 0, "{}: cu_seqlens: expected to start at 0, got {}", op, cu.front());
+    for (size_t n = 1; n < cu.size(); ++n)
+        LINARCH_CHECK(cu[n] > cu[n - 1],
+                      "{}: cu_seqlens: expected strictly increasing offsets, got {} after {} at index {}", op, cu[n],
+                      cu[n - 1], n);
+    LINARCH_CHECK(cu.back() == T, "{}: cu_seqlens: expected to end at T = {}, got {}", op, T, cu.back());
+    return int64_t(cu.size()) - 1;
+}
+
+// Checks q, k, v, initial_state, the decay and cu_seqlens; returns the sizes they agree on.
+Checked check_linear_attention_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                      const Tensor* initial_state, const LinearAttentionArgs& args) {
     check_compute_dtype(op, "q", q);
     const DType dtype = q.dtype();
     check_operand(op, "q", q, dtype);
@@ -63,65 +92,99 @@ cpu::LinearAttentionDims check_linear_attention_inputs(const char* op, const Ten
     LINARCH_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == T && v.size(2) == H && v.size(3) > 0,
                   "{}: v: expected shape [{}, {}, {}, Dv], got {}", op, B, T, H, shape_string(v.shape()));
     const int64_t Dv = v.size(3);
-    if (present(initial_state)) check_operand(op, "initial_state", *initial_state, dtype, {B, H, Dk, Dv});
+    const int64_t N = check_cu_seqlens(op, args.cu_seqlens, B, T);
+    if (present(initial_state)) check_operand(op, "initial_state", *initial_state, dtype, {N, H, Dk, Dv});
+    cpu::GateKind gate = cpu::GateKind::none;
     if (args.log_decay.defined()) {
+        LINARCH_CHECK(!args.log_gate.defined(),
+                      "{}: log_gate: expected at most one of log_decay and log_gate, got both", op);
         check_operand(op, "log_decay", args.log_decay, dtype, {H});
-        // γ = exp(log_decay) ≤ 1 keeps the state bounded; `!(x <= 0)` also rejects NaN.
         const std::vector<double> values = args.log_decay.to_vector();
         for (int64_t h = 0; h < H; ++h)
             LINARCH_CHECK(values[size_t(h)] <= 0, "{}: log_decay: expected every value ≤ 0, got {} at head {}", op,
                           values[size_t(h)], h);
+        gate = cpu::GateKind::fixed;
+    } else if (args.log_gate.defined()) {
+        const Tensor& g = args.log_gate;
+        check_operand(op, "log_gate", g, dtype);
+        const Shape scalar_shape{B, T, H}, vector_shape{B, T, H, Dk};
+        LINARCH_CHECK(g.shape() == scalar_shape || g.shape() == vector_shape,
+                      "{}: log_gate: expected shape {} or {}, got {}", op, shape_string(scalar_shape),
+                      shape_string(vector_shape), shape_string(g.shape()));
+        dispatch(dtype, [&](auto tag) { check_non_positive<decltype(tag)>(op, "log_gate", g); });
+        gate = g.dim() == 3 ? cpu::GateKind::scalar : cpu::GateKind::vector;
     }
-    return {B, T, H, Dk, Dv};
+    const int64_t* cu = args.cu_seqlens.empty() ? nullptr : args.cu_seqlens.data();
+    return {{B, T, H, Dk, Dv, cu, N}, gate};
 }
 
 void check_output_state(const char* op, const char* name, const Tensor* state, DType dtype,
                         const cpu::LinearAttentionDims& d) {
-    if (present(state)) check_operand(op, name, *state, dtype, {d.batch, d.heads, d.key_dim, d.value_dim});
+    if (present(state)) check_operand(op, name, *state, dtype, {d.num_seqs, d.heads, d.key_dim, d.value_dim});
 }
 
 Shape token_shape(const cpu::LinearAttentionDims& d, int64_t dim) { return {d.batch, d.seq_len, d.heads, dim}; }
+
+template <typename T> cpu::LogGate<T> log_gate_of(const LinearAttentionArgs& args, cpu::GateKind kind) {
+    if (kind == cpu::GateKind::fixed) return {kind, args.log_decay.data<T>()};
+    if (kind == cpu::GateKind::none) return {kind, nullptr};
+    return {kind, args.log_gate.data<T>()};
+}
+
+// Checks a forward call and runs form(o, final_state, q, k, v, initial_state, gate, dims) in its dtype.
+template <typename Form>
+void run_forward(const char* op, Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k, const Tensor& v,
+                 const Tensor* initial_state, const LinearAttentionArgs& args, Form&& form) {
+    const auto [d, gate] = check_linear_attention_inputs(op, q, k, v, initial_state, args);
+    check_operand(op, "o", o, q.dtype(), token_shape(d, d.value_dim));
+    check_output_state(op, "final_state", final_state, q.dtype(), d);
+    dispatch(q.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        form(o.data<T>(), data_or_null<T>(final_state), q.data<T>(), k.data<T>(), v.data<T>(),
+             data_or_null<T>(initial_state), log_gate_of<T>(args, gate), d);
+    });
+}
 
 }  // namespace
 
 void linear_attention_recurrent_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
                                         const Tensor& v, const Tensor* initial_state,
                                         const LinearAttentionArgs& args) {
-    const char* op = "linear_attention_recurrent_forward";
-    const auto d = check_linear_attention_inputs(op, q, k, v, initial_state, args);
-    check_operand(op, "o", o, q.dtype(), token_shape(d, d.value_dim));
-    check_output_state(op, "final_state", final_state, q.dtype(), d);
-    dispatch(q.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        cpu::linear_attention_recurrent_forward<T>(o.data<T>(), data_or_null<T>(final_state), q.data<T>(),
-                                                   k.data<T>(), v.data<T>(), data_or_null<T>(initial_state),
-                                                   data_or_null<T>(&args.log_decay), args.scale, d);
-    });
+    run_forward("linear_attention_recurrent_forward", o, final_state, q, k, v, initial_state, args,
+                [&](auto* out, auto* fs, const auto* q_, const auto* k_, const auto* v_, const auto* s0,
+                    const auto& gate, const cpu::LinearAttentionDims& d) {
+                    cpu::linear_attention_recurrent_forward(out, fs, q_, k_, v_, s0, gate, args.scale, d);
+                });
+}
+
+void linear_attention_parallel_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
+                                       const Tensor& v, const Tensor* initial_state, const LinearAttentionArgs& args) {
+    run_forward("linear_attention_parallel_forward", o, final_state, q, k, v, initial_state, args,
+                [&](auto* out, auto* fs, const auto* q_, const auto* k_, const auto* v_, const auto* s0,
+                    const auto& gate, const cpu::LinearAttentionDims& d) {
+                    cpu::linear_attention_parallel_forward(out, fs, q_, k_, v_, s0, gate, args.scale, d);
+                });
 }
 
 void linear_attention_chunkwise_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
                                         const Tensor& v, const Tensor* initial_state,
                                         const LinearAttentionArgs& args) {
     const char* op = "linear_attention_chunkwise_forward";
-    const auto d = check_linear_attention_inputs(op, q, k, v, initial_state, args);
     LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
-    check_operand(op, "o", o, q.dtype(), token_shape(d, d.value_dim));
-    check_output_state(op, "final_state", final_state, q.dtype(), d);
-    dispatch(q.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        cpu::linear_attention_chunkwise_forward<T>(o.data<T>(), data_or_null<T>(final_state), q.data<T>(),
-                                                   k.data<T>(), v.data<T>(), data_or_null<T>(initial_state),
-                                                   data_or_null<T>(&args.log_decay), args.scale, args.chunk_size,
-                                                   d);
-    });
+    run_forward(op, o, final_state, q, k, v, initial_state, args,
+                [&](auto* out, auto* fs, const auto* q_, const auto* k_, const auto* v_, const auto* s0,
+                    const auto& gate, const cpu::LinearAttentionDims& d) {
+                    cpu::linear_attention_chunkwise_forward(out, fs, q_, k_, v_, s0, gate, args.scale,
+                                                            args.chunk_size, d);
+                });
 }
 
 void linear_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dinitial_state,
                                          const Tensor& dout, const Tensor* dfinal_state, const Tensor& q,
                                          const Tensor& k, const Tensor& v, const Tensor* initial_state,
-                                         const LinearAttentionArgs& args) {
+                                         const LinearAttentionArgs& args, Tensor* dlog_gate) {
     const char* op = "linear_attention_chunkwise_backward";
-    const auto d = check_linear_attention_inputs(op, q, k, v, initial_state, args);
+    const auto [d, gate] = check_linear_attention_inputs(op, q, k, v, initial_state, args);
     LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
     const DType dtype = q.dtype();
     check_operand(op, "dout", dout, dtype, token_shape(d, d.value_dim));
@@ -130,12 +193,16 @@ void linear_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Ten
     check_operand(op, "dk", dk, dtype, token_shape(d, d.key_dim));
     check_operand(op, "dv", dv, dtype, token_shape(d, d.value_dim));
     check_output_state(op, "dinitial_state", dinitial_state, dtype, d);
+    if (present(dlog_gate)) {
+        LINARCH_CHECK(args.log_gate.defined(), "{}: dlog_gate: given, but args.log_gate is not defined", op);
+        check_operand(op, "dlog_gate", *dlog_gate, dtype, args.log_gate.shape());
+    }
     dispatch(dtype, [&](auto tag) {
         using T = decltype(tag);
         cpu::linear_attention_chunkwise_backward<T>(
-            dq.data<T>(), dk.data<T>(), dv.data<T>(), data_or_null<T>(dinitial_state), dout.data<T>(),
-            data_or_null<T>(dfinal_state), q.data<T>(), k.data<T>(), v.data<T>(), data_or_null<T>(initial_state),
-            data_or_null<T>(&args.log_decay), args.scale, args.chunk_size, d);
+            dq.data<T>(), dk.data<T>(), dv.data<T>(), data_or_null<T>(dinitial_state), data_or_null<T>(dlog_gate),
+            dout.data<T>(), data_or_null<T>(dfinal_state), q.data<T>(), k.data<T>(), v.data<T>(),
+            data_or_null<T>(initial_state), log_gate_of<T>(args, gate), args.scale, args.chunk_size, d);
     });
 }
 

@@ -184,7 +184,7 @@ TEST(SpecErrors, UnknownKeyNamesFileLineKeyAndValidKeys) {
                      "norm_eps, init_std, mixer)"});
     expect_contains(parse_error("[model.mixer]\nkind = \"linear_attention\"\ndecy = \"fixed\"\n"),
                     {"configs/demo.toml:3:", "\"model.mixer.decy\"",
-                     "valid keys in [model.mixer]: kind, decay, chunk_size, conv_size, output_norm"});
+                     "valid keys in [model.mixer]: kind, feature_map, qk_norm, decay, decay_parameterization, gate_temperature, gate_low_rank, chunk_size, conv_size, output_norm, output_gate"});
     expect_contains(parse_error("[run]\nsteps = 10\n\n[optimizer]\nlr = 1\n"),
                     {"configs/demo.toml:4: unknown table \"optimizer\"", "valid tables: [model], [data], [optim], [run]"});
     expect_contains(parse_error("lr = 0.1\n"), {"configs/demo.toml:1: unknown top-level key \"lr\"", "valid tables"});
@@ -213,7 +213,7 @@ TEST(SpecErrors, OutOfRangeNamesFileLineKeyAndRange) {
     expect_contains(parse_error("[model]\nd_model = 64\nn_layers = 0\n"),
                     {"configs/demo.toml:3: model.n_layers: expected an integer in [1, 1024], got 0"});
     expect_contains(parse_error("[model.mixer]\ndecay = \"exp\"\n"),
-                    {"configs/demo.toml:2: model.mixer.decay: expected one of \"none\", \"fixed\", got \"exp\""});
+                    {"configs/demo.toml:2: model.mixer.decay: expected one of \"none\", \"fixed\", \"scalar\", \"vector\", got \"exp\""});
     expect_contains(parse_error("[model.mixer]\nkind = \"mamba\"\n"),
                     {"configs/demo.toml:2: model.mixer.kind: expected \"linear_attention\", got \"mamba\""});
     expect_contains(parse_error("[model.mixer]\nconv_size = 1\n"),
@@ -385,7 +385,12 @@ TEST(SpecRoundTrip, RandomValuesRoundTripExactly) {
         s.model.mlp_hidden = integer(0, 100000);
         s.model.norm_eps = positive(-300, -1);
         s.model.init_std = positive(-10, 300);
-        s.model.mixer.decay = rng.below(2) ? "none" : "fixed";
+        s.model.mixer.decay = std::vector<std::string>{"none", "fixed", "scalar", "vector"}[rng.below(4)];
+        s.model.mixer.feature_map = rng.below(2) ? "identity" : "elu1";
+        s.model.mixer.qk_norm = rng.below(2) ? "none" : "l2";
+        s.model.mixer.gate_temperature = 1 + 31 * rng.uniform();
+        s.model.mixer.gate_low_rank = integer(0, 64);
+        s.model.mixer.output_gate = rng.below(2) ? "none" : "swish";
         s.model.mixer.chunk_size = integer(1, 1024);
         s.model.mixer.conv_size = rng.below(3) == 0 ? 0 : integer(2, 8);
         s.model.mixer.output_norm = rng.below(2) == 1;
@@ -418,4 +423,14 @@ TEST(SpecRoundTrip, RandomValuesRoundTripExactly) {
     big.model.init_std = 1e300;
     big.optim.grad_clip = 9007199254740994.0;
     EXPECT_TRUE(parse_spec(spec_to_toml(big), "big.toml") == big) << spec_to_toml(big);
+}
+
+TEST(SpecErrors, IncompatibleMixerOptionsNameBothKeys) {
+    expect_contains(parse_error("[model.mixer]\ndecay = \"vector\"\ndecay_parameterization = \"mamba2\"\n"),
+                    {"configs/demo.toml", "model.mixer.decay_parameterization", "model.mixer.decay", "\"vector\""});
+    expect_contains(parse_error("[model.mixer]\ndecay_parameterization = \"mamba2\"\n", {"model.mixer.decay=fixed"}),
+                    {"model.mixer.decay_parameterization", "\"fixed\""});
+    // The same options are fine together with a scalar decay.
+    const Spec ok = parse_spec("[model.mixer]\ndecay = \"scalar\"\ndecay_parameterization = \"mamba2\"\n", "x.toml");
+    EXPECT_EQ(ok.model.mixer.decay_parameterization, "mamba2");
 }

@@ -1,0 +1,183 @@
+// Delta-rule ops: check every tensor (device, dtype, contiguity, shape, value ranges) and cu_seqlens,
+// then dispatch to the backend. Only the CPU backend exists so far.
+#include "ops/delta_rule.hpp"
+
+#include <cmath>
+#include <span>
+#include <string>
+
+#include "backend/cpu/delta_rule.hpp"
+
+namespace linarch::ops {
+namespace {
+
+bool present(const Tensor* t) { return t && t->defined(); }
+
+template <typename T> const T* data_or_null(const Tensor* t) { return present(t) ? t->data<T>() : nullptr; }
+template <typename T> T* data_or_null(Tensor* t) { return present(t) ? t->data<T>() : nullptr; }
+
+// Calls fn(float{}) or fn(double{}) for the op's dtype (checked to be one of the two).
+template <typename Fn> void dispatch(DType dtype, Fn&& fn) {
+    if (dtype == DType::f32) fn(float{});
+    else fn(double{});
+}
+
+// Everything but the shape: defined, on the CPU, contiguous, and of the op's dtype.
+void check_operand(const char* op, const char* name, const Tensor& t, DType dtype) {
+    LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
+    LINARCH_CHECK(t.device() == Device::cpu, "{}: {}: tensor is on {}, and this op has no CUDA implementation yet",
+                  op, name, device_name(t.device()));
+    LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} (all tensors of one op share a dtype), got {}", op,
+                  name, dtype_name(dtype), dtype_name(t.dtype()));
+    LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
+}
+
+void check_operand(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
+    check_operand(op, name, t, dtype);
+    LINARCH_CHECK(t.shape() == shape, "{}: {}: expected shape {}, got {}", op, name, shape_string(shape),
+                  shape_string(t.shape()));
+}
+
+// Sizes the inputs agree on, and N, the number of sequences (the states' leading dim).
+struct Checked {
+    cpu::DeltaRuleDims dims;
+    int64_t sequences;
+};
+
+// Checks q, k, v, beta, initial_state, the gate and cu_seqlens.
+Checked check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                     const Tensor* initial_state, const DeltaRuleArgs& args) {
+    LINARCH_CHECK(q.defined(), "{}: q: tensor is not defined", op);
+    LINARCH_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, "{}: q: expected dtype F32 or F64, got {}",
+                  op, dtype_name(q.dtype()));
+    const DType dtype = q.dtype();
+    check_operand(op, "q", q, dtype);
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
+    check_operand(op, "k", k, dtype, q.shape());
+    check_operand(op, "v", v, dtype);
+    LINARCH_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == T && v.size(2) == H && v.size(3) > 0,
+                  "{}: v: expected shape [{}, {}, {}, Dv], got {}", op, B, T, H, shape_string(v.shape()));
+    const int64_t Dv = v.size(3);
+    check_operand(op, "beta", beta, dtype, {B, T, H});
+    // β ∈ [0,1] keeps each Householder factor contractive (mixers.md §13); `!(0 <= x && x <= 1)`
+    // also rejects NaN.
+    const std::vector<double> betas = beta.to_vector();
+    for (size_t i = 0; i < betas.size(); ++i)
+        LINARCH_CHECK(betas[i] >= 0 && betas[i] <= 1, "{}: beta: expected every value in [0, 1], got {} at index {}",
+                      op, betas[i], i);
+    if (args.log_gate.defined()) {
+        check_operand(op, "log_gate", args.log_gate, dtype, {B, T, H});
+        const std::vector<double> gates = args.log_gate.to_vector();
+        for (size_t i = 0; i < gates.size(); ++i)
+            LINARCH_CHECK(gates[i] <= 0, "{}: log_gate: expected every value ≤ 0, got {} at index {}", op, gates[i],
+                          i);
+    }
+    int64_t N = B;
+    if (!args.cu_seqlens.empty()) {
+        const std::vector<int64_t>& cu = args.cu_seqlens;
+        LINARCH_CHECK(B == 1, "{}: cu_seqlens: packed sequences need batch size 1, got q of shape {}", op,
+                      shape_string(q.shape()));
+        LINARCH_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == T,
+                      "{}: cu_seqlens: expected offsets from 0 to T = {} (at least two), got {} offsets from {} to {}",
+                      op, T, cu.size(), cu.front(), cu.back());
+        for (size_t n = 0; n + 1 < cu.size(); ++n)
+            LINARCH_CHECK(cu[n] < cu[n + 1], "{}: cu_seqlens: expected strictly increasing offsets, got {} then {}",
+                          op, cu[n], cu[n + 1]);
+        N = int64_t(cu.size()) - 1;
+    }
+    if (present(initial_state)) check_operand(op, "initial_state", *initial_state, dtype, {N, H, Dk, Dv});
+    return {{B, T, H, Dk, Dv}, N};
+}
+
+void check_state(const char* op, const char* name, const Tensor* state, DType dtype, const Checked& c) {
+    if (present(state))
+        check_operand(op, name, *state, dtype, {c.sequences, c.dims.heads, c.dims.key_dim, c.dims.value_dim});
+}
+
+void check_chunk_size(const char* op, const DeltaRuleArgs& args) {
+    LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
+}
+
+Shape token_shape(const cpu::DeltaRuleDims& d, int64_t dim) { return {d.batch, d.seq_len, d.heads, dim}; }
+
+// The three forward forms share their checks and signature.
+template <typename Kernel>
+void forward(const char* op, Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k, const Tensor& v,
+             const Tensor& beta, const Tensor* initial_state, const DeltaRuleArgs& args, Kernel&& kernel) {
+    const Checked c = check_inputs(op, q, k, v, beta, initial_state, args);
+    check_operand(op, "o", o, q.dtype(), token_shape(c.dims, c.dims.value_dim));
+    check_state(op, "final_state", final_state, q.dtype(), c);
+    dispatch(q.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kernel(o.data<T>(), data_or_null<T>(final_state), q.data<T>(), k.data<T>(), v.data<T>(), beta.data<T>(),
+               data_or_null<T>(&args.log_gate), data_or_null<T>(initial_state), c.dims);
+    });
+}
+
+}  // namespace
+
+void delta_rule_recurrent_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& beta, const Tensor* initial_state,
+                                  const DeltaRuleArgs& args) {
+    forward("delta_rule_recurrent_forward", o, final_state, q, k, v, beta, initial_state, args,
+            [&](auto* out, auto* fin, auto* q_, auto* k_, auto* v_, auto* beta_, auto* gate, auto* s0, auto& d) {
+                cpu::delta_rule_recurrent_forward(out, fin, q_, k_, v_, beta_, gate, s0, args.scale, d,
+                                                  std::span(args.cu_seqlens));
+            });
+}
+
+void delta_rule_chunkwise_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& beta, const Tensor* initial_state,
+                                  const DeltaRuleArgs& args) {
+    const char* op = "delta_rule_chunkwise_forward";
+    check_chunk_size(op, args);
+    forward(op, o, final_state, q, k, v, beta, initial_state, args,
+            [&](auto* out, auto* fin, auto* q_, auto* k_, auto* v_, auto* beta_, auto* gate, auto* s0, auto& d) {
+                cpu::delta_rule_chunkwise_forward(out, fin, q_, k_, v_, beta_, gate, s0, args.scale, args.chunk_size,
+                                                  d, std::span(args.cu_seqlens));
+            });
+}
+
+void delta_rule_parallel_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, const Tensor& beta, const Tensor* initial_state,
+                                 const DeltaRuleArgs& args) {
+    forward("delta_rule_parallel_forward", o, final_state, q, k, v, beta, initial_state, args,
+            [&](auto* out, auto* fin, auto* q_, auto* k_, auto* v_, auto* beta_, auto* gate, auto* s0, auto& d) {
+                cpu::delta_rule_parallel_forward(out, fin, q_, k_, v_, beta_, gate, s0, args.scale, d,
+                                                 std::span(args.cu_seqlens));
+            });
+}
+
+void delta_rule_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor& dbeta, Tensor* dlog_gate,
+                                   Tensor* dinitial_state, const Tensor& dout, const Tensor* dfinal_state,
+                                   const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                                   const Tensor* initial_state, const DeltaRuleArgs& args) {
+    const char* op = "delta_rule_chunkwise_backward";
+    check_chunk_size(op, args);
+    const Checked c = check_inputs(op, q, k, v, beta, initial_state, args);
+    const cpu::DeltaRuleDims& d = c.dims;
+    const DType dtype = q.dtype();
+    check_operand(op, "dout", dout, dtype, token_shape(d, d.value_dim));
+    check_state(op, "dfinal_state", dfinal_state, dtype, c);
+    check_operand(op, "dq", dq, dtype, token_shape(d, d.key_dim));
+    check_operand(op, "dk", dk, dtype, token_shape(d, d.key_dim));
+    check_operand(op, "dv", dv, dtype, token_shape(d, d.value_dim));
+    check_operand(op, "dbeta", dbeta, dtype, beta.shape());
+    if (present(dlog_gate)) {
+        LINARCH_CHECK(args.log_gate.defined(), "{}: dlog_gate: given, but there is no log_gate (pass null)", op);
+        check_operand(op, "dlog_gate", *dlog_gate, dtype, beta.shape());
+    }
+    check_state(op, "dinitial_state", dinitial_state, dtype, c);
+    dispatch(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        cpu::delta_rule_chunkwise_backward<T>(
+            dq.data<T>(), dk.data<T>(), dv.data<T>(), dbeta.data<T>(), data_or_null<T>(dlog_gate),
+            data_or_null<T>(dinitial_state), dout.data<T>(), data_or_null<T>(dfinal_state), q.data<T>(),
+            k.data<T>(), v.data<T>(), beta.data<T>(), data_or_null<T>(&args.log_gate),
+            data_or_null<T>(initial_state), args.scale, args.chunk_size, d, std::span(args.cu_seqlens));
+    });
+}
+
+}  // namespace linarch::ops

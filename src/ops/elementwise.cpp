@@ -1,0 +1,185 @@
+#include "ops/elementwise.hpp"
+
+#include <initializer_list>
+
+#include "backend/cpu/elementwise.hpp"
+
+namespace linarch::ops {
+
+namespace {
+// Every tensor: CPU, contiguous, and the dtype of the first (f32 or f64).
+void check_tensors(const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> tensors) {
+    const DType dtype = tensors.begin()->second->dtype();
+    LINARCH_CHECK(dtype == DType::f32 || dtype == DType::f64, "{}: {} is {}, expected F32 or F64", op,
+                  tensors.begin()->first, dtype_name(dtype));
+    for (const auto& [name, t] : tensors) {
+        LINARCH_CHECK(t->defined(), "{}: {} is not defined", op, name);
+        LINARCH_CHECK(t->device() == Device::cpu, "{}: {} is a CUDA tensor, but {} has no CUDA implementation yet",
+                      op, name, op);
+        LINARCH_CHECK(t->dtype() == dtype, "{}: {} is {}, but {} is {}", op, name, dtype_name(t->dtype()),
+                      tensors.begin()->first, dtype_name(dtype));
+        LINARCH_CHECK(t->is_contiguous(), "{}: {} must be contiguous", op, name);
+    }
+}
+
+void check_same_shape(const char* op, const Tensor& reference, const char* reference_name,
+                      std::initializer_list<std::pair<const char*, const Tensor*>> tensors) {
+    for (const auto& [name, t] : tensors)
+        LINARCH_CHECK(t->shape() == reference.shape(), "{}: {}: expected shape {} (as {}), got {}", op, name,
+                      shape_string(reference.shape()), reference_name, shape_string(t->shape()));
+}
+
+// Calls body(T{}) with T the element type of `t`.
+template <typename F> void dispatch(const Tensor& t, F&& body) {
+    if (t.dtype() == DType::f32) body(float{});
+    else body(double{});
+}
+
+template <typename T> T* ptr(Tensor& t) { return t.data<T>(); }
+template <typename T> const T* ptr(const Tensor& t) { return t.data<T>(); }
+
+// (rows, last dimension) of a tensor seen as a matrix.
+std::pair<int64_t, int64_t> as_rows(const char* op, const Tensor& t, const char* name) {
+    LINARCH_CHECK(t.dim() >= 1, "{}: {} must have at least one dimension", op, name);
+    const int64_t cols = t.size(-1);
+    return {cols == 0 ? 0 : t.numel() / cols, cols};
+}
+}  // namespace
+
+FeatureMap feature_map_from_name(std::string_view name) {
+    if (name == "identity") return FeatureMap::identity;
+    if (name == "elu1") return FeatureMap::elu_plus_one;
+    if (name == "relu") return FeatureMap::relu;
+    fail("unknown feature map \"{}\" (expected identity, elu1 or relu)", name);
+}
+
+void feature_map_forward(Tensor& out, const Tensor& x, FeatureMap map) {
+    check_tensors("feature_map_forward", {{"x", &x}, {"out", &out}});
+    check_same_shape("feature_map_forward", x, "x", {{"out", &out}});
+    dispatch(x, [&]<typename T>(T) { cpu::feature_map_forward(ptr<T>(out), ptr<T>(x), x.numel(), int(map)); });
+}
+
+void feature_map_backward(Tensor& dx, const Tensor& dout, const Tensor& x, FeatureMap map) {
+    check_tensors("feature_map_backward", {{"x", &x}, {"dout", &dout}, {"dx", &dx}});
+    check_same_shape("feature_map_backward", x, "x", {{"dout", &dout}, {"dx", &dx}});
+    dispatch(x, [&]<typename T>(T) {
+        cpu::feature_map_backward(ptr<T>(dx), ptr<T>(dout), ptr<T>(x), x.numel(), int(map));
+    });
+}
+
+void l2norm_forward(Tensor& out, Tensor& inv_norm, const Tensor& x, double eps) {
+    check_tensors("l2norm_forward", {{"x", &x}, {"out", &out}, {"inv_norm", &inv_norm}});
+    check_same_shape("l2norm_forward", x, "x", {{"out", &out}});
+    const auto [rows, dim] = as_rows("l2norm_forward", x, "x");
+    check_shape(inv_norm, {rows}, "l2norm_forward: inv_norm");
+    dispatch(x, [&]<typename T>(T) {
+        cpu::l2norm_forward(ptr<T>(out), ptr<T>(inv_norm), ptr<T>(x), rows, dim, eps);
+    });
+}
+
+void l2norm_backward(Tensor& dx, const Tensor& dout, const Tensor& out, const Tensor& inv_norm) {
+    check_tensors("l2norm_backward", {{"out", &out}, {"dout", &dout}, {"dx", &dx}, {"inv_norm", &inv_norm}});
+    check_same_shape("l2norm_backward", out, "out", {{"dout", &dout}, {"dx", &dx}});
+    const auto [rows, dim] = as_rows("l2norm_backward", out, "out");
+    check_shape(inv_norm, {rows}, "l2norm_backward: inv_norm");
+    dispatch(out, [&]<typename T>(T) {
+        cpu::l2norm_backward(ptr<T>(dx), ptr<T>(dout), ptr<T>(out), ptr<T>(inv_norm), rows, dim);
+    });
+}
+
+void add_bias_forward(Tensor& out, const Tensor& x, const Tensor& bias) {
+    check_tensors("add_bias_forward", {{"x", &x}, {"out", &out}, {"bias", &bias}});
+    check_same_shape("add_bias_forward", x, "x", {{"out", &out}});
+    const auto [rows, cols] = as_rows("add_bias_forward", x, "x");
+    check_shape(bias, {cols}, "add_bias_forward: bias");
+    dispatch(x, [&]<typename T>(T) { cpu::add_bias_forward(ptr<T>(out), ptr<T>(x), ptr<T>(bias), rows, cols); });
+}
+
+void add_bias_backward(Tensor& dbias, const Tensor& dout) {
+    check_tensors("add_bias_backward", {{"dout", &dout}, {"dbias", &dbias}});
+    const auto [rows, cols] = as_rows("add_bias_backward", dout, "dout");
+    check_shape(dbias, {cols}, "add_bias_backward: dbias");
+    dispatch(dout, [&]<typename T>(T) { cpu::add_bias_backward(ptr<T>(dbias), ptr<T>(dout), rows, cols); });
+}
+
+void mamba2_decay_forward(Tensor& log_gate, const Tensor& x, const Tensor& a_log, const Tensor& dt_bias) {
+    check_tensors("mamba2_decay_forward", {{"x", &x}, {"log_gate", &log_gate}, {"a_log", &a_log}, {"dt_bias", &dt_bias}});
+    check_same_shape("mamba2_decay_forward", x, "x", {{"log_gate", &log_gate}});
+    const auto [rows, heads] = as_rows("mamba2_decay_forward", x, "x");
+    check_shape(a_log, {heads}, "mamba2_decay_forward: a_log");
+    check_shape(dt_bias, {heads}, "mamba2_decay_forward: dt_bias");
+    dispatch(x, [&]<typename T>(T) {
+        cpu::mamba2_decay_forward(ptr<T>(log_gate), ptr<T>(x), ptr<T>(a_log), ptr<T>(dt_bias), rows, heads);
+    });
+}
+
+void mamba2_decay_backward(Tensor& dx, Tensor& da_log, Tensor& ddt_bias, const Tensor& dlog_gate, const Tensor& x,
+                           const Tensor& a_log, const Tensor& dt_bias) {
+    check_tensors("mamba2_decay_backward", {{"x", &x}, {"dx", &dx}, {"dlog_gate", &dlog_gate}, {"a_log", &a_log},
+                                            {"da_log", &da_log}, {"dt_bias", &dt_bias}, {"ddt_bias", &ddt_bias}});
+    check_same_shape("mamba2_decay_backward", x, "x", {{"dx", &dx}, {"dlog_gate", &dlog_gate}});
+    const auto [rows, heads] = as_rows("mamba2_decay_backward", x, "x");
+    for (const auto& [name, t] : {std::pair{"a_log", &a_log}, {"da_log", &da_log}, {"dt_bias", &dt_bias},
+                                  {"ddt_bias", &ddt_bias}})
+        LINARCH_CHECK(t->shape() == Shape{heads}, "mamba2_decay_backward: {}: expected shape [{}], got {}", name,
+                      heads, shape_string(t->shape()));
+    dispatch(x, [&]<typename T>(T) {
+        cpu::mamba2_decay_backward(ptr<T>(dx), ptr<T>(da_log), ptr<T>(ddt_bias), ptr<T>(dlog_gate), ptr<T>(x),
+                                   ptr<T>(a_log), ptr<T>(dt_bias), rows, heads);
+    });
+}
+
+void logsigmoid_decay_forward(Tensor& log_gate, const Tensor& x, double temperature) {
+    check_tensors("logsigmoid_decay_forward", {{"x", &x}, {"log_gate", &log_gate}});
+    check_same_shape("logsigmoid_decay_forward", x, "x", {{"log_gate", &log_gate}});
+    LINARCH_CHECK(temperature > 0, "logsigmoid_decay_forward: temperature must be > 0, got {}", temperature);
+    dispatch(x, [&]<typename T>(T) {
+        cpu::logsigmoid_decay_forward(ptr<T>(log_gate), ptr<T>(x), x.numel(), temperature);
+    });
+}
+
+void logsigmoid_decay_backward(Tensor& dx, const Tensor& dlog_gate, const Tensor& x, double temperature) {
+    check_tensors("logsigmoid_decay_backward", {{"x", &x}, {"dx", &dx}, {"dlog_gate", &dlog_gate}});
+    check_same_shape("logsigmoid_decay_backward", x, "x", {{"dx", &dx}, {"dlog_gate", &dlog_gate}});
+    LINARCH_CHECK(temperature > 0, "logsigmoid_decay_backward: temperature must be > 0, got {}", temperature);
+    dispatch(x, [&]<typename T>(T) {
+        cpu::logsigmoid_decay_backward(ptr<T>(dx), ptr<T>(dlog_gate), ptr<T>(x), x.numel(), temperature);
+    });
+}
+
+GateActivation gate_activation_from_name(std::string_view name) {
+    if (name == "sigmoid") return GateActivation::sigmoid;
+    if (name == "swish") return GateActivation::swish;
+    fail("unknown gate activation \"{}\" (expected sigmoid or swish)", name);
+}
+
+void output_gate_forward(Tensor& out, const Tensor& y, const Tensor& z, GateActivation act) {
+    check_tensors("output_gate_forward", {{"y", &y}, {"z", &z}, {"out", &out}});
+    check_same_shape("output_gate_forward", y, "y", {{"z", &z}, {"out", &out}});
+    dispatch(y, [&]<typename T>(T) {
+        cpu::output_gate_forward(ptr<T>(out), ptr<T>(y), ptr<T>(z), y.numel(), int(act));
+    });
+}
+
+void output_gate_backward(Tensor& dy, Tensor& dz, const Tensor& dout, const Tensor& y, const Tensor& z,
+                          GateActivation act) {
+    check_tensors("output_gate_backward", {{"y", &y}, {"z", &z}, {"dout", &dout}, {"dy", &dy}, {"dz", &dz}});
+    check_same_shape("output_gate_backward", y, "y", {{"z", &z}, {"dout", &dout}, {"dy", &dy}, {"dz", &dz}});
+    dispatch(y, [&]<typename T>(T) {
+        cpu::output_gate_backward(ptr<T>(dy), ptr<T>(dz), ptr<T>(dout), ptr<T>(y), ptr<T>(z), y.numel(), int(act));
+    });
+}
+
+void sigmoid_forward(Tensor& out, const Tensor& x) {
+    check_tensors("sigmoid_forward", {{"x", &x}, {"out", &out}});
+    check_same_shape("sigmoid_forward", x, "x", {{"out", &out}});
+    dispatch(x, [&]<typename T>(T) { cpu::sigmoid_forward(ptr<T>(out), ptr<T>(x), x.numel()); });
+}
+
+void sigmoid_backward(Tensor& dx, const Tensor& dout, const Tensor& out) {
+    check_tensors("sigmoid_backward", {{"out", &out}, {"dout", &dout}, {"dx", &dx}});
+    check_same_shape("sigmoid_backward", out, "out", {{"dout", &dout}, {"dx", &dx}});
+    dispatch(out, [&]<typename T>(T) { cpu::sigmoid_backward(ptr<T>(dx), ptr<T>(dout), ptr<T>(out), out.numel()); });
+}
+
+}  // namespace linarch::ops

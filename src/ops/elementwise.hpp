@@ -1,0 +1,50 @@
+// Element-wise and per-row ops of the mixer layer (feature maps, normalisation of q/k, decay
+// gates, output gates), forward and backward side by side. Conventions as in ops/dense.hpp.
+#pragma once
+#include <string_view>
+
+#include "core/tensor.hpp"
+
+namespace linarch::ops {
+
+// Feature maps φ applied to q and k (mixers.md §1): identity, elu+1 (Katharopoulos et al.), relu.
+enum class FeatureMap { identity, elu_plus_one, relu };
+FeatureMap feature_map_from_name(std::string_view name);  // "identity" | "elu1" | "relu"
+// out = φ(x)   (any shape; out may not alias x)
+void feature_map_forward(Tensor& out, const Tensor& x, FeatureMap map);
+// dx += dout · φ'(x)
+void feature_map_backward(Tensor& dx, const Tensor& dout, const Tensor& x, FeatureMap map);
+
+// out[N,D] = x / sqrt(Σx² + eps) per row; inv_norm[N] saved (DeltaNet's L2-normalised q, k).
+void l2norm_forward(Tensor& out, Tensor& inv_norm, const Tensor& x, double eps);
+// dx += (dout − out·(dout·out)) · inv_norm
+void l2norm_backward(Tensor& dx, const Tensor& dout, const Tensor& out, const Tensor& inv_norm);
+
+// out[N,C] = x[N,C] + bias[C]
+void add_bias_forward(Tensor& out, const Tensor& x, const Tensor& bias);
+// dbias[C] += Σ_n dout[n,:]  (dx is dout itself: callers add it where needed)
+void add_bias_backward(Tensor& dbias, const Tensor& dout);
+
+// Data-dependent log decays (mixers.md §3-5), all ≤ 0:
+//   mamba2:     log_gate[N,H] = −exp(a_log[H]) · softplus(x[N,H] + dt_bias[H])   (SSD's A·Δt)
+//   logsigmoid: log_gate[N,C] = logsigmoid(x[N,C]) / temperature               (GLA, τ = 16)
+void mamba2_decay_forward(Tensor& log_gate, const Tensor& x, const Tensor& a_log, const Tensor& dt_bias);
+void mamba2_decay_backward(Tensor& dx, Tensor& da_log, Tensor& ddt_bias, const Tensor& dlog_gate, const Tensor& x,
+                           const Tensor& a_log, const Tensor& dt_bias);
+void logsigmoid_decay_forward(Tensor& log_gate, const Tensor& x, double temperature);
+void logsigmoid_decay_backward(Tensor& dx, const Tensor& dlog_gate, const Tensor& x, double temperature);
+
+// Output gate (GLA, gated attention): out = y ⊙ act(z), act = sigmoid or swish (z·sigmoid(z)).
+enum class GateActivation { sigmoid, swish };
+GateActivation gate_activation_from_name(std::string_view name);  // "sigmoid" | "swish"
+void output_gate_forward(Tensor& out, const Tensor& y, const Tensor& z, GateActivation act);
+// dy += dout ⊙ act(z);  dz += dout ⊙ y ⊙ act'(z)
+void output_gate_backward(Tensor& dy, Tensor& dz, const Tensor& dout, const Tensor& y, const Tensor& z,
+                          GateActivation act);
+
+// out = sigmoid(x) (β of the delta rule)
+void sigmoid_forward(Tensor& out, const Tensor& x);
+// dx += dout · out · (1 − out)
+void sigmoid_backward(Tensor& dx, const Tensor& dout, const Tensor& out);
+
+}  // namespace linarch::ops

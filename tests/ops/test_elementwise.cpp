@@ -1,0 +1,171 @@
+// Element-wise mixer ops: forward against formulas evaluated here in float64, backward against
+// finite differences in float64, float32 against float64.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+
+#include "ops/elementwise.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+using namespace linarch::testkit;
+
+namespace {
+// Builds the float64 expected output of a per-element formula.
+Tensor expected_values(const Tensor& x, const std::function<double(double)>& f) {
+    Tensor out = Tensor::empty(x.shape(), DType::f64);
+    for (int64_t i = 0; i < x.numel(); ++i) out.data<double>()[i] = f(x.flat(i));
+    return out;
+}
+double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
+}  // namespace
+
+TEST(FeatureMap, ForwardBackwardEveryMap) {
+    const Shape shape{3, 5, 7};
+    struct Case {
+        const char* name;
+        std::function<double(double)> f;
+    };
+    const std::vector<Case> cases = {{"identity", [](double v) { return v; }},
+                                     {"elu1", [](double v) { return v > 0 ? v + 1 : std::exp(v); }},
+                                     {"relu", [](double v) { return v > 0 ? v : 0.0; }}};
+    for (const auto& [name, f] : cases) {
+        const auto map = ops::feature_map_from_name(name);
+        Tensor x = random_normal(shape, DType::f64, 1);
+        Tensor out = Tensor::empty(shape, DType::f64);
+        ops::feature_map_forward(out, x, map);
+        EXPECT_LT(relative_error(out, expected_values(x, f)), 1e-15) << name;
+        Tensor x32 = x.to(DType::f32), out32 = Tensor::empty(shape);
+        ops::feature_map_forward(out32, x32, map);
+        EXPECT_LT(relative_error(out32, out), 1e-6) << name;
+        const Tensor r = random_normal(shape, DType::f64, 2);
+        Tensor dx = Tensor::zeros(shape, DType::f64);
+        ops::feature_map_backward(dx, r, x, map);
+        auto loss = [&] {
+            ops::feature_map_forward(out, x, map);
+            return dot(out, r);
+        };
+        EXPECT_LT(gradient_check(loss, x, dx), 1e-7) << name;
+    }
+    EXPECT_THROW(ops::feature_map_from_name("tanh"), Error);
+}
+
+TEST(L2Norm, RowsHaveUnitNormAndGradientsMatch) {
+    Tensor x = random_normal({6, 9}, DType::f64, 3, 2.0);
+    Tensor out = Tensor::empty({6, 9}, DType::f64), inv = Tensor::empty({6}, DType::f64);
+    ops::l2norm_forward(out, inv, x, 1e-12);
+    for (int64_t r = 0; r < 6; ++r) {
+        double norm = 0;
+        for (int64_t d = 0; d < 9; ++d) norm += out.item({r, d}) * out.item({r, d});
+        EXPECT_NEAR(norm, 1.0, 1e-12);
+    }
+    const Tensor r = random_normal({6, 9}, DType::f64, 4);
+    Tensor dx = Tensor::zeros({6, 9}, DType::f64);
+    ops::l2norm_backward(dx, r, out, inv);
+    auto loss = [&] {
+        ops::l2norm_forward(out, inv, x, 1e-12);
+        return dot(out, r);
+    };
+    EXPECT_LT(gradient_check(loss, x, dx, 54), 1e-7);
+    Tensor bad = Tensor::empty({5}, DType::f64);
+    EXPECT_THROW(ops::l2norm_forward(out, bad, x, 1e-12), Error);
+}
+
+TEST(DecayGates, Mamba2AndLogsigmoidAreNonPositiveAndGradientsMatch) {
+    const int64_t rows = 7, heads = 3;
+    Tensor x = random_normal({rows, heads}, DType::f64, 5, 2.0);
+    Tensor a_log = random_normal({heads}, DType::f64, 6, 0.5), dt_bias = random_normal({heads}, DType::f64, 7);
+    Tensor g = Tensor::empty({rows, heads}, DType::f64);
+    ops::mamba2_decay_forward(g, x, a_log, dt_bias);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t h = 0; h < heads; ++h) {
+            const double u = x.item({r, h}) + dt_bias.flat(h);
+            EXPECT_NEAR(g.item({r, h}), -std::exp(a_log.flat(h)) * std::log1p(std::exp(u)), 1e-14);
+            EXPECT_LE(g.item({r, h}), 0.0);
+        }
+    const Tensor rg = random_normal({rows, heads}, DType::f64, 8);
+    Tensor dx = Tensor::zeros({rows, heads}, DType::f64), da = Tensor::zeros({heads}, DType::f64),
+           db = Tensor::zeros({heads}, DType::f64);
+    ops::mamba2_decay_backward(dx, da, db, rg, x, a_log, dt_bias);
+    auto loss = [&] {
+        ops::mamba2_decay_forward(g, x, a_log, dt_bias);
+        return dot(g, rg);
+    };
+    EXPECT_LT(gradient_check(loss, x, dx), 1e-7);
+    EXPECT_LT(gradient_check(loss, a_log, da), 1e-7);
+    EXPECT_LT(gradient_check(loss, dt_bias, db), 1e-7);
+
+    Tensor z = random_normal({rows, 8}, DType::f64, 9, 5.0), lg = Tensor::empty({rows, 8}, DType::f64);
+    ops::logsigmoid_decay_forward(lg, z, 16.0);
+    EXPECT_LT(relative_error(lg, expected_values(z, [](double v) { return std::log(sigmoid(v)) / 16.0; })), 1e-12);
+    const Tensor rz = random_normal({rows, 8}, DType::f64, 10);
+    Tensor dz = Tensor::zeros({rows, 8}, DType::f64);
+    ops::logsigmoid_decay_backward(dz, rz, z, 16.0);
+    auto loss_z = [&] {
+        ops::logsigmoid_decay_forward(lg, z, 16.0);
+        return dot(lg, rz);
+    };
+    EXPECT_LT(gradient_check(loss_z, z, dz), 1e-7);
+    // Extreme inputs stay finite: logsigmoid(−1000) = −1000, logsigmoid(1000) = 0.
+    Tensor extreme = Tensor::from_vector({2}, {-1000.0, 1000.0}, DType::f32), out = Tensor::empty({2});
+    ops::logsigmoid_decay_forward(out, extreme, 1.0);
+    EXPECT_NEAR(out.flat(0), -1000.0, 1e-3);
+    EXPECT_NEAR(out.flat(1), 0.0, 1e-6);
+    Tensor wrong = Tensor::empty({heads + 1}, DType::f64);
+    EXPECT_THROW(ops::mamba2_decay_forward(g, x, wrong, dt_bias), Error);
+}
+
+TEST(OutputGate, SigmoidAndSwishForwardBackward) {
+    for (const char* name : {"sigmoid", "swish"}) {
+        const auto act = ops::gate_activation_from_name(name);
+        Tensor y = random_normal({4, 6}, DType::f64, 11), z = random_normal({4, 6}, DType::f64, 12, 2.0);
+        Tensor out = Tensor::empty({4, 6}, DType::f64);
+        ops::output_gate_forward(out, y, z, act);
+        Tensor expected = Tensor::empty({4, 6}, DType::f64);
+        for (int64_t i = 0; i < 24; ++i) {
+            const double s = sigmoid(z.flat(i));
+            expected.data<double>()[i] = y.flat(i) * (act == ops::GateActivation::sigmoid ? s : z.flat(i) * s);
+        }
+        EXPECT_LT(relative_error(out, expected), 1e-14) << name;
+        const Tensor r = random_normal({4, 6}, DType::f64, 13);
+        Tensor dy = Tensor::zeros({4, 6}, DType::f64), dz = Tensor::zeros({4, 6}, DType::f64);
+        ops::output_gate_backward(dy, dz, r, y, z, act);
+        auto loss = [&] {
+            ops::output_gate_forward(out, y, z, act);
+            return dot(out, r);
+        };
+        EXPECT_LT(gradient_check(loss, y, dy), 1e-7) << name;
+        EXPECT_LT(gradient_check(loss, z, dz), 1e-7) << name;
+    }
+}
+
+TEST(BiasAndSigmoid, ForwardBackwardAndMixedDtypesRejected) {
+    Tensor x = random_normal({5, 4}, DType::f64, 14), bias = random_normal({4}, DType::f64, 15);
+    Tensor out = Tensor::empty({5, 4}, DType::f64);
+    ops::add_bias_forward(out, x, bias);
+    EXPECT_NEAR(out.item({3, 2}), x.item({3, 2}) + bias.flat(2), 1e-15);
+    const Tensor r = random_normal({5, 4}, DType::f64, 16);
+    Tensor dbias = Tensor::zeros({4}, DType::f64);
+    ops::add_bias_backward(dbias, r);
+    auto loss = [&] {
+        ops::add_bias_forward(out, x, bias);
+        return dot(out, r);
+    };
+    EXPECT_LT(gradient_check(loss, bias, dbias), 1e-7);
+    Tensor s = Tensor::empty({5, 4}, DType::f64), dx = Tensor::zeros({5, 4}, DType::f64);
+    ops::sigmoid_forward(s, x);
+    ops::sigmoid_backward(dx, r, s);
+    auto loss_s = [&] {
+        ops::sigmoid_forward(s, x);
+        return dot(s, r);
+    };
+    EXPECT_LT(gradient_check(loss_s, x, dx), 1e-7);
+    Tensor x32 = x.to(DType::f32);
+    try {
+        ops::sigmoid_forward(s, x32);
+        FAIL() << "expected an error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("sigmoid_forward"), std::string::npos) << e.what();
+    }
+}
