@@ -77,6 +77,31 @@ IntField in_range(int64_t& (*get)(Spec&), int64_t low, int64_t high) { return {g
 FloatField positive(double& (*get)(Spec&)) { return {get, 0, kInf, true, false}; }
 FloatField non_negative(double& (*get)(Spec&)) { return {get, 0, kInf, false, false}; }
 
+// A MixerSpec's fields, for any table holding one ([model.mixer], [model.hybrid_mixer]). Getters
+// are plain function pointers, so each table instantiates the list with its own selector.
+MixerSpec& main_mixer(Spec& s) { return s.model.mixer; }
+MixerSpec& hybrid_mixer(Spec& s) { return s.model.hybrid_mixer; }
+template <MixerSpec& (*mixer)(Spec&)> std::vector<Field> mixer_fields_of() {
+    return {
+        {"kind", StringField{[](Spec& s) -> auto& { return mixer(s).kind; }, {"linear_attention", "softmax_attention"}}},
+        {"feature_map", StringField{[](Spec& s) -> auto& { return mixer(s).feature_map; }, {"identity", "elu1", "relu"}}},
+        {"qk_norm", StringField{[](Spec& s) -> auto& { return mixer(s).qk_norm; }, {"none", "l2"}}},
+        {"decay", StringField{[](Spec& s) -> auto& { return mixer(s).decay; }, {"none", "fixed", "scalar", "vector"}}},
+        {"decay_parameterization",
+         StringField{[](Spec& s) -> auto& { return mixer(s).decay_parameterization; }, {"logsigmoid", "mamba2"}}},
+        {"gate_temperature", FloatField{[](Spec& s) -> auto& { return mixer(s).gate_temperature; }, 0, 1e6, true, false}},
+        {"gate_low_rank", at_least([](Spec& s) -> auto& { return mixer(s).gate_low_rank; }, 0)},
+        {"chunk_size", in_range([](Spec& s) -> auto& { return mixer(s).chunk_size; }, 1, 1024)},
+        {"conv_size", IntField{[](Spec& s) -> auto& { return mixer(s).conv_size; }, 2, 8, true}},
+        {"output_norm", BoolField{[](Spec& s) -> auto& { return mixer(s).output_norm; }}},
+        {"output_gate", StringField{[](Spec& s) -> auto& { return mixer(s).output_gate; }, {"none", "sigmoid", "swish"}}},
+        {"rope", BoolField{[](Spec& s) -> auto& { return mixer(s).rope; }}},
+        {"rope_base", FloatField{[](Spec& s) -> auto& { return mixer(s).rope_base; }, 1, kInf, true, false}},
+        {"position_bias", StringField{[](Spec& s) -> auto& { return mixer(s).position_bias; }, {"none", "alibi", "fox"}}},
+        {"window", at_least([](Spec& s) -> auto& { return mixer(s).window; }, 0)},
+    };
+}
+
 // In the order spec_to_toml writes them (a table's subtables follow its keys, as TOML requires).
 const std::vector<TableSchema>& schema() {
     static const std::vector<TableSchema> tables = {
@@ -90,24 +115,11 @@ const std::vector<TableSchema>& schema() {
              {"mlp_hidden", at_least(LINARCH_MEMBER(model.mlp_hidden), 0)},
              {"norm_eps", positive(LINARCH_MEMBER(model.norm_eps))},
              {"init_std", positive(LINARCH_MEMBER(model.init_std))},
+             {"hybrid_every", at_least(LINARCH_MEMBER(model.hybrid_every), 0)},
          },
-         {"mixer"}},
-        {"model.mixer",
-         {
-             {"kind", StringField{LINARCH_MEMBER(model.mixer.kind), {"linear_attention"}}},
-             {"feature_map", StringField{LINARCH_MEMBER(model.mixer.feature_map), {"identity", "elu1", "relu"}}},
-             {"qk_norm", StringField{LINARCH_MEMBER(model.mixer.qk_norm), {"none", "l2"}}},
-             {"decay", StringField{LINARCH_MEMBER(model.mixer.decay), {"none", "fixed", "scalar", "vector"}}},
-             {"decay_parameterization",
-              StringField{LINARCH_MEMBER(model.mixer.decay_parameterization), {"logsigmoid", "mamba2"}}},
-             {"gate_temperature", FloatField{LINARCH_MEMBER(model.mixer.gate_temperature), 0, 1e6, true, false}},
-             {"gate_low_rank", at_least(LINARCH_MEMBER(model.mixer.gate_low_rank), 0)},
-             {"chunk_size", in_range(LINARCH_MEMBER(model.mixer.chunk_size), 1, 1024)},
-             {"conv_size", IntField{LINARCH_MEMBER(model.mixer.conv_size), 2, 8, true}},
-             {"output_norm", BoolField{LINARCH_MEMBER(model.mixer.output_norm)}},
-             {"output_gate", StringField{LINARCH_MEMBER(model.mixer.output_gate), {"none", "sigmoid", "swish"}}},
-         },
-         {}},
+         {"mixer", "hybrid_mixer"}},
+        {"model.mixer", mixer_fields_of<main_mixer>(), {}},
+        {"model.hybrid_mixer", mixer_fields_of<hybrid_mixer>(), {}},
         {"data",
          {
              {"corpus", StringField{LINARCH_MEMBER(data.corpus), {}}},
@@ -444,12 +456,35 @@ void apply_override(const std::string& text, const std::string& source, toml::ta
     override_of_key[key] = text;
 }
 
-// Options that are valid alone but not together. The message names both keys and why.
-void check_combinations(const Spec& spec) {
-    const MixerSpec& mixer = spec.model.mixer;
+// Options that are valid alone but not together. The message names the keys and the conflict.
+void check_mixer(const Spec& spec, const MixerSpec& mixer, const std::string& table) {
     LINARCH_CHECK(mixer.decay_parameterization != "mamba2" || mixer.decay == "scalar",
-                  "{}: model.mixer.decay_parameterization = \"mamba2\" makes one decay per head, so it needs "
-                  "model.mixer.decay = \"scalar\" (got \"{}\")", spec.source, mixer.decay);
+                  "{}: {}.decay_parameterization = \"mamba2\" makes one decay per head, so it needs "
+                  "{}.decay = \"scalar\" (got \"{}\")", spec.source, table, table, mixer.decay);
+    if (mixer.kind == "softmax_attention") {
+        // Options of the linear recurrence have no meaning for exact softmax attention.
+        const bool linear_only = mixer.decay != "none" || mixer.feature_map != "identity" ||
+                                 mixer.qk_norm != "none" || mixer.conv_size != 0;
+        LINARCH_CHECK(!linear_only,
+                      "{}: {}.kind = \"softmax_attention\" takes no decay, feature_map, qk_norm or conv_size "
+                      "(got decay \"{}\", feature_map \"{}\", qk_norm \"{}\", conv_size {}); use position_bias "
+                      "= \"fox\" for a forget gate", spec.source, table, mixer.decay, mixer.feature_map,
+                      mixer.qk_norm, mixer.conv_size);
+    } else {
+        LINARCH_CHECK(mixer.position_bias == "none" && mixer.window == 0,
+                      "{}: {}.position_bias and {}.window apply to kind = \"softmax_attention\", not \"{}\"",
+                      spec.source, table, table, mixer.kind);
+    }
+}
+
+void check_combinations(const Spec& spec) {
+    check_mixer(spec, spec.model.mixer, "model.mixer");
+    if (spec.model.hybrid_every > 0) {
+        LINARCH_CHECK(spec.model.hybrid_every <= spec.model.n_layers,
+                      "{}: model.hybrid_every = {} exceeds model.n_layers = {}: no layer would use "
+                      "[model.hybrid_mixer]", spec.source, spec.model.hybrid_every, spec.model.n_layers);
+        check_mixer(spec, spec.model.hybrid_mixer, "model.hybrid_mixer");
+    }
 }
 
 }  // namespace

@@ -10,7 +10,7 @@ namespace linarch {
 
 // The token mixer's design axes (mixers.md); presets in configs/ set them to published designs.
 struct MixerSpec {
-    std::string kind = "linear_attention";
+    std::string kind = "linear_attention";  // "linear_attention" | "softmax_attention" (for hybrids)
     std::string feature_map = "identity";   // φ on q and k: "identity" | "elu1" | "relu"
     std::string qk_norm = "none";           // "none" | "l2" (L2-normalise q and k per head)
     // "none" | "fixed" (RetNet: γ_h = 1 − 2^(−5−h)) | "scalar" (data-dependent, one per head) |
@@ -25,7 +25,24 @@ struct MixerSpec {
     int64_t conv_size = 4;                  // short causal depthwise conv on q,k,v; 0 = none, else 2..8
     bool output_norm = true;                // per-head RMSNorm on the mixer output
     std::string output_gate = "none";       // "none" | "sigmoid" | "swish" of a projection of the input
+    bool rope = false;                      // rotate q and k by position (RoPE: GRAPE's canonical planes)
+    double rope_base = 10000.0;
+    // Softmax attention only: additive position bias "none" | "alibi" | "fox" (learned forget gate),
+    // and a sliding window (0 = full causal).
+    std::string position_bias = "none";
+    int64_t window = 0;
 };
+
+// The softmax-attention layers of a hybrid (Qwen's gated attention by default: RoPE, sigmoid gate).
+inline MixerSpec default_hybrid_mixer() {
+    MixerSpec mixer;
+    mixer.kind = "softmax_attention";
+    mixer.conv_size = 0;
+    mixer.output_norm = false;
+    mixer.output_gate = "sigmoid";
+    mixer.rope = true;
+    return mixer;
+}
 
 struct ModelSpec {
     int64_t vocab_size = 256;  // byte-level default
@@ -37,6 +54,9 @@ struct ModelSpec {
     double norm_eps = 1e-5;
     double init_std = 0.02;
     MixerSpec mixer;
+    // Hybrids: every hybrid_every-th layer (the 4th, 8th, ... for 4) uses hybrid_mixer; 0 = none.
+    int64_t hybrid_every = 0;
+    MixerSpec hybrid_mixer = default_hybrid_mixer();
 };
 
 struct DataSpec {

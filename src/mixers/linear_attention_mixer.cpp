@@ -4,10 +4,17 @@
 
 #include "core/rng.hpp"
 #include "ops/dense.hpp"
+#include "ops/rotary.hpp"
 
 namespace linarch {
 
 namespace {
+std::vector<int64_t> positions_from(int64_t first, int64_t count) {
+    std::vector<int64_t> positions(static_cast<size_t>(count));
+    for (int64_t t = 0; t < count; ++t) positions[size_t(t)] = first + t;
+    return positions;
+}
+
 // Fills a tensor of any dtype from float64 draws of `draw(rng)`, from the stream named after it.
 template <typename Draw> void fill(Tensor& t, uint64_t seed, const std::string& name, Draw&& draw) {
     RngStream rng(seed, stream_id(name.c_str()));
@@ -21,25 +28,22 @@ void fill_normal(Parameter& p, uint64_t seed, double std) {
 }
 }  // namespace
 
-LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, ParameterStore& params, const std::string& prefix)
+LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, const MixerSpec& mixer, ParameterStore& params,
+                                           const std::string& prefix)
     : dtype_(params.dtype()),
       heads_(spec.n_heads),
       head_dim_(spec.head_dim),
       width_(spec.n_heads * spec.head_dim),
-      conv_size_(spec.mixer.conv_size),
-      gate_low_rank_(spec.mixer.gate_low_rank),
-      feature_map_(ops::feature_map_from_name(spec.mixer.feature_map)),
-      l2_qk_(spec.mixer.qk_norm == "l2"),
-      output_norm_(spec.mixer.output_norm),
-      decay_(spec.mixer.decay),
-      decay_parameterization_(spec.mixer.decay_parameterization),
-      output_gate_(spec.mixer.output_gate),
-      norm_eps_(spec.norm_eps),
-      gate_temperature_(spec.mixer.gate_temperature),
+      conv_size_(mixer.conv_size),
+      gate_low_rank_(mixer.gate_low_rank),
+      feature_map_(ops::feature_map_from_name(mixer.feature_map)),
+      l2_qk_(mixer.qk_norm == "l2"),
+      decay_(mixer.decay),
+      decay_parameterization_(mixer.decay_parameterization),
+      gate_temperature_(mixer.gate_temperature),
       q_proj_(params.add(prefix + ".q_proj.weight", {width_, spec.d_model})),
       k_proj_(params.add(prefix + ".k_proj.weight", {width_, spec.d_model})),
-      v_proj_(params.add(prefix + ".v_proj.weight", {width_, spec.d_model})),
-      o_proj_(params.add(prefix + ".o_proj.weight", {spec.d_model, width_})) {
+      v_proj_(params.add(prefix + ".v_proj.weight", {width_, spec.d_model})) {
     if (conv_size_ > 0) {
         q_conv_ = &params.add(prefix + ".q_conv.weight", {width_, conv_size_}, false);
         k_conv_ = &params.add(prefix + ".k_conv.weight", {width_, conv_size_}, false);
@@ -61,10 +65,10 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, ParameterStore
             decay_bias_ = &params.add(prefix + ".decay_bias", {channels}, false);
         }
     }
-    if (output_norm_) out_norm_ = &params.add(prefix + ".out_norm.weight", {head_dim_}, false);
-    if (output_gate_ != "none") out_gate_proj_ = &params.add(prefix + ".out_gate_proj.weight", {width_, spec.d_model});
+    output_ = std::make_unique<MixerOutput>(spec, mixer, params, prefix);
+    if (mixer.rope) rope_frequencies_ = ops::rope_frequencies(head_dim_, mixer.rope_base, dtype_);
     args_.scale = 1.0 / std::sqrt(double(head_dim_));
-    args_.chunk_size = spec.mixer.chunk_size;
+    args_.chunk_size = mixer.chunk_size;
     if (decay_ == "fixed") {
         // RetNet's multi-scale retention: γ_h = 1 − 2^(−5−h), kept in log space (mixers.md §2).
         std::vector<double> log_decay(static_cast<size_t>(heads_));
@@ -75,14 +79,14 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, ParameterStore
 
 void LinearAttentionMixer::initialize(uint64_t seed, double input_std, double output_std) {
     for (Parameter* p : {&q_proj_, &k_proj_, &v_proj_}) fill_normal(*p, seed, input_std);
-    fill_normal(o_proj_, seed, output_std);
+    output_->initialize(seed, input_std, output_std);
     // PyTorch's default Conv1d initialisation, U(−1/√K, 1/√K), as fla's short convolution uses.
     for (Parameter* p : {q_conv_, k_conv_, v_conv_})
         if (p) {
             const double bound = 1.0 / std::sqrt(double(conv_size_));
             fill(p->value, seed, p->name, [bound](RngStream& rng) { return bound * (2 * rng.uniform() - 1); });
         }
-    for (Parameter* p : {decay_proj_, decay_down_, decay_up_, out_gate_proj_})
+    for (Parameter* p : {decay_proj_, decay_down_, decay_up_})
         if (p) fill_normal(*p, seed, input_std);
     if (decay_bias_) decay_bias_->value.zero();  // α = sigmoid(0)^(1/τ) at initialisation
     if (a_log_) {
@@ -93,7 +97,10 @@ void LinearAttentionMixer::initialize(uint64_t seed, double input_std, double ou
             return dt + std::log(-std::expm1(-dt));
         });
     }
-    if (out_norm_) out_norm_->value.fill(1.0);
+}
+
+std::vector<int64_t> LinearAttentionMixer::token_positions(const Activations& a) const {
+    return positions_from(a.first_position, a.seq_len);
 }
 
 Shape LinearAttentionMixer::heads_shape(const Activations& a) const {
@@ -140,6 +147,12 @@ void LinearAttentionMixer::make_queries_and_keys(Activations& a) const {
             Tensor out = a.normalized[i].view({rows, head_dim_});
             ops::l2norm_forward(out, a.inv_norm[i], a.featured[i].view({rows, head_dim_}), 1e-6);
         }
+        a.rotated[i] = a.normalized[i];
+        if (rope_frequencies_.defined()) {
+            a.rotated[i] = Tensor::empty(heads_shape(a), dtype_);
+            const auto positions = token_positions(a);
+            ops::rope_forward(a.rotated[i], a.normalized[i], positions, rope_frequencies_);
+        }
     }
 }
 
@@ -166,25 +179,6 @@ void LinearAttentionMixer::make_log_gate(Activations& a) const {
     }
 }
 
-void LinearAttentionMixer::finish_output(Activations& a, Tensor& out) const {
-    const int64_t n = a.batch * a.seq_len;
-    a.o_norm = a.o.view({n, width_});
-    if (output_norm_) {
-        a.o_norm = Tensor::empty({n, width_}, dtype_);
-        a.o_rstd = Tensor::empty({n * heads_}, dtype_);
-        Tensor normed = a.o_norm.view({n * heads_, head_dim_});
-        ops::rmsnorm_forward(normed, a.o_rstd, a.o.view({n * heads_, head_dim_}), out_norm_->value, norm_eps_);
-    }
-    a.gated = a.o_norm;
-    if (out_gate_proj_) {
-        a.gate_input = Tensor::empty({n, width_}, dtype_);
-        ops::matmul_forward(a.gate_input, a.x, out_gate_proj_->value);
-        a.gated = Tensor::empty({n, width_}, dtype_);
-        ops::output_gate_forward(a.gated, a.o_norm, a.gate_input, ops::gate_activation_from_name(output_gate_));
-    }
-    ops::matmul_forward(out, a.gated, o_proj_.value);
-}
-
 void LinearAttentionMixer::forward(Tensor& out, const Tensor& x, int64_t batch, int64_t seq_len) {
     Activations& a = cache_;
     a = Activations{};
@@ -195,33 +189,16 @@ void LinearAttentionMixer::forward(Tensor& out, const Tensor& x, int64_t batch, 
     make_queries_and_keys(a);
     make_log_gate(a);
     a.o = Tensor::empty(heads_shape(a), dtype_);
-    ops::linear_attention_chunkwise_forward(a.o, nullptr, a.normalized[0], a.normalized[1], a.convolved[2], nullptr,
+    ops::linear_attention_chunkwise_forward(a.o, nullptr, a.rotated[0], a.rotated[1], a.convolved[2], nullptr,
                                             attention_args(a));
-    finish_output(a, out);
+    output_->forward(out, a.o, a.x, a.output);
 }
 
 void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     Activations& a = cache_;
     const int64_t n = a.batch * a.seq_len, rows = n * heads_;
     const Shape shape = heads_shape(a);
-    // Output side: o_proj, output gate, per-head norm.
-    Tensor d_gated = Tensor::zeros({n, width_}, dtype_);
-    ops::matmul_backward(&d_gated, &o_proj_.grad, dout, a.gated, o_proj_.value);
-    Tensor d_o_norm = d_gated;
-    if (out_gate_proj_) {
-        d_o_norm = Tensor::zeros({n, width_}, dtype_);
-        Tensor d_gate_input = Tensor::zeros({n, width_}, dtype_);
-        ops::output_gate_backward(d_o_norm, d_gate_input, d_gated, a.o_norm, a.gate_input,
-                                  ops::gate_activation_from_name(output_gate_));
-        ops::matmul_backward(&dx, &out_gate_proj_->grad, d_gate_input, a.x, out_gate_proj_->value);
-    }
-    Tensor d_o = d_o_norm.view(shape);
-    if (output_norm_) {
-        d_o = Tensor::zeros(shape, dtype_);
-        Tensor d_o_rows = d_o.view({rows, head_dim_});
-        ops::rmsnorm_backward(&d_o_rows, &out_norm_->grad, d_o_norm.view({rows, head_dim_}),
-                              a.o.view({rows, head_dim_}), out_norm_->value, a.o_rstd);
-    }
+    const Tensor d_o = output_->backward(dx, dout, a.output).view(shape);
     // Attention core.
     Tensor d_qk[2] = {Tensor::zeros(shape, dtype_), Tensor::zeros(shape, dtype_)};
     Tensor d_convolved[3];
@@ -232,7 +209,7 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     Tensor d_log_gate_view;
     if (a.log_gate.defined()) d_log_gate_view = d_log_gate.view(args.log_gate.shape());
     ops::linear_attention_chunkwise_backward(d_qk[0], d_qk[1], d_convolved[2], nullptr, d_o, nullptr,
-                                             a.normalized[0], a.normalized[1], a.convolved[2], nullptr, args,
+                                             a.rotated[0], a.rotated[1], a.convolved[2], nullptr, args,
                                              a.log_gate.defined() ? &d_log_gate_view : nullptr);
     // Decay path.
     if (a.log_gate.defined()) {
@@ -253,8 +230,13 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
             ops::matmul_backward(&dx, &decay_proj_->grad, d_decay_input, a.x, decay_proj_->value);
         }
     }
-    // q, k: L2 norm, then feature map.
+    // q, k: RoPE, L2 norm, then feature map.
     for (int i = 0; i < 2; ++i) {
+        if (rope_frequencies_.defined()) {
+            Tensor d_normalized = Tensor::zeros(shape, dtype_);
+            ops::rope_backward(d_normalized, d_qk[i], token_positions(a), rope_frequencies_);
+            d_qk[i] = d_normalized;
+        }
         Tensor d_featured = d_qk[i];
         if (l2_qk_) {
             d_featured = Tensor::zeros(shape, dtype_);
@@ -283,18 +265,19 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     }
 }
 
-LinearAttentionMixer::State LinearAttentionMixer::new_state() const {
-    State state;
+MixerState LinearAttentionMixer::new_state() const {
+    MixerState state;
     state.attention = Tensor::zeros({1, heads_, head_dim_, head_dim_}, dtype_);
     if (conv_size_ > 0) state.conv_window = Tensor::zeros({3, conv_size_, width_}, dtype_);
     return state;
 }
 
-void LinearAttentionMixer::step(Tensor& out, const Tensor& x, State& state) const {
+void LinearAttentionMixer::step(Tensor& out, const Tensor& x, MixerState& state) const {
     Activations a;
     a.x = x;
     a.batch = 1;
     a.seq_len = 1;
+    a.first_position = state.position;
     const Parameter* proj[3] = {&q_proj_, &k_proj_, &v_proj_};
     const Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
     for (int i = 0; i < 3; ++i) {
@@ -318,13 +301,14 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, State& state) cons
     make_log_gate(a);
     a.o = Tensor::empty(heads_shape(a), dtype_);
     Tensor next_state = Tensor::empty(state.attention.shape(), dtype_);
-    ops::linear_attention_recurrent_forward(a.o, &next_state, a.normalized[0], a.normalized[1], a.convolved[2],
+    ops::linear_attention_recurrent_forward(a.o, &next_state, a.rotated[0], a.rotated[1], a.convolved[2],
                                             &state.attention, attention_args(a));
     state.attention = next_state;
-    finish_output(a, out);
+    ++state.position;
+    output_->forward(out, a.o, a.x, a.output);
 }
 
-double LinearAttentionMixer::attention_flops_per_token() const {
+double LinearAttentionMixer::core_flops_per_token(int64_t) const {
     // Chunkwise form per head: intra-chunk scores and their product with V (~2·C·d each, half
     // masked but computed), the inter-chunk read q·S and the state update kᵀv (2·d² each).
     const double d = double(head_dim_), chunk = double(args_.chunk_size);

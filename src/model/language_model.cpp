@@ -34,7 +34,9 @@ LanguageModel::LanguageModel(const ModelSpec& spec, DType dtype)
           for (int64_t l = 0; l < spec_.n_layers; ++l) {
               const std::string prefix = layer_prefix(size_t(l));
               Parameter& attn_norm = params_.add(prefix + ".attn_norm.weight", {spec_.d_model}, false);
-              auto mixer = std::make_unique<LinearAttentionMixer>(spec_, params_, prefix + ".mixer");
+              // Hybrids: every hybrid_every-th layer takes the hybrid mixer (e.g. 3 linear : 1 softmax).
+              const bool hybrid = spec_.hybrid_every > 0 && (l + 1) % spec_.hybrid_every == 0;
+              auto mixer = make_mixer(spec_, hybrid ? spec_.hybrid_mixer : spec_.mixer, params_, prefix + ".mixer");
               Parameter& mlp_norm = params_.add(prefix + ".mlp_norm.weight", {spec_.d_model}, false);
               Parameter& gate = params_.add(prefix + ".mlp.gate_proj.weight", {mlp_hidden_, spec_.d_model});
               Parameter& up = params_.add(prefix + ".mlp.up_proj.weight", {mlp_hidden_, spec_.d_model});
@@ -169,7 +171,8 @@ double LanguageModel::train_flops_per_token() const {
     for (const Parameter& p : params_.all())
         if (p.value.dim() == 2 && p.name != "embedding.weight" && p.name.find("conv") == std::string::npos)
             matmul_params += double(p.value.numel());
-    const double attention = double(spec_.n_layers) * blocks_.front().mixer->attention_flops_per_token();
+    double attention = 0;
+    for (const Block& b : blocks_) attention += b.mixer->core_flops_per_token(seq_len_ > 0 ? seq_len_ : 512);
     return 3.0 * (2.0 * matmul_params + attention);
 }
 

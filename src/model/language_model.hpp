@@ -10,7 +10,7 @@
 
 #include "core/parameter.hpp"
 #include "core/spec.hpp"
-#include "mixers/linear_attention_mixer.hpp"
+#include "mixers/mixer.hpp"
 
 namespace linarch {
 
@@ -30,7 +30,7 @@ public:
     int64_t counted_tokens() const { return counted_tokens_; }
 
     struct DecodeState {
-        std::vector<LinearAttentionMixer::State> layers;
+        std::vector<MixerState> layers;
         int64_t position = 0;
     };
     DecodeState new_decode_state() const;
@@ -47,7 +47,7 @@ public:
 private:
     struct Block {
         Parameter &attn_norm, &mlp_norm, &gate_proj, &up_proj, &down_proj;
-        std::unique_ptr<LinearAttentionMixer> mixer;
+        std::unique_ptr<Mixer> mixer;
         // Activations of the last forward (N = B·T rows).
         Tensor x_in, h1, rstd1, x_mid, h2, rstd2, gate, up, act;
     };

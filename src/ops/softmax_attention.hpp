@@ -44,3 +44,14 @@ void softmax_attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog
 Tensor alibi_slopes(int64_t heads, DType dtype = DType::f32);
 
 }  // namespace linarch::ops
+
+namespace linarch::ops {
+
+// The recurrent (decode) form: one new query at position t = cached − 1 of one sequence against a
+// KV cache of `cached` tokens, with the same biases and window as the forward.
+// q [H,Dk]; keys [≥cached,H,Dk]; values [≥cached,H,Dv]; log_forget [≥cached,H] or undefined
+// (FoX: log forget gate of each cached token); o [H,Dv]. args.log_forget and cu_seqlens are unused.
+void softmax_attention_decode(Tensor& o, const Tensor& q, const Tensor& keys, const Tensor& values,
+                              const Tensor& log_forget, int64_t cached, const SoftmaxAttentionArgs& args);
+
+}  // namespace linarch::ops

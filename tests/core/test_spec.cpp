@@ -181,10 +181,10 @@ TEST(SpecErrors, UnknownKeyNamesFileLineKeyAndValidKeys) {
     expect_contains(parse_error(text),
                     {"configs/demo.toml:7: unknown key \"model.d_modle\"",
                      "(valid keys in [model]: vocab_size, d_model, n_layers, n_heads, head_dim, mlp_hidden, "
-                     "norm_eps, init_std, mixer)"});
+                     "norm_eps, init_std, hybrid_every, mixer, hybrid_mixer)"});
     expect_contains(parse_error("[model.mixer]\nkind = \"linear_attention\"\ndecy = \"fixed\"\n"),
                     {"configs/demo.toml:3:", "\"model.mixer.decy\"",
-                     "valid keys in [model.mixer]: kind, feature_map, qk_norm, decay, decay_parameterization, gate_temperature, gate_low_rank, chunk_size, conv_size, output_norm, output_gate"});
+                     "valid keys in [model.mixer]: kind, feature_map, qk_norm, decay, decay_parameterization, gate_temperature, gate_low_rank, chunk_size, conv_size, output_norm, output_gate, rope, rope_base, position_bias, window"});
     expect_contains(parse_error("[run]\nsteps = 10\n\n[optimizer]\nlr = 1\n"),
                     {"configs/demo.toml:4: unknown table \"optimizer\"", "valid tables: [model], [data], [optim], [run]"});
     expect_contains(parse_error("lr = 0.1\n"), {"configs/demo.toml:1: unknown top-level key \"lr\"", "valid tables"});
@@ -215,7 +215,7 @@ TEST(SpecErrors, OutOfRangeNamesFileLineKeyAndRange) {
     expect_contains(parse_error("[model.mixer]\ndecay = \"exp\"\n"),
                     {"configs/demo.toml:2: model.mixer.decay: expected one of \"none\", \"fixed\", \"scalar\", \"vector\", got \"exp\""});
     expect_contains(parse_error("[model.mixer]\nkind = \"mamba\"\n"),
-                    {"configs/demo.toml:2: model.mixer.kind: expected \"linear_attention\", got \"mamba\""});
+                    {"configs/demo.toml:2: model.mixer.kind: expected one of \"linear_attention\", \"softmax_attention\", got \"mamba\""});
     expect_contains(parse_error("[model.mixer]\nconv_size = 1\n"),
                     {"configs/demo.toml:2: model.mixer.conv_size: expected 0 or an integer in [2, 8], got 1"});
     expect_contains(parse_error("[optim]\nbeta2 = 1.0\n"),
@@ -433,4 +433,18 @@ TEST(SpecErrors, IncompatibleMixerOptionsNameBothKeys) {
     // The same options are fine together with a scalar decay.
     const Spec ok = parse_spec("[model.mixer]\ndecay = \"scalar\"\ndecay_parameterization = \"mamba2\"\n", "x.toml");
     EXPECT_EQ(ok.model.mixer.decay_parameterization, "mamba2");
+}
+
+TEST(SpecErrors, MixerKindsRejectOptionsTheyCannotUse) {
+    expect_contains(parse_error("[model.mixer]\nkind = \"softmax_attention\"\ndecay = \"fixed\"\n"),
+                    {"model.mixer.kind", "softmax_attention", "decay \"fixed\""});
+    expect_contains(parse_error("[model.mixer]\nposition_bias = \"alibi\"\n"),
+                    {"model.mixer.position_bias", "linear_attention"});
+    expect_contains(parse_error("[model]\nn_layers = 2\nhybrid_every = 3\n"), {"model.hybrid_every", "model.n_layers"});
+    expect_contains(parse_error("[model]\nhybrid_every = 2\n[model.hybrid_mixer]\nconv_size = 4\n"),
+                    {"model.hybrid_mixer.kind", "conv_size 4"});
+    // A hybrid's defaults are valid: gated softmax attention with RoPE every 2nd layer.
+    const Spec hybrid = parse_spec("[model]\nhybrid_every = 2\n", "x.toml");
+    EXPECT_EQ(hybrid.model.hybrid_mixer.kind, "softmax_attention");
+    EXPECT_TRUE(hybrid.model.hybrid_mixer.rope);
 }

@@ -40,6 +40,11 @@ struct MixerCase {
     const char* parameterization = "logsigmoid";
     int64_t low_rank = 0;
     const char* output_gate = "none";
+    bool rope = false;
+    // Every hybrid_every-th layer is softmax attention with this bias and window (0 = none).
+    int64_t hybrid_every = 0;
+    const char* position_bias = "none";
+    int64_t window = 0;
 };
 
 class ModelVariants : public ::testing::TestWithParam<MixerCase> {
@@ -54,6 +59,10 @@ protected:
         s.mixer.gate_low_rank = c.low_rank;
         s.mixer.gate_temperature = 4.0;
         s.mixer.output_gate = c.output_gate;
+        s.mixer.rope = c.rope;
+        s.hybrid_every = c.hybrid_every;
+        s.hybrid_mixer.position_bias = c.position_bias;
+        s.hybrid_mixer.window = c.window;
         return s;
     }
 };
@@ -125,7 +134,14 @@ INSTANTIATE_TEST_SUITE_P(
                       MixerCase{"gla", "vector", 0, true, "identity", "none", "logsigmoid", 4, "swish"},
                       MixerCase{"scalar_elu", "scalar", 3, true, "elu1", "l2", "logsigmoid", 0, "sigmoid"},
                       MixerCase{"vector_relu_full_rank", "vector", 2, false, "relu", "none", "logsigmoid", 0,
-                                "sigmoid"}),
+                                "sigmoid"},
+                      MixerCase{"rope_linear", "fixed", 0, true, "identity", "l2", "logsigmoid", 0, "none", true},
+                      MixerCase{"hybrid_gated_attention", "scalar", 4, true, "identity", "l2", "mamba2", 0, "swish",
+                                false, 2},
+                      MixerCase{"hybrid_fox", "fixed", 0, true, "identity", "none", "logsigmoid", 0, "none", false,
+                                1, "fox"},
+                      MixerCase{"hybrid_alibi_window", "none", 3, true, "elu1", "none", "logsigmoid", 0, "none",
+                                false, 2, "alibi", 4}),
     [](const ::testing::TestParamInfo<MixerCase>& info) { return std::string(info.param.name); });
 
 TEST(LanguageModel, TrainingFitsARepeatingPattern) {

@@ -1,0 +1,40 @@
+// The token-mixer interface a block holds: a linear-attention mixer or a softmax-attention mixer
+// (the layers of a hybrid), built from one MixerSpec.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "core/parameter.hpp"
+#include "core/spec.hpp"
+
+namespace linarch {
+
+// Streaming state of one sequence in one layer. Linear mixers keep a fixed-size state; softmax
+// mixers keep a KV cache that grows with the sequence.
+struct MixerState {
+    int64_t position = 0;   // tokens consumed so far
+    Tensor attention;       // linear: [1,H,Dk,Dv]
+    Tensor conv_window;     // [3, K, H·head_dim]: the last K pre-conv q,k,v rows
+    Tensor keys, values;    // softmax: [capacity, H, D] (first `position` rows used)
+    Tensor log_forget;      // softmax with a FoX bias: [capacity, H]
+};
+
+class Mixer {
+public:
+    virtual ~Mixer() = default;
+    virtual void initialize(uint64_t seed, double input_std, double output_std) = 0;
+    // out[N,d] = mixer(x[N,d]) over B sequences of T tokens (N = B·T); keeps what backward needs.
+    virtual void forward(Tensor& out, const Tensor& x, int64_t batch, int64_t seq_len) = 0;
+    // dx[N,d] += ∂/∂x and parameter gradients += for the last forward.
+    virtual void backward(Tensor& dx, const Tensor& dout) = 0;
+    virtual MixerState new_state() const = 0;
+    // out[1,d] for one token x[1,d], advancing the state.
+    virtual void step(Tensor& out, const Tensor& x, MixerState& state) const = 0;
+    // Forward FLOPs of the token-mixing core per token at training length seq_len.
+    virtual double core_flops_per_token(int64_t seq_len) const = 0;
+};
+
+std::unique_ptr<Mixer> make_mixer(const ModelSpec& model, const MixerSpec& mixer, ParameterStore& params,
+                                  const std::string& prefix);
+
+}  // namespace linarch

@@ -1,0 +1,35 @@
+// The output side every mixer shares: per-head RMSNorm (optional) → output gate act(x·W_gᵀ)
+// (optional; GLA, RetNet, gated attention) → ·W_oᵀ.
+#pragma once
+#include <string>
+
+#include "core/parameter.hpp"
+#include "core/spec.hpp"
+#include "ops/elementwise.hpp"
+
+namespace linarch {
+
+class MixerOutput {
+public:
+    MixerOutput(const ModelSpec& model, const MixerSpec& mixer, ParameterStore& params, const std::string& prefix);
+    void initialize(uint64_t seed, double input_std, double output_std);
+
+    struct Cache {
+        Tensor x, o, o_norm, o_rstd, gate_input, gated;
+    };
+    // out[N,d] from the heads' outputs o[N, H·Dv] and the mixer input x[N,d].
+    void forward(Tensor& out, const Tensor& o, const Tensor& x, Cache& cache) const;
+    // Returns ∂/∂o [N, H·Dv]; adds ∂/∂x into dx and the parameter gradients.
+    Tensor backward(Tensor& dx, const Tensor& dout, const Cache& cache);
+
+private:
+    DType dtype_;
+    int64_t heads_, head_dim_, width_;
+    double norm_eps_;
+    Parameter& o_proj_;
+    Parameter* out_norm_ = nullptr;
+    Parameter* gate_proj_ = nullptr;
+    ops::GateActivation gate_activation_ = ops::GateActivation::sigmoid;
+};
+
+}  // namespace linarch
