@@ -84,6 +84,7 @@ MixerSpec& hybrid_mixer(Spec& s) { return s.model.hybrid_mixer; }
 template <MixerSpec& (*mixer)(Spec&)> std::vector<Field> mixer_fields_of() {
     return {
         {"kind", StringField{[](Spec& s) -> auto& { return mixer(s).kind; }, {"linear_attention", "softmax_attention"}}},
+        {"update", StringField{[](Spec& s) -> auto& { return mixer(s).update; }, {"additive", "delta"}}},
         {"feature_map", StringField{[](Spec& s) -> auto& { return mixer(s).feature_map; }, {"identity", "elu1", "relu"}}},
         {"qk_norm", StringField{[](Spec& s) -> auto& { return mixer(s).qk_norm; }, {"none", "l2"}}},
         {"decay", StringField{[](Spec& s) -> auto& { return mixer(s).decay; }, {"none", "fixed", "scalar", "vector"}}},
@@ -461,12 +462,21 @@ void check_mixer(const Spec& spec, const MixerSpec& mixer, const std::string& ta
     LINARCH_CHECK(mixer.decay_parameterization != "mamba2" || mixer.decay == "scalar",
                   "{}: {}.decay_parameterization = \"mamba2\" makes one decay per head, so it needs "
                   "{}.decay = \"scalar\" (got \"{}\")", spec.source, table, table, mixer.decay);
+    if (mixer.update == "delta") {
+        LINARCH_CHECK(mixer.decay == "none" || mixer.decay == "scalar",
+                      "{}: {}.update = \"delta\" supports decay \"none\" (DeltaNet) or \"scalar\" (Gated "
+                      "DeltaNet), not {}.decay = \"{}\"", spec.source, table, table, mixer.decay);
+        // I − β kᵀk is a contraction only for ‖k‖ ≤ 1 (β ≤ 1), so the delta rule needs unit keys.
+        LINARCH_CHECK(mixer.qk_norm == "l2",
+                      "{}: {}.update = \"delta\" needs {}.qk_norm = \"l2\" (the delta rule is stable only for "
+                      "unit-norm keys), got \"{}\"", spec.source, table, table, mixer.qk_norm);
+    }
     if (mixer.kind == "softmax_attention") {
         // Options of the linear recurrence have no meaning for exact softmax attention.
-        const bool linear_only = mixer.decay != "none" || mixer.feature_map != "identity" ||
+        const bool linear_only = mixer.decay != "none" || mixer.feature_map != "identity" || mixer.update != "additive" ||
                                  mixer.qk_norm != "none" || mixer.conv_size != 0;
         LINARCH_CHECK(!linear_only,
-                      "{}: {}.kind = \"softmax_attention\" takes no decay, feature_map, qk_norm or conv_size "
+                      "{}: {}.kind = \"softmax_attention\" takes no decay, update, feature_map, qk_norm or conv_size "
                       "(got decay \"{}\", feature_map \"{}\", qk_norm \"{}\", conv_size {}); use position_bias "
                       "= \"fox\" for a forget gate", spec.source, table, mixer.decay, mixer.feature_map,
                       mixer.qk_norm, mixer.conv_size);

@@ -11,6 +11,9 @@ namespace linarch {
 // The token mixer's design axes (mixers.md); presets in configs/ set them to published designs.
 struct MixerSpec {
     std::string kind = "linear_attention";  // "linear_attention" | "softmax_attention" (for hybrids)
+    // State update: "additive" (S ← α·S + kᵀv) | "delta" (DeltaNet: S ← α·(I − β kᵀk)·S + β kᵀv,
+    // β = sigmoid(x·W_β); with decay = "scalar" this is Gated DeltaNet)
+    std::string update = "additive";
     std::string feature_map = "identity";   // φ on q and k: "identity" | "elu1" | "relu"
     std::string qk_norm = "none";           // "none" | "l2" (L2-normalise q and k per head)
     // "none" | "fixed" (RetNet: γ_h = 1 − 2^(−5−h)) | "scalar" (data-dependent, one per head) |

@@ -38,6 +38,7 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, const MixerSpe
       gate_low_rank_(mixer.gate_low_rank),
       feature_map_(ops::feature_map_from_name(mixer.feature_map)),
       l2_qk_(mixer.qk_norm == "l2"),
+      delta_(mixer.update == "delta"),
       decay_(mixer.decay),
       decay_parameterization_(mixer.decay_parameterization),
       gate_temperature_(mixer.gate_temperature),
@@ -65,6 +66,7 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, const MixerSpe
             decay_bias_ = &params.add(prefix + ".decay_bias", {channels}, false);
         }
     }
+    if (delta_) beta_proj_ = &params.add(prefix + ".beta_proj.weight", {heads_, spec.d_model});
     output_ = std::make_unique<MixerOutput>(spec, mixer, params, prefix);
     if (mixer.rope) rope_frequencies_ = ops::rope_frequencies(head_dim_, mixer.rope_base, dtype_);
     args_.scale = 1.0 / std::sqrt(double(head_dim_));
@@ -86,7 +88,7 @@ void LinearAttentionMixer::initialize(uint64_t seed, double input_std, double ou
             const double bound = 1.0 / std::sqrt(double(conv_size_));
             fill(p->value, seed, p->name, [bound](RngStream& rng) { return bound * (2 * rng.uniform() - 1); });
         }
-    for (Parameter* p : {decay_proj_, decay_down_, decay_up_})
+    for (Parameter* p : {decay_proj_, decay_down_, decay_up_, beta_proj_})
         if (p) fill_normal(*p, seed, input_std);
     if (decay_bias_) decay_bias_->value.zero();  // α = sigmoid(0)^(1/τ) at initialisation
     if (a_log_) {
@@ -113,6 +115,33 @@ ops::LinearAttentionArgs LinearAttentionMixer::attention_args(const Activations&
         args.log_gate = decay_ == "scalar" ? a.log_gate.view({a.batch, a.seq_len, heads_})
                                            : a.log_gate.view(heads_shape(a));
     return args;
+}
+
+ops::DeltaRuleArgs LinearAttentionMixer::delta_args(const Activations& a) const {
+    ops::DeltaRuleArgs args;
+    args.scale = args_.scale;
+    args.chunk_size = args_.chunk_size;
+    if (a.log_gate.defined()) args.log_gate = a.log_gate.view({a.batch, a.seq_len, heads_});
+    return args;
+}
+
+void LinearAttentionMixer::make_beta(Activations& a) const {
+    if (!delta_) return;
+    const int64_t n = a.batch * a.seq_len;
+    Tensor logits = Tensor::empty({n, heads_}, dtype_);
+    ops::matmul_forward(logits, a.x, beta_proj_->value);
+    a.beta = Tensor::empty({n, heads_}, dtype_);
+    ops::sigmoid_forward(a.beta, logits);
+}
+
+void LinearAttentionMixer::attend(Activations& a) const {
+    a.o = Tensor::empty(heads_shape(a), dtype_);
+    if (delta_)
+        ops::delta_rule_chunkwise_forward(a.o, nullptr, a.rotated[0], a.rotated[1], a.convolved[2],
+                                          a.beta.view({a.batch, a.seq_len, heads_}), nullptr, delta_args(a));
+    else
+        ops::linear_attention_chunkwise_forward(a.o, nullptr, a.rotated[0], a.rotated[1], a.convolved[2], nullptr,
+                                                attention_args(a));
 }
 
 void LinearAttentionMixer::project_and_convolve(Activations& a) const {
@@ -188,9 +217,8 @@ void LinearAttentionMixer::forward(Tensor& out, const Tensor& x, int64_t batch, 
     project_and_convolve(a);
     make_queries_and_keys(a);
     make_log_gate(a);
-    a.o = Tensor::empty(heads_shape(a), dtype_);
-    ops::linear_attention_chunkwise_forward(a.o, nullptr, a.rotated[0], a.rotated[1], a.convolved[2], nullptr,
-                                            attention_args(a));
+    make_beta(a);
+    attend(a);
     output_->forward(out, a.o, a.x, a.output);
 }
 
@@ -205,12 +233,23 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     d_convolved[2] = Tensor::zeros(shape, dtype_);
     Tensor d_log_gate;
     if (a.log_gate.defined()) d_log_gate = Tensor::zeros(a.log_gate.shape(), dtype_);
-    const ops::LinearAttentionArgs args = attention_args(a);
     Tensor d_log_gate_view;
-    if (a.log_gate.defined()) d_log_gate_view = d_log_gate.view(args.log_gate.shape());
-    ops::linear_attention_chunkwise_backward(d_qk[0], d_qk[1], d_convolved[2], nullptr, d_o, nullptr,
-                                             a.rotated[0], a.rotated[1], a.convolved[2], nullptr, args,
-                                             a.log_gate.defined() ? &d_log_gate_view : nullptr);
+    if (a.log_gate.defined()) d_log_gate_view = d_log_gate.view(attention_args(a).log_gate.shape());
+    Tensor* d_gate = a.log_gate.defined() ? &d_log_gate_view : nullptr;
+    if (delta_) {
+        const Shape token_heads{a.batch, a.seq_len, heads_};
+        Tensor d_beta = Tensor::zeros(token_heads, dtype_);
+        ops::delta_rule_chunkwise_backward(d_qk[0], d_qk[1], d_convolved[2], d_beta, d_gate, nullptr, d_o, nullptr,
+                                           a.rotated[0], a.rotated[1], a.convolved[2], a.beta.view(token_heads),
+                                           nullptr, delta_args(a));
+        Tensor d_logits = Tensor::zeros({n, heads_}, dtype_);
+        ops::sigmoid_backward(d_logits, d_beta.view({n, heads_}), a.beta);
+        ops::matmul_backward(&dx, &beta_proj_->grad, d_logits, a.x, beta_proj_->value);
+    } else {
+        ops::linear_attention_chunkwise_backward(d_qk[0], d_qk[1], d_convolved[2], nullptr, d_o, nullptr,
+                                                 a.rotated[0], a.rotated[1], a.convolved[2], nullptr,
+                                                 attention_args(a), d_gate);
+    }
     // Decay path.
     if (a.log_gate.defined()) {
         const int64_t channels = a.log_gate.size(1);
@@ -299,10 +338,15 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, MixerState& state)
     }
     make_queries_and_keys(a);
     make_log_gate(a);
+    make_beta(a);
     a.o = Tensor::empty(heads_shape(a), dtype_);
     Tensor next_state = Tensor::empty(state.attention.shape(), dtype_);
-    ops::linear_attention_recurrent_forward(a.o, &next_state, a.rotated[0], a.rotated[1], a.convolved[2],
-                                            &state.attention, attention_args(a));
+    if (delta_)
+        ops::delta_rule_recurrent_forward(a.o, &next_state, a.rotated[0], a.rotated[1], a.convolved[2],
+                                          a.beta.view({1, 1, heads_}), &state.attention, delta_args(a));
+    else
+        ops::linear_attention_recurrent_forward(a.o, &next_state, a.rotated[0], a.rotated[1], a.convolved[2],
+                                                &state.attention, attention_args(a));
     state.attention = next_state;
     ++state.position;
     output_->forward(out, a.o, a.x, a.output);

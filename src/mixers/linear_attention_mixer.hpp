@@ -1,7 +1,8 @@
 // The linear-attention token mixer as a layer (mixers.md §1-5, §12):
 //   q,k,v = x·W_{q,k,v}ᵀ → short causal conv + SiLU (optional) → feature map φ on q,k → L2 norm of
 //   q,k (optional) → causal linear attention with decay none | fixed per head | data-dependent
-//   scalar (Mamba-2) | data-dependent vector (GLA), chunkwise in training and recurrent in decoding
+//   scalar (Mamba-2) | data-dependent vector (GLA), additive or delta-rule update (DeltaNet, Gated
+//   DeltaNet), chunkwise in training and recurrent in decoding
 //   → the shared output side (MixerOutput: per-head RMSNorm, output gate, ·W_oᵀ)
 // Parameters live in the model's ParameterStore under "<prefix>.*".
 #pragma once
@@ -11,6 +12,7 @@
 
 #include "mixers/mixer.hpp"
 #include "mixers/mixer_output.hpp"
+#include "ops/delta_rule.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/linear_attention.hpp"
 
@@ -41,6 +43,7 @@ private:
         int64_t first_position = 0;
         Tensor inv_norm[2];
         Tensor decay_hidden, decay_input, log_gate;  // data-dependent decay path
+        Tensor beta;                                 // delta rule: sigmoid(x·W_βᵀ) [N,H]
         Tensor o;
         MixerOutput::Cache output;
     };
@@ -48,13 +51,17 @@ private:
     void make_queries_and_keys(Activations& a) const;
     void make_log_gate(Activations& a) const;
     ops::LinearAttentionArgs attention_args(const Activations& a) const;
+    ops::DeltaRuleArgs delta_args(const Activations& a) const;
+    void make_beta(Activations& a) const;
+    // The attention core in its chunkwise (training) form, and its backward.
+    void attend(Activations& a) const;
     std::vector<int64_t> token_positions(const Activations& a) const;
     Shape heads_shape(const Activations& a) const;
 
     DType dtype_;
     int64_t heads_, head_dim_, width_, conv_size_, gate_low_rank_;
     ops::FeatureMap feature_map_;
-    bool l2_qk_;
+    bool l2_qk_, delta_;
     Tensor rope_frequencies_;  // [head_dim/2], undefined without RoPE
     std::string decay_, decay_parameterization_;
     double gate_temperature_;
@@ -65,6 +72,7 @@ private:
     // C = H (scalar) or H·Dk (vector), then decay_bias [C] (logsigmoid) or a_log, dt_bias [H] (mamba2).
     Parameter *decay_proj_ = nullptr, *decay_down_ = nullptr, *decay_up_ = nullptr, *decay_bias_ = nullptr;
     Parameter *a_log_ = nullptr, *dt_bias_ = nullptr;
+    Parameter* beta_proj_ = nullptr;  // delta rule: [H, d]
     std::unique_ptr<MixerOutput> output_;
     Activations cache_;
 };

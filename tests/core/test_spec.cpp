@@ -184,7 +184,7 @@ TEST(SpecErrors, UnknownKeyNamesFileLineKeyAndValidKeys) {
                      "norm_eps, init_std, hybrid_every, mixer, hybrid_mixer)"});
     expect_contains(parse_error("[model.mixer]\nkind = \"linear_attention\"\ndecy = \"fixed\"\n"),
                     {"configs/demo.toml:3:", "\"model.mixer.decy\"",
-                     "valid keys in [model.mixer]: kind, feature_map, qk_norm, decay, decay_parameterization, gate_temperature, gate_low_rank, chunk_size, conv_size, output_norm, output_gate, rope, rope_base, position_bias, window"});
+                     "valid keys in [model.mixer]: kind, update, feature_map, qk_norm, decay, decay_parameterization, gate_temperature, gate_low_rank, chunk_size, conv_size, output_norm, output_gate, rope, rope_base, position_bias, window"});
     expect_contains(parse_error("[run]\nsteps = 10\n\n[optimizer]\nlr = 1\n"),
                     {"configs/demo.toml:4: unknown table \"optimizer\"", "valid tables: [model], [data], [optim], [run]"});
     expect_contains(parse_error("lr = 0.1\n"), {"configs/demo.toml:1: unknown top-level key \"lr\"", "valid tables"});
@@ -447,4 +447,13 @@ TEST(SpecErrors, MixerKindsRejectOptionsTheyCannotUse) {
     const Spec hybrid = parse_spec("[model]\nhybrid_every = 2\n", "x.toml");
     EXPECT_EQ(hybrid.model.hybrid_mixer.kind, "softmax_attention");
     EXPECT_TRUE(hybrid.model.hybrid_mixer.rope);
+}
+
+TEST(SpecErrors, DeltaRuleNeedsUnitKeysAndAScalarOrNoDecay) {
+    expect_contains(parse_error("[model.mixer]\nupdate = \"delta\"\n"), {"model.mixer.update", "qk_norm", "\"l2\""});
+    expect_contains(parse_error("[model.mixer]\nupdate = \"delta\"\nqk_norm = \"l2\"\ndecay = \"vector\"\n"),
+                    {"model.mixer.update", "model.mixer.decay", "\"vector\""});
+    EXPECT_EQ(parse_spec("[model.mixer]\nupdate = \"delta\"\nqk_norm = \"l2\"\ndecay = \"scalar\"\n", "x.toml")
+                  .model.mixer.update,
+              "delta");
 }

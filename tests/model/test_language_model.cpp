@@ -45,6 +45,7 @@ struct MixerCase {
     int64_t hybrid_every = 0;
     const char* position_bias = "none";
     int64_t window = 0;
+    const char* update = "additive";
 };
 
 class ModelVariants : public ::testing::TestWithParam<MixerCase> {
@@ -63,6 +64,7 @@ protected:
         s.hybrid_every = c.hybrid_every;
         s.hybrid_mixer.position_bias = c.position_bias;
         s.hybrid_mixer.window = c.window;
+        s.mixer.update = c.update;
         return s;
     }
 };
@@ -141,7 +143,11 @@ INSTANTIATE_TEST_SUITE_P(
                       MixerCase{"hybrid_fox", "fixed", 0, true, "identity", "none", "logsigmoid", 0, "none", false,
                                 1, "fox"},
                       MixerCase{"hybrid_alibi_window", "none", 3, true, "elu1", "none", "logsigmoid", 0, "none",
-                                false, 2, "alibi", 4}),
+                                false, 2, "alibi", 4},
+                      MixerCase{"deltanet", "none", 4, true, "identity", "l2", "logsigmoid", 0, "none", false, 0,
+                                "none", 0, "delta"},
+                      MixerCase{"gated_deltanet_hybrid", "scalar", 3, true, "identity", "l2", "mamba2", 0, "swish",
+                                false, 2, "none", 0, "delta"}),
     [](const ::testing::TestParamInfo<MixerCase>& info) { return std::string(info.param.name); });
 
 TEST(LanguageModel, TrainingFitsARepeatingPattern) {

@@ -28,7 +28,7 @@ TEST(Presets, EveryPresetTrainsAndItsLossFalls) {
     ASSERT_GE(files.size(), 4u);
     for (const auto& file : files) {
         // The preset's mixer design at a test-sized width.
-        const Spec spec = load_spec(file.string(), {"model.d_model=32", "model.n_layers=2", "model.n_heads=2",
+        const Spec spec = load_spec(file.string(), {"model.d_model=32", "model.n_layers=4", "model.n_heads=2",
                                                     "model.head_dim=16", "model.mlp_hidden=64",
                                                     "model.mixer.chunk_size=8"});
         LanguageModel model(spec.model);
