@@ -423,7 +423,7 @@ TEST(DeltaRule, VarlenMatchesSeparateRuns) {
 
 // T = 4096 with strong gates (every exp(Γ) underflows far from the diagonal), weak gates and none: all
 // forms stay finite and match the reference; the f32 backward matches the f64 one.
-TEST(DeltaRuleLong, T4096StaysFiniteAndMatchesReference) {
+TEST(DeltaRuleNumerics, T4096StaysFiniteAndMatchesReference) {
     const Problem p{1, 4096, 2, 32, 32, 64};
     uint64_t stream = 6000;
     for (const Gate& gate : {kStrongGate, kWeakGate, kNoGate}) {
