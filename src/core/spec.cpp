@@ -90,6 +90,7 @@ template <MixerSpec& (*mixer)(Spec&)> std::vector<Field> mixer_fields_of() {
         {"decay", StringField{[](Spec& s) -> auto& { return mixer(s).decay; }, {"none", "fixed", "scalar", "vector"}}},
         {"decay_parameterization",
          StringField{[](Spec& s) -> auto& { return mixer(s).decay_parameterization; }, {"logsigmoid", "mamba2"}}},
+        {"decay_sharing", StringField{[](Spec& s) -> auto& { return mixer(s).decay_sharing; }, {"own", "key"}}},
         {"gate_temperature", FloatField{[](Spec& s) -> auto& { return mixer(s).gate_temperature; }, 0, 1e6, true, false}},
         {"gate_low_rank", at_least([](Spec& s) -> auto& { return mixer(s).gate_low_rank; }, 0)},
         {"chunk_size", in_range([](Spec& s) -> auto& { return mixer(s).chunk_size; }, 1, 1024)},
@@ -462,6 +463,16 @@ void check_mixer(const Spec& spec, const MixerSpec& mixer, const std::string& ta
     LINARCH_CHECK(mixer.decay_parameterization != "mamba2" || mixer.decay == "scalar",
                   "{}: {}.decay_parameterization = \"mamba2\" makes one decay per head, so it needs "
                   "{}.decay = \"scalar\" (got \"{}\")", spec.source, table, table, mixer.decay);
+    if (mixer.decay_sharing == "key") {
+        const bool compatible = mixer.decay == "vector" && mixer.update == "additive" &&
+                                mixer.feature_map == "identity" && mixer.qk_norm == "none" && !mixer.rope;
+        LINARCH_CHECK(compatible,
+                      "{}: {}.decay_sharing = \"key\" ties k = 1 − α to a vector decay and uses it as is: it needs "
+                      "decay = \"vector\", update = \"additive\", feature_map = \"identity\", qk_norm = \"none\" "
+                      "and rope = false (got decay \"{}\", update \"{}\", feature_map \"{}\", qk_norm \"{}\", "
+                      "rope {})", spec.source, table, mixer.decay, mixer.update, mixer.feature_map, mixer.qk_norm,
+                      mixer.rope);
+    }
     if (mixer.update == "delta") {
         LINARCH_CHECK(mixer.decay == "none" || mixer.decay == "scalar",
                       "{}: {}.update = \"delta\" supports decay \"none\" (DeltaNet) or \"scalar\" (Gated "

@@ -22,6 +22,9 @@ struct MixerSpec {
     // How a data-dependent decay is made from the input: "logsigmoid" (log α = logsigmoid(x·W + b)/τ,
     // GLA) | "mamba2" (log α = −exp(A_log)·softplus(x·W + dt_bias), scalar decays only)
     std::string decay_parameterization = "logsigmoid";
+    // Parameter sharing (mixers.md §5): "own" decay weights, or "key": the key is tied to a vector
+    // decay, k = 1 − α (HGRN2), and has no projection of its own.
+    std::string decay_sharing = "own";
     double gate_temperature = 16.0;         // τ of the logsigmoid parameterisation
     int64_t gate_low_rank = 16;             // rank of a vector decay's projection; 0 = full rank
     int64_t chunk_size = 64;                // chunkwise form's chunk length (1..1024)

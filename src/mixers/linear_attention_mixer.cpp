@@ -42,12 +42,13 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, const MixerSpe
       decay_(mixer.decay),
       decay_parameterization_(mixer.decay_parameterization),
       gate_temperature_(mixer.gate_temperature),
+      key_from_decay_(mixer.decay_sharing == "key"),
       q_proj_(params.add(prefix + ".q_proj.weight", {width_, spec.d_model})),
-      k_proj_(params.add(prefix + ".k_proj.weight", {width_, spec.d_model})),
+      k_proj_(key_from_decay_ ? nullptr : &params.add(prefix + ".k_proj.weight", {width_, spec.d_model})),
       v_proj_(params.add(prefix + ".v_proj.weight", {width_, spec.d_model})) {
     if (conv_size_ > 0) {
         q_conv_ = &params.add(prefix + ".q_conv.weight", {width_, conv_size_}, false);
-        k_conv_ = &params.add(prefix + ".k_conv.weight", {width_, conv_size_}, false);
+        if (!key_from_decay_) k_conv_ = &params.add(prefix + ".k_conv.weight", {width_, conv_size_}, false);
         v_conv_ = &params.add(prefix + ".v_conv.weight", {width_, conv_size_}, false);
     }
     if (decay_ == "scalar" || decay_ == "vector") {
@@ -80,7 +81,8 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, const MixerSpe
 }
 
 void LinearAttentionMixer::initialize(uint64_t seed, double input_std, double output_std) {
-    for (Parameter* p : {&q_proj_, &k_proj_, &v_proj_}) fill_normal(*p, seed, input_std);
+    for (Parameter* p : {&q_proj_, k_proj_, &v_proj_})
+        if (p) fill_normal(*p, seed, input_std);
     output_->initialize(seed, input_std, output_std);
     // PyTorch's default Conv1d initialisation, U(−1/√K, 1/√K), as fla's short convolution uses.
     for (Parameter* p : {q_conv_, k_conv_, v_conv_})
@@ -146,9 +148,10 @@ void LinearAttentionMixer::attend(Activations& a) const {
 
 void LinearAttentionMixer::project_and_convolve(Activations& a) const {
     const int64_t n = a.batch * a.seq_len;
-    const Parameter* proj[3] = {&q_proj_, &k_proj_, &v_proj_};
+    const Parameter* proj[3] = {&q_proj_, k_proj_, &v_proj_};
     const Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
     for (int i = 0; i < 3; ++i) {
+        if (!projects(i)) continue;
         a.projected[i] = Tensor::empty({n, width_}, dtype_);
         ops::matmul_forward(a.projected[i], a.x, proj[i]->value);
         if (conv_size_ == 0) {
@@ -159,6 +162,12 @@ void LinearAttentionMixer::project_and_convolve(Activations& a) const {
         Tensor conv_out = a.convolved[i].view({a.batch, a.seq_len, width_});
         ops::short_conv_forward(conv_out, a.projected[i].view({a.batch, a.seq_len, width_}), conv[i]->value, true);
     }
+}
+
+void LinearAttentionMixer::derive_key(Activations& a) const {
+    if (!key_from_decay_) return;
+    a.convolved[1] = Tensor::empty(heads_shape(a), dtype_);
+    ops::key_from_decay_forward(a.convolved[1], a.log_gate.view(heads_shape(a)));
 }
 
 void LinearAttentionMixer::make_queries_and_keys(Activations& a) const {
@@ -215,8 +224,9 @@ void LinearAttentionMixer::forward(Tensor& out, const Tensor& x, int64_t batch, 
     a.batch = batch;
     a.seq_len = seq_len;
     project_and_convolve(a);
-    make_queries_and_keys(a);
     make_log_gate(a);
+    derive_key(a);
+    make_queries_and_keys(a);
     make_beta(a);
     attend(a);
     output_->forward(out, a.o, a.x, a.output);
@@ -250,6 +260,8 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
                                                  a.rotated[0], a.rotated[1], a.convolved[2], nullptr,
                                                  attention_args(a), d_gate);
     }
+    // A key tied to the decay passes its gradient to the gate (its q/k pipeline is the identity).
+    if (key_from_decay_) ops::key_from_decay_backward(d_log_gate, d_qk[1].view(d_log_gate.shape()), a.log_gate);
     // Decay path.
     if (a.log_gate.defined()) {
         const int64_t channels = a.log_gate.size(1);
@@ -271,6 +283,7 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     }
     // q, k: RoPE, L2 norm, then feature map.
     for (int i = 0; i < 2; ++i) {
+        if (!projects(i)) continue;
         if (rope_frequencies_.defined()) {
             Tensor d_normalized = Tensor::zeros(shape, dtype_);
             ops::rope_backward(d_normalized, d_qk[i], token_positions(a), rope_frequencies_);
@@ -290,9 +303,10 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
         }
     }
     // Short conv and input projections.
-    Parameter* proj[3] = {&q_proj_, &k_proj_, &v_proj_};
+    Parameter* proj[3] = {&q_proj_, k_proj_, &v_proj_};
     Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
     for (int i = 0; i < 3; ++i) {
+        if (!projects(i)) continue;
         Tensor d_projected = d_convolved[i].view({n, width_});
         if (conv_size_ > 0) {
             d_projected = Tensor::zeros({a.batch, a.seq_len, width_}, dtype_);
@@ -317,9 +331,10 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, MixerState& state)
     a.batch = 1;
     a.seq_len = 1;
     a.first_position = state.position;
-    const Parameter* proj[3] = {&q_proj_, &k_proj_, &v_proj_};
+    const Parameter* proj[3] = {&q_proj_, k_proj_, &v_proj_};
     const Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
     for (int i = 0; i < 3; ++i) {
+        if (!projects(i)) continue;
         a.projected[i] = Tensor::empty({1, width_}, dtype_);
         ops::matmul_forward(a.projected[i], x, proj[i]->value);
         if (conv_size_ == 0) {
@@ -336,8 +351,9 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, MixerState& state)
         ops::short_conv_forward(conv_out, window.view({1, conv_size_, width_}), conv[i]->value, true);
         a.convolved[i] = conv_out.narrow(1, conv_size_ - 1, 1).contiguous().view(heads_shape(a));
     }
-    make_queries_and_keys(a);
     make_log_gate(a);
+    derive_key(a);
+    make_queries_and_keys(a);
     make_beta(a);
     a.o = Tensor::empty(heads_shape(a), dtype_);
     Tensor next_state = Tensor::empty(state.attention.shape(), dtype_);

@@ -57,6 +57,9 @@ private:
     void attend(Activations& a) const;
     std::vector<int64_t> token_positions(const Activations& a) const;
     Shape heads_shape(const Activations& a) const;
+    // Whether input i (0 q, 1 k, 2 v) has its own projection (the key may be tied to the decay).
+    bool projects(int i) const { return i != 1 || !key_from_decay_; }
+    void derive_key(Activations& a) const;
 
     DType dtype_;
     int64_t heads_, head_dim_, width_, conv_size_, gate_low_rank_;
@@ -66,7 +69,10 @@ private:
     std::string decay_, decay_parameterization_;
     double gate_temperature_;
     ops::LinearAttentionArgs args_;  // scale, chunk size, fixed log decay
-    Parameter &q_proj_, &k_proj_, &v_proj_;
+    bool key_from_decay_;  // decay_sharing = "key": k = 1 − α, no k projection or conv
+    Parameter& q_proj_;
+    Parameter* k_proj_;
+    Parameter& v_proj_;
     Parameter *q_conv_ = nullptr, *k_conv_ = nullptr, *v_conv_ = nullptr;
     // Data-dependent decay: decay_proj [C,d] (or decay_down [r,d] then decay_up [C,r]) with
     // C = H (scalar) or H·Dk (vector), then decay_bias [C] (logsigmoid) or a_log, dt_bias [H] (mamba2).

@@ -147,6 +147,22 @@ void logsigmoid_decay_backward(Tensor& dx, const Tensor& dlog_gate, const Tensor
     });
 }
 
+void key_from_decay_forward(Tensor& key, const Tensor& log_gate) {
+    check_tensors("key_from_decay_forward", {{"log_gate", &log_gate}, {"key", &key}});
+    check_same_shape("key_from_decay_forward", log_gate, "log_gate", {{"key", &key}});
+    dispatch(log_gate, [&]<typename T>(T) {
+        cpu::key_from_decay_forward(ptr<T>(key), ptr<T>(log_gate), log_gate.numel());
+    });
+}
+
+void key_from_decay_backward(Tensor& dlog_gate, const Tensor& dkey, const Tensor& log_gate) {
+    check_tensors("key_from_decay_backward", {{"log_gate", &log_gate}, {"dkey", &dkey}, {"dlog_gate", &dlog_gate}});
+    check_same_shape("key_from_decay_backward", log_gate, "log_gate", {{"dkey", &dkey}, {"dlog_gate", &dlog_gate}});
+    dispatch(log_gate, [&]<typename T>(T) {
+        cpu::key_from_decay_backward(ptr<T>(dlog_gate), ptr<T>(dkey), ptr<T>(log_gate), log_gate.numel());
+    });
+}
+
 GateActivation gate_activation_from_name(std::string_view name) {
     if (name == "sigmoid") return GateActivation::sigmoid;
     if (name == "swish") return GateActivation::swish;

@@ -34,6 +34,11 @@ void mamba2_decay_backward(Tensor& dx, Tensor& da_log, Tensor& ddt_bias, const T
 void logsigmoid_decay_forward(Tensor& log_gate, const Tensor& x, double temperature);
 void logsigmoid_decay_backward(Tensor& dx, const Tensor& dlog_gate, const Tensor& x, double temperature);
 
+// Keys tied to the decay (HGRN2's parameter sharing, mixers.md §5): k = 1 − exp(log_gate), so a
+// channel that forgets little writes little. dlog_gate += −exp(log_gate) · dk.
+void key_from_decay_forward(Tensor& key, const Tensor& log_gate);
+void key_from_decay_backward(Tensor& dlog_gate, const Tensor& dkey, const Tensor& log_gate);
+
 // Output gate (GLA, gated attention): out = y ⊙ act(z), act = sigmoid or swish (z·sigmoid(z)).
 enum class GateActivation { sigmoid, swish };
 GateActivation gate_activation_from_name(std::string_view name);  // "sigmoid" | "swish"

@@ -46,6 +46,7 @@ struct MixerCase {
     const char* position_bias = "none";
     int64_t window = 0;
     const char* update = "additive";
+    const char* decay_sharing = "own";
 };
 
 class ModelVariants : public ::testing::TestWithParam<MixerCase> {
@@ -65,6 +66,7 @@ protected:
         s.hybrid_mixer.position_bias = c.position_bias;
         s.hybrid_mixer.window = c.window;
         s.mixer.update = c.update;
+        s.mixer.decay_sharing = c.decay_sharing;
         return s;
     }
 };
@@ -147,7 +149,9 @@ INSTANTIATE_TEST_SUITE_P(
                       MixerCase{"deltanet", "none", 4, true, "identity", "l2", "logsigmoid", 0, "none", false, 0,
                                 "none", 0, "delta"},
                       MixerCase{"gated_deltanet_hybrid", "scalar", 3, true, "identity", "l2", "mamba2", 0, "swish",
-                                false, 2, "none", 0, "delta"}),
+                                false, 2, "none", 0, "delta"},
+                      MixerCase{"hgrn2_key_from_decay", "vector", 2, true, "identity", "none", "logsigmoid", 4,
+                                "swish", false, 0, "none", 0, "additive", "key"}),
     [](const ::testing::TestParamInfo<MixerCase>& info) { return std::string(info.param.name); });
 
 TEST(LanguageModel, TrainingFitsARepeatingPattern) {

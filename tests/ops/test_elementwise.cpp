@@ -169,3 +169,18 @@ TEST(BiasAndSigmoid, ForwardBackwardAndMixedDtypesRejected) {
         EXPECT_NE(std::string(e.what()).find("sigmoid_forward"), std::string::npos) << e.what();
     }
 }
+
+TEST(KeyFromDecay, OneMinusAlphaAndGradient) {
+    Tensor g = random_uniform({5, 12}, DType::f64, 17, -3.0, -1e-4);
+    Tensor key = Tensor::empty({5, 12}, DType::f64);
+    ops::key_from_decay_forward(key, g);
+    EXPECT_LT(relative_error(key, expected_values(g, [](double v) { return 1 - std::exp(v); })), 1e-14);
+    const Tensor r = random_normal({5, 12}, DType::f64, 18);
+    Tensor dg = Tensor::zeros({5, 12}, DType::f64);
+    ops::key_from_decay_backward(dg, r, g);
+    auto loss = [&] {
+        ops::key_from_decay_forward(key, g);
+        return dot(key, r);
+    };
+    EXPECT_LT(gradient_check(loss, g, dg), 1e-7);
+}

@@ -112,6 +112,17 @@ void logsigmoid_decay_backward(T* dx, const T* dlog_gate, const T* x, int64_t n,
     for (int64_t i = 0; i < n; ++i) dx[i] += dlog_gate[i] * sigmoid(-x[i]) / T(temperature);
 }
 
+// −expm1 keeps 1 − e^g accurate when g is near 0 (slow decay, tiny keys).
+template <typename T> void key_from_decay_forward(T* key, const T* log_gate, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
+    for (int64_t i = 0; i < n; ++i) key[i] = -std::expm1(log_gate[i]);
+}
+
+template <typename T> void key_from_decay_backward(T* dlog_gate, const T* dkey, const T* log_gate, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
+    for (int64_t i = 0; i < n; ++i) dlog_gate[i] -= std::exp(log_gate[i]) * dkey[i];
+}
+
 template <typename T> void output_gate_forward(T* out, const T* y, const T* z, int64_t n, int act) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) {
@@ -153,6 +164,8 @@ template <typename T> void sigmoid_backward(T* dx, const T* dout, const T* out, 
     template void mamba2_decay_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t); \
     template void logsigmoid_decay_forward<T>(T*, const T*, int64_t, double);                                    \
     template void logsigmoid_decay_backward<T>(T*, const T*, const T*, int64_t, double);                         \
+    template void key_from_decay_forward<T>(T*, const T*, int64_t);                                              \
+    template void key_from_decay_backward<T>(T*, const T*, const T*, int64_t);                                   \
     template void output_gate_forward<T>(T*, const T*, const T*, int64_t, int);                                  \
     template void output_gate_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int);                   \
     template void sigmoid_forward<T>(T*, const T*, int64_t);                                                     \

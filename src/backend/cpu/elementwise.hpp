@@ -25,6 +25,9 @@ template <typename T> void logsigmoid_decay_forward(T* log_gate, const T* x, int
 template <typename T>
 void logsigmoid_decay_backward(T* dx, const T* dlog_gate, const T* x, int64_t n, double temperature);
 
+template <typename T> void key_from_decay_forward(T* key, const T* log_gate, int64_t n);
+template <typename T> void key_from_decay_backward(T* dlog_gate, const T* dkey, const T* log_gate, int64_t n);
+
 // act: 0 sigmoid, 1 swish
 template <typename T> void output_gate_forward(T* out, const T* y, const T* z, int64_t n, int act);
 template <typename T>

@@ -1,0 +1,177 @@
+// Second-order HLA ops: check every tensor (device, dtype, contiguity, shape) and cu_seqlens, then
+// dispatch to the backend. Only the CPU backend exists so far.
+#include "ops/higher_order_attention.hpp"
+
+#include <span>
+#include <string>
+
+#include "backend/cpu/higher_order_attention.hpp"
+
+namespace linarch::ops {
+namespace {
+
+// Calls fn(float{}) or fn(double{}) for the op's dtype (checked to be one of the two).
+template <typename Fn> void dispatch(DType dtype, Fn&& fn) {
+    if (dtype == DType::f32) fn(float{});
+    else fn(double{});
+}
+
+// Everything but the shape: defined, on the CPU, contiguous, and of the op's dtype.
+void check_operand(const char* op, const std::string& name, const Tensor& t, DType dtype) {
+    LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
+    LINARCH_CHECK(t.device() == Device::cpu, "{}: {}: tensor is on {}, and this op has no CUDA implementation yet",
+                  op, name, device_name(t.device()));
+    LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} (all tensors of one op share a dtype), got {}", op,
+                  name, dtype_name(dtype), dtype_name(t.dtype()));
+    LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
+}
+
+void check_operand(const char* op, const std::string& name, const Tensor& t, DType dtype, const Shape& shape) {
+    check_operand(op, name, t, dtype);
+    LINARCH_CHECK(t.shape() == shape, "{}: {}: expected shape {}, got {}", op, name, shape_string(shape),
+                  shape_string(t.shape()));
+}
+
+// Sizes the inputs agree on, and N, the number of sequences (the states' leading dim).
+struct Checked {
+    cpu::HigherOrderDims dims;
+    int64_t sequences;
+};
+
+// A state's moments (if the state is given): S [N,H,Dk,Dk], C [N,H,Dk,Dv], and G [N,H,Dk,Dv] exactly
+// when masked. `name` is the state's role (initial_state, final_state, …).
+void check_state(const char* op, const char* name, const HigherOrderState* state, DType dtype, const Checked& c,
+                 bool masked) {
+    if (!state) return;
+    const cpu::HigherOrderDims& d = c.dims;
+    const std::string prefix = std::string(name) + ".";
+    check_operand(op, prefix + "key_moment", state->key_moment, dtype, {c.sequences, d.heads, d.key_dim, d.key_dim});
+    check_operand(op, prefix + "query_value_moment", state->query_value_moment, dtype,
+                  {c.sequences, d.heads, d.key_dim, d.value_dim});
+    if (masked)
+        check_operand(op, prefix + "correction", state->correction, dtype,
+                      {c.sequences, d.heads, d.key_dim, d.value_dim});
+    else
+        LINARCH_CHECK(!state->correction.defined(),
+                      "{}: {}correction: the unmasked form has no correction moment G (leave it undefined)", op,
+                      prefix);
+}
+
+// Checks q, k, v, cu_seqlens and the initial state.
+Checked check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const HigherOrderState* initial_state, const HigherOrderAttentionArgs& args) {
+    LINARCH_CHECK(q.defined(), "{}: q: tensor is not defined", op);
+    LINARCH_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, "{}: q: expected dtype F32 or F64, got {}",
+                  op, dtype_name(q.dtype()));
+    const DType dtype = q.dtype();
+    check_operand(op, "q", q, dtype);
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
+    check_operand(op, "k", k, dtype, q.shape());
+    check_operand(op, "v", v, dtype);
+    LINARCH_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == T && v.size(2) == H && v.size(3) > 0,
+                  "{}: v: expected shape [{}, {}, {}, Dv], got {}", op, B, T, H, shape_string(v.shape()));
+    int64_t N = B;
+    if (!args.cu_seqlens.empty()) {
+        const std::vector<int64_t>& cu = args.cu_seqlens;
+        LINARCH_CHECK(B == 1, "{}: cu_seqlens: packed sequences need batch size 1, got q of shape {}", op,
+                      shape_string(q.shape()));
+        LINARCH_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == T,
+                      "{}: cu_seqlens: expected offsets from 0 to T = {} (at least two), got {} offsets from {} to {}",
+                      op, T, cu.size(), cu.front(), cu.back());
+        for (size_t n = 0; n + 1 < cu.size(); ++n)
+            LINARCH_CHECK(cu[n] < cu[n + 1], "{}: cu_seqlens: expected strictly increasing offsets, got {} then {}",
+                          op, cu[n], cu[n + 1]);
+        N = int64_t(cu.size()) - 1;
+    }
+    const Checked c{{B, T, H, Dk, v.size(3)}, N};
+    check_state(op, "initial_state", initial_state, dtype, c, args.masked);
+    return c;
+}
+
+void check_chunk_size(const char* op, const HigherOrderAttentionArgs& args) {
+    LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
+}
+
+Shape token_shape(const cpu::HigherOrderDims& d, int64_t dim) { return {d.batch, d.seq_len, d.heads, dim}; }
+
+template <typename T> cpu::Moments<const T*> moments_of(const HigherOrderState* state) {
+    if (!state) return {};
+    const Tensor& g = state->correction;
+    return {state->key_moment.data<T>(), state->query_value_moment.data<T>(), g.defined() ? g.data<T>() : nullptr};
+}
+template <typename T> cpu::Moments<T*> moments_of(HigherOrderState* state) {
+    if (!state) return {};
+    Tensor& g = state->correction;
+    return {state->key_moment.data<T>(), state->query_value_moment.data<T>(), g.defined() ? g.data<T>() : nullptr};
+}
+
+// The two forward forms share their checks and signature.
+template <typename Kernel>
+void forward(const char* op, Tensor& o, HigherOrderState* final_state, const Tensor& q, const Tensor& k,
+             const Tensor& v, const HigherOrderState* initial_state, const HigherOrderAttentionArgs& args,
+             Kernel&& kernel) {
+    const Checked c = check_inputs(op, q, k, v, initial_state, args);
+    check_operand(op, "o", o, q.dtype(), token_shape(c.dims, c.dims.value_dim));
+    check_state(op, "final_state", final_state, q.dtype(), c, args.masked);
+    dispatch(q.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        kernel(o.data<T>(), moments_of<T>(final_state), q.data<T>(), k.data<T>(), v.data<T>(),
+               moments_of<T>(initial_state), c.dims);
+    });
+}
+
+}  // namespace
+
+void higher_order_attention_recurrent_forward(Tensor& o, HigherOrderState* final_state, const Tensor& q,
+                                              const Tensor& k, const Tensor& v,
+                                              const HigherOrderState* initial_state,
+                                              const HigherOrderAttentionArgs& args) {
+    forward("higher_order_attention_recurrent_forward", o, final_state, q, k, v, initial_state, args,
+            [&](auto* out, auto fin, auto* q_, auto* k_, auto* v_, auto s0, auto& d) {
+                cpu::higher_order_attention_recurrent_forward(out, fin, q_, k_, v_, s0, args.masked, args.scale, d,
+                                                              std::span(args.cu_seqlens));
+            });
+}
+
+void higher_order_attention_chunkwise_forward(Tensor& o, HigherOrderState* final_state, const Tensor& q,
+                                              const Tensor& k, const Tensor& v,
+                                              const HigherOrderState* initial_state,
+                                              const HigherOrderAttentionArgs& args) {
+    const char* op = "higher_order_attention_chunkwise_forward";
+    check_chunk_size(op, args);
+    forward(op, o, final_state, q, k, v, initial_state, args,
+            [&](auto* out, auto fin, auto* q_, auto* k_, auto* v_, auto s0, auto& d) {
+                cpu::higher_order_attention_chunkwise_forward(out, fin, q_, k_, v_, s0, args.masked, args.scale,
+                                                              args.chunk_size, d, std::span(args.cu_seqlens));
+            });
+}
+
+void higher_order_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv,
+                                               HigherOrderState* dinitial_state, const Tensor& dout,
+                                               const HigherOrderState* dfinal_state, const Tensor& q,
+                                               const Tensor& k, const Tensor& v,
+                                               const HigherOrderState* initial_state,
+                                               const HigherOrderAttentionArgs& args) {
+    const char* op = "higher_order_attention_chunkwise_backward";
+    check_chunk_size(op, args);
+    const Checked c = check_inputs(op, q, k, v, initial_state, args);
+    const cpu::HigherOrderDims& d = c.dims;
+    const DType dtype = q.dtype();
+    check_operand(op, "dout", dout, dtype, token_shape(d, d.value_dim));
+    check_state(op, "dfinal_state", dfinal_state, dtype, c, args.masked);
+    check_operand(op, "dq", dq, dtype, token_shape(d, d.key_dim));
+    check_operand(op, "dk", dk, dtype, token_shape(d, d.key_dim));
+    check_operand(op, "dv", dv, dtype, token_shape(d, d.value_dim));
+    check_state(op, "dinitial_state", dinitial_state, dtype, c, args.masked);
+    dispatch(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        cpu::higher_order_attention_chunkwise_backward<T>(
+            dq.data<T>(), dk.data<T>(), dv.data<T>(), moments_of<T>(dinitial_state), dout.data<T>(),
+            moments_of<T>(dfinal_state), q.data<T>(), k.data<T>(), v.data<T>(), moments_of<T>(initial_state),
+            args.masked, args.scale, args.chunk_size, d, std::span(args.cu_seqlens));
+    });
+}
+
+}  // namespace linarch::ops

@@ -1,0 +1,609 @@
+// Second-order HLA (recurrent and chunkwise forms, the chunkwise backward), masked and unmasked, checked
+// against the float64 explicit sums in backend/cpu/reference_higher_order_attention and against central
+// finite differences. Inputs are fresh random draws each run (seed printed by testkit): q and k
+// L2-normalised (mixers.md §13), v and the initial moments N(0,1)-scaled.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "backend/cpu/reference_higher_order_attention.hpp"
+#include "core/tensor.hpp"
+#include "ops/higher_order_attention.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+
+namespace {
+
+struct Problem {
+    int64_t batch, seq_len, heads, key_dim, value_dim, chunk_size;
+};
+
+std::string describe(const Problem& p, bool masked, bool with_initial_state) {
+    return fmt::format("B={} T={} H={} Dk={} Dv={} chunk={} masked={} initial_state={}", p.batch, p.seq_len,
+                       p.heads, p.key_dim, p.value_dim, p.chunk_size, masked, with_initial_state);
+}
+
+// x [.., D] with every row scaled to unit L2 norm.
+Tensor l2_normalised(const Shape& shape, DType dtype, uint64_t stream) {
+    Tensor x = testkit::random_normal(shape, DType::f64, stream);
+    const int64_t D = shape.back();
+    double* p = x.data<double>();
+    for (int64_t row = 0; row < x.numel() / D; ++row) {
+        double norm = 0;
+        for (int64_t c = 0; c < D; ++c) norm += p[row * D + c] * p[row * D + c];
+        for (int64_t c = 0; c < D; ++c) p[row * D + c] /= std::sqrt(norm);
+    }
+    return x.to(dtype);
+}
+
+// The moments of a state, by name, with their shapes.
+using Moment = Tensor ops::HigherOrderState::*;
+std::vector<std::pair<const char*, Moment>> moments(bool masked) {
+    std::vector<std::pair<const char*, Moment>> out = {{"key_moment", &ops::HigherOrderState::key_moment},
+                                                       {"query_value_moment",
+                                                        &ops::HigherOrderState::query_value_moment}};
+    if (masked) out.emplace_back("correction", &ops::HigherOrderState::correction);
+    return out;
+}
+
+struct Inputs {
+    Tensor q, k, v;
+    ops::HigherOrderState initial_state;  // moments undefined when not used
+    ops::HigherOrderAttentionArgs args;
+    Problem p;
+    int64_t sequences;  // N, the states' leading dim
+
+    Inputs(const Problem& problem, DType dtype, uint64_t stream, bool masked, bool with_initial_state,
+           std::vector<int64_t> cu_seqlens = {})
+        : p(problem) {
+        sequences = cu_seqlens.empty() ? p.batch : int64_t(cu_seqlens.size()) - 1;
+        q = l2_normalised({p.batch, p.seq_len, p.heads, p.key_dim}, dtype, stream);
+        k = l2_normalised({p.batch, p.seq_len, p.heads, p.key_dim}, dtype, stream + 1);
+        v = testkit::random_normal({p.batch, p.seq_len, p.heads, p.value_dim}, dtype, stream + 2);
+        args.masked = masked;
+        args.scale = 1.0 / std::sqrt(double(p.key_dim));
+        args.chunk_size = p.chunk_size;
+        args.cu_seqlens = std::move(cu_seqlens);
+        if (with_initial_state) {
+            uint64_t s = stream + 3;
+            for (auto [name, m] : moments(masked))
+                initial_state.*m = testkit::random_normal(moment_shape(m), dtype, ++s, 0.5);
+        }
+    }
+    Shape moment_shape(Moment m) const {
+        return {sequences, p.heads, p.key_dim, m == &ops::HigherOrderState::key_moment ? p.key_dim : p.value_dim};
+    }
+    // An undefined-moment state of the right kind, or one of the given tensors.
+    ops::HigherOrderState empty_state(DType dtype) const {
+        ops::HigherOrderState out;
+        for (auto [name, m] : moments(args.masked)) out.*m = Tensor::empty(moment_shape(m), dtype);
+        return out;
+    }
+    ops::HigherOrderState zero_state(DType dtype) const {
+        ops::HigherOrderState out;
+        for (auto [name, m] : moments(args.masked)) out.*m = Tensor::zeros(moment_shape(m), dtype);
+        return out;
+    }
+    ops::HigherOrderState random_state(DType dtype, uint64_t stream) const {
+        ops::HigherOrderState out;
+        for (auto [name, m] : moments(args.masked))
+            out.*m = testkit::random_normal(moment_shape(m), dtype, ++stream);
+        return out;
+    }
+    const ops::HigherOrderState* initial() const {
+        return initial_state.key_moment.defined() ? &initial_state : nullptr;
+    }
+    // The same inputs in another dtype (f32 inputs widened exactly to f64).
+    Inputs to(DType dtype) const {
+        Inputs out = *this;
+        for (auto [dst, src] : {std::pair{&out.q, &q}, std::pair{&out.k, &k}, std::pair{&out.v, &v},
+                                std::pair{&out.initial_state.key_moment, &initial_state.key_moment},
+                                std::pair{&out.initial_state.query_value_moment, &initial_state.query_value_moment},
+                                std::pair{&out.initial_state.correction, &initial_state.correction}})
+            if (src->defined()) *dst = src->to(dtype);
+        return out;
+    }
+    // Tokens [start, start + length) of every input (initial state left as is).
+    Inputs narrow(int64_t start, int64_t length) const {
+        Inputs out = *this;
+        out.p.seq_len = length;
+        out.q = q.narrow(1, start, length).contiguous();
+        out.k = k.narrow(1, start, length).contiguous();
+        out.v = v.narrow(1, start, length).contiguous();
+        return out;
+    }
+};
+
+ops::HigherOrderState to(const ops::HigherOrderState& s, DType dtype) {
+    ops::HigherOrderState out;
+    for (auto [name, m] : moments(true))
+        if ((s.*m).defined()) out.*m = (s.*m).to(dtype);
+    return out;
+}
+
+struct Outputs {
+    Tensor o;
+    ops::HigherOrderState final_state;
+};
+
+using Forward = void (*)(Tensor&, ops::HigherOrderState*, const Tensor&, const Tensor&, const Tensor&,
+                         const ops::HigherOrderState*, const ops::HigherOrderAttentionArgs&);
+
+// The float64 explicit sums on the same (possibly f32-rounded) inputs.
+void reference_forward(Tensor& o, ops::HigherOrderState* final_state, const Tensor& q, const Tensor& k,
+                       const Tensor& v, const ops::HigherOrderState* initial_state,
+                       const ops::HigherOrderAttentionArgs& args) {
+    const auto ptr = [](const Tensor& t) { return t.defined() ? t.data<double>() : nullptr; };
+    const auto mut = [](Tensor& t) { return t.defined() ? t.data<double>() : nullptr; };
+    const ops::HigherOrderState none;
+    const ops::HigherOrderState& s0 = initial_state ? *initial_state : none;
+    ops::HigherOrderState unused;
+    ops::HigherOrderState& fin = final_state ? *final_state : unused;
+    reference::higher_order_attention(mut(o), mut(fin.key_moment), mut(fin.query_value_moment), mut(fin.correction),
+                                      ptr(q), ptr(k), ptr(v), ptr(s0.key_moment), ptr(s0.query_value_moment),
+                                      ptr(s0.correction), args.masked, args.scale, q.size(0), q.size(1), q.size(2),
+                                      q.size(3), v.size(3), args.cu_seqlens);
+}
+
+const std::vector<std::pair<const char*, Forward>> kForms = {
+    {"recurrent", &ops::higher_order_attention_recurrent_forward},
+    {"chunkwise", &ops::higher_order_attention_chunkwise_forward},
+};
+
+Outputs run_forward(Forward forward, const Inputs& in) {
+    const DType dtype = in.q.dtype();
+    Outputs out{Tensor::empty(in.v.shape(), dtype), in.empty_state(dtype)};
+    forward(out.o, &out.final_state, in.q, in.k, in.v, in.initial(), in.args);
+    return out;
+}
+
+Outputs run_reference(const Inputs& in) {
+    const Inputs in64 = in.to(DType::f64);
+    Outputs out{Tensor::empty(in.v.shape(), DType::f64), in.empty_state(DType::f64)};
+    reference_forward(out.o, &out.final_state, in64.q, in64.k, in64.v, in64.initial(), in64.args);
+    return out;
+}
+
+// Relative error of o and of every final moment.
+void expect_close(const Outputs& out, const Outputs& ref, bool masked, double bound, const std::string& what) {
+    EXPECT_LT(testkit::relative_error(out.o, ref.o), bound) << what << " o";
+    for (auto [name, m] : moments(masked)) {
+        const Tensor &got = out.final_state.*m, &want = ref.final_state.*m;
+        // G is exactly zero for one token without an initial state (it sums pairs i > j): expect zero.
+        if (testkit::dot(want, want) == 0) EXPECT_EQ(testkit::dot(got, got), 0.0) << what << " " << name;
+        else EXPECT_LT(testkit::relative_error(got, want), bound) << what << " " << name;
+    }
+}
+
+struct Gradients {
+    Tensor dq, dk, dv;
+    ops::HigherOrderState dinitial_state;
+};
+
+Gradients zero_gradients(const Inputs& in) {
+    const DType dtype = in.q.dtype();
+    return {Tensor::zeros(in.q.shape(), dtype), Tensor::zeros(in.k.shape(), dtype), Tensor::zeros(in.v.shape(), dtype),
+            in.zero_state(dtype)};
+}
+
+// Adds the chunkwise backward of loss = dot(o, dout) + Σ dot(final moment, dfinal moment) into g.
+void add_backward(Gradients& g, const Inputs& in, const Tensor& dout, const ops::HigherOrderState* dfinal_state) {
+    ops::higher_order_attention_chunkwise_backward(g.dq, g.dk, g.dv, &g.dinitial_state, dout, dfinal_state, in.q,
+                                                   in.k, in.v, in.initial(), in.args);
+}
+
+Gradients run_backward(const Inputs& in, const Tensor& dout, const ops::HigherOrderState* dfinal_state) {
+    Gradients g = zero_gradients(in);
+    add_backward(g, in, dout, dfinal_state);
+    return g;
+}
+
+// Every gradient by name, paired with the input it belongs to (initial moments only when present).
+std::vector<std::tuple<std::string, Tensor*, Tensor*>> pairs_of(Inputs& in, Gradients& g) {
+    std::vector<std::tuple<std::string, Tensor*, Tensor*>> out = {
+        {"dq", &in.q, &g.dq}, {"dk", &in.k, &g.dk}, {"dv", &in.v, &g.dv}};
+    if (in.initial())
+        for (auto [name, m] : moments(in.args.masked))
+            out.emplace_back(std::string("dinitial_state.") + name, &(in.initial_state.*m), &(g.dinitial_state.*m));
+    return out;
+}
+
+double dot_state(const ops::HigherOrderState& a, const ops::HigherOrderState& b, bool masked) {
+    double sum = 0;
+    for (auto [name, m] : moments(masked)) sum += testkit::dot(a.*m, b.*m);
+    return sum;
+}
+
+const std::vector<Problem> kForwardProblems = {
+    {2, 37, 3, 8, 12, 8},    // T not a multiple of the chunk, B > 1, Dk < Dv
+    {1, 5, 2, 16, 6, 16},    // T < chunk, Dk > Dv
+    {2, 9, 3, 8, 4, 1},      // one token per chunk
+    {1, 64, 1, 12, 8, 16},   // T a multiple of the chunk
+    {2, 130, 2, 16, 24, 64},  // the default chunk, a short last chunk
+    {3, 1, 2, 8, 12, 64},    // T = 1
+};
+
+}  // namespace
+
+// Recurrent and chunkwise forms against the f64 explicit sums: to rounding in f64, ≤ 1e-4 in f32.
+TEST(HigherOrderForward, FormsMatchF64Reference) {
+    uint64_t stream = 100;
+    for (const Problem& p : kForwardProblems)
+        for (bool masked : {true, false})
+            for (bool with_initial_state : {false, true})
+                for (DType dtype : {DType::f32, DType::f64}) {
+                    SCOPED_TRACE(describe(p, masked, with_initial_state) + " " + std::string(dtype_name(dtype)));
+                    const Inputs in(p, dtype, stream += 10, masked, with_initial_state);
+                    const Outputs ref = run_reference(in);
+                    const double bound = dtype == DType::f64 ? 1e-10 : 1e-4;
+                    for (auto [name, forward] : kForms) expect_close(run_forward(forward, in), ref, masked, bound, name);
+                }
+}
+
+// The masked operator is the strictly causal one: a query never pairs with a key that comes after the
+// value it reads (o_t changes only through tokens ≤ t, and the pair (q_j, k_i) only counts for i ≤ j),
+// while the unmasked prefix form lets k_t reach v_j, j < t. Perturbing the last key changes the last
+// output of both, but earlier values only reach it through k_t in the unmasked form: with v_t = 0 the
+// masked o_t no longer depends on k_t at all.
+TEST(HigherOrderForward, MaskedIgnoresLaterKeysForEarlierValues) {
+    const Problem p{1, 6, 1, 4, 3, 4};
+    for (bool masked : {true, false}) {
+        SCOPED_TRACE(describe(p, masked, false));
+        Inputs in(p, DType::f64, 500, masked, false);
+        const int64_t last = p.seq_len - 1;
+        for (int64_t c = 0; c < p.value_dim; ++c) in.v.data<double>()[last * p.value_dim + c] = 0;
+        const Outputs before = run_forward(&ops::higher_order_attention_chunkwise_forward, in);
+        Inputs changed = in;
+        changed.k = in.k.clone();
+        for (int64_t c = 0; c < p.key_dim; ++c) changed.k.data<double>()[last * p.key_dim + c] *= -2;
+        const Outputs after = run_forward(&ops::higher_order_attention_chunkwise_forward, changed);
+        EXPECT_EQ(testkit::relative_error(after.o.narrow(1, 0, last), before.o.narrow(1, 0, last)), 0.0);
+        const double last_change = testkit::relative_error(after.o.narrow(1, last, 1), before.o.narrow(1, last, 1));
+        if (masked) EXPECT_LT(last_change, 1e-14);
+        else EXPECT_GT(last_change, 1e-3);
+    }
+}
+
+// Every chunk size computes the same function (f64, to rounding).
+TEST(HigherOrderForward, ChunkSizesAgree) {
+    uint64_t stream = 1000;
+    for (const Problem& p : kForwardProblems)
+        for (bool masked : {true, false}) {
+            SCOPED_TRACE(describe(p, masked, true));
+            const Inputs in(p, DType::f64, stream += 10, masked, true);
+            const Outputs chunkwise = run_forward(&ops::higher_order_attention_chunkwise_forward, in);
+            for (int64_t chunk : {int64_t(1), int64_t(3), p.chunk_size / 2 + 1, int64_t(128)}) {
+                Inputs other = in;
+                other.args.chunk_size = chunk;
+                expect_close(run_forward(&ops::higher_order_attention_chunkwise_forward, other), chunkwise, masked,
+                             1e-10, fmt::format("chunk {}", chunk));
+            }
+        }
+}
+
+// loss = dot(o, R1) + Σ dot(final moment, R_i); the chunkwise backward must match central differences for
+// q, k, v and every initial moment. Gradients start from random values to check that the backward adds.
+TEST(HigherOrderBackward, GradientsMatchFiniteDifferences) {
+    const std::vector<Problem> problems = {{2, 11, 2, 5, 6, 4}, {1, 7, 3, 4, 3, 16}, {1, 6, 1, 3, 4, 1}};
+    uint64_t stream = 2000;
+    for (const Problem& p : problems)
+        for (bool masked : {true, false}) {
+            SCOPED_TRACE(describe(p, masked, true));
+            Inputs in(p, DType::f64, stream += 20, masked, true);
+            const Tensor r1 = testkit::random_normal(in.v.shape(), DType::f64, stream + 7);
+            const ops::HigherOrderState r2 = in.random_state(DType::f64, stream + 8);
+            auto loss = [&] {
+                const Outputs out = run_forward(&ops::higher_order_attention_chunkwise_forward, in);
+                return testkit::dot(out.o, r1) + dot_state(out.final_state, r2, masked);
+            };
+            Gradients g = zero_gradients(in);
+            std::vector<Tensor> starts;
+            uint64_t start_stream = stream + 12;
+            for (auto [name, input, grad] : pairs_of(in, g)) {
+                grad->copy_from(testkit::random_normal(grad->shape(), DType::f64, ++start_stream));
+                starts.push_back(grad->clone());
+            }
+            add_backward(g, in, r1, &r2);
+            const auto pairs = pairs_of(in, g);
+            ASSERT_EQ(pairs.size(), masked ? 6u : 5u);
+            for (size_t i = 0; i < pairs.size(); ++i) {
+                auto [name, input, grad] = pairs[i];
+                Tensor added = grad->clone();  // what the backward added
+                for (int64_t j = 0; j < added.numel(); ++j) added.data<double>()[j] -= starts[i].flat(j);
+                EXPECT_LT(testkit::gradient_check(loss, *input, added, 200), 1e-6) << name;
+            }
+        }
+}
+
+// Without an initial state or an incoming state gradient (the common training call), the gradient with
+// respect to the implicit zero initial state is still reported; null dinitial_state changes nothing else.
+TEST(HigherOrderBackward, GradientsWithoutStatesMatchFiniteDifferences) {
+    const Problem p{2, 13, 2, 4, 5, 4};
+    for (bool masked : {true, false}) {
+        SCOPED_TRACE(describe(p, masked, false));
+        Inputs in(p, DType::f64, 2500, masked, false);
+        const Tensor r1 = testkit::random_normal(in.v.shape(), DType::f64, 2505);
+        auto loss = [&] { return testkit::dot(run_forward(&ops::higher_order_attention_chunkwise_forward, in).o, r1); };
+        Gradients g = run_backward(in, r1, nullptr);
+        for (auto [name, input, grad] : pairs_of(in, g))
+            EXPECT_LT(testkit::gradient_check(loss, *input, *grad), 1e-6) << name;
+        Gradients partial = zero_gradients(in);
+        ops::higher_order_attention_chunkwise_backward(partial.dq, partial.dk, partial.dv, nullptr, r1, nullptr, in.q,
+                                                       in.k, in.v, nullptr, in.args);
+        for (auto [name, full, part] : {std::tuple{"dq", &g.dq, &partial.dq}, std::tuple{"dk", &g.dk, &partial.dk},
+                                        std::tuple{"dv", &g.dv, &partial.dv}})
+            EXPECT_EQ(testkit::relative_error(*part, *full), 0.0) << name;
+        in.initial_state = in.zero_state(DType::f64);
+        for (auto [name, m] : moments(masked)) {
+            const Tensor& grad = g.dinitial_state.*m;
+            if (masked && m == &ops::HigherOrderState::query_value_moment) {
+                // Masked, the carried C_0 pairs only with keys before the sequence (S_0): at S_0 = 0 and
+                // no final-state gradient, its gradient vanishes (finite differences would be all noise).
+                EXPECT_LT(std::sqrt(testkit::dot(grad, grad)), 1e-12 * std::sqrt(testkit::dot(g.dv, g.dv))) << name;
+                continue;
+            }
+            EXPECT_LT(testkit::gradient_check(loss, in.initial_state.*m, grad), 1e-6) << name;
+        }
+    }
+}
+
+TEST(HigherOrderBackward, F32MatchesF64) {
+    const std::vector<Problem> problems = {{2, 70, 3, 16, 24, 16}, {1, 45, 2, 24, 16, 64}, {1, 10, 3, 16, 8, 1}};
+    uint64_t stream = 3000;
+    for (const Problem& p : problems)
+        for (bool masked : {true, false}) {
+            SCOPED_TRACE(describe(p, masked, true));
+            const Inputs in32(p, DType::f32, stream += 10, masked, true);
+            const Inputs in64 = in32.to(DType::f64);
+            const Tensor r1 = testkit::random_normal(in32.v.shape(), DType::f32, stream + 5);
+            const ops::HigherOrderState r2 = in32.random_state(DType::f32, stream + 6);
+            const ops::HigherOrderState r2_64 = to(r2, DType::f64);
+            Gradients g32 = run_backward(in32, r1, &r2);
+            Gradients g64 = run_backward(in64, r1.to(DType::f64), &r2_64);
+            Inputs a = in32, b = in64;
+            const auto p32 = pairs_of(a, g32), p64 = pairs_of(b, g64);
+            ASSERT_EQ(p32.size(), masked ? 6u : 5u);
+            for (size_t i = 0; i < p32.size(); ++i)
+                EXPECT_LT(testkit::relative_error(*std::get<2>(p32[i]), *std::get<2>(p64[i])), 1e-4)
+                    << std::get<0>(p32[i]);
+        }
+}
+
+// Two segments chained through the state compute what one pass over the whole sequence does, in the
+// forward pass and in every gradient (dinitial_state of the second segment is the first's dfinal_state).
+TEST(HigherOrderAttention, StateCarriesAcrossSegments) {
+    const Problem whole{2, 29, 3, 6, 5, 8};
+    const int64_t split = 13;  // not a chunk boundary
+    for (bool masked : {true, false}) {
+        SCOPED_TRACE(describe(whole, masked, true));
+        const Inputs in(whole, DType::f64, 4000, masked, true);
+        const Outputs full = run_forward(&ops::higher_order_attention_chunkwise_forward, in);
+        for (auto [name, forward] : kForms) {
+            const Inputs in1 = in.narrow(0, split);
+            const Outputs out1 = run_forward(forward, in1);
+            Inputs in2 = in.narrow(split, whole.seq_len - split);
+            in2.initial_state = out1.final_state;
+            const Outputs out2 = run_forward(forward, in2);
+            EXPECT_LT(testkit::relative_error(out1.o, full.o.narrow(1, 0, split)), 1e-12) << name;
+            EXPECT_LT(testkit::relative_error(out2.o, full.o.narrow(1, split, in2.p.seq_len)), 1e-12) << name;
+            for (auto [moment, m] : moments(masked))
+                EXPECT_LT(testkit::relative_error(out2.final_state.*m, full.final_state.*m), 1e-12)
+                    << name << " " << moment;
+        }
+
+        const Inputs in1 = in.narrow(0, split);
+        Inputs in2 = in.narrow(split, whole.seq_len - split);
+        in2.initial_state = run_forward(&ops::higher_order_attention_chunkwise_forward, in1).final_state;
+        const Tensor dout = testkit::random_normal(full.o.shape(), DType::f64, 4010);
+        const ops::HigherOrderState dfinal = in.random_state(DType::f64, 4011);
+        Gradients g = run_backward(in, dout, &dfinal);
+        Gradients g2 = run_backward(in2, dout.narrow(1, split, in2.p.seq_len).contiguous(), &dfinal);
+        Gradients g1 = run_backward(in1, dout.narrow(1, 0, split).contiguous(), &g2.dinitial_state);
+        for (auto [moment, m] : moments(masked))
+            EXPECT_LT(testkit::relative_error(g1.dinitial_state.*m, g.dinitial_state.*m), 1e-12) << moment;
+        for (auto [name, whole_grad, first_grad, second_grad] :
+             {std::tuple{"dq", &g.dq, &g1.dq, &g2.dq}, std::tuple{"dk", &g.dk, &g1.dk, &g2.dk},
+              std::tuple{"dv", &g.dv, &g1.dv, &g2.dv}}) {
+            EXPECT_LT(testkit::relative_error(*first_grad, whole_grad->narrow(1, 0, split)), 1e-12) << name;
+            EXPECT_LT(testkit::relative_error(*second_grad, whole_grad->narrow(1, split, in2.p.seq_len)), 1e-12)
+                << name;
+        }
+    }
+}
+
+// Packed sequences (B = 1, cu_seqlens) compute what separate runs do, in every form and gradient, and
+// nothing leaks across a boundary: perturbing one sequence leaves the others' outputs bit for bit.
+TEST(HigherOrderAttention, VarlenMatchesSeparateRuns) {
+    const std::vector<int64_t> cu = {0, 5, 22, 23, 40};  // lengths 5, 17, 1, 17 with chunk 8
+    const Problem packed{1, 40, 2, 6, 7, 8};
+    for (bool masked : {true, false}) {
+        SCOPED_TRACE(describe(packed, masked, true));
+        const Inputs in(packed, DType::f64, 4500, masked, true, cu);
+        const Tensor dout = testkit::random_normal(in.v.shape(), DType::f64, 4510);
+        const ops::HigherOrderState dfinal = in.random_state(DType::f64, 4511);
+        const Outputs ref = run_reference(in);
+        std::vector<Outputs> outs;
+        for (auto [name, forward] : kForms) {
+            outs.push_back(run_forward(forward, in));
+            expect_close(outs.back(), ref, masked, 1e-10, name);
+        }
+        Gradients g = run_backward(in, dout, &dfinal);
+        const auto sequence_of = [&](const ops::HigherOrderState& s, size_t n) {
+            ops::HigherOrderState out;
+            for (auto [name, m] : moments(masked)) out.*m = (s.*m).narrow(0, int64_t(n), 1).contiguous();
+            return out;
+        };
+        for (size_t n = 0; n + 1 < cu.size(); ++n) {
+            const int64_t start = cu[n], length = cu[n + 1] - cu[n];
+            SCOPED_TRACE(fmt::format("sequence {} [{}, {})", n, start, cu[n + 1]));
+            Inputs one = in.narrow(start, length);
+            one.args.cu_seqlens = {};
+            one.sequences = 1;
+            one.initial_state = sequence_of(in.initial_state, n);
+            for (size_t f = 0; f < kForms.size(); ++f) {
+                const Outputs out = run_forward(kForms[f].second, one);
+                EXPECT_LT(testkit::relative_error(out.o, outs[f].o.narrow(1, start, length)), 1e-12) << kForms[f].first;
+                const ops::HigherOrderState packed_final = sequence_of(outs[f].final_state, n);
+                for (auto [name, m] : moments(masked))
+                    EXPECT_LT(testkit::relative_error(out.final_state.*m, packed_final.*m), 1e-12)
+                        << kForms[f].first << " " << name;
+            }
+            const ops::HigherOrderState dfinal_one = sequence_of(dfinal, n);
+            Gradients g1 = run_backward(one, dout.narrow(1, start, length).contiguous(), &dfinal_one);
+            const ops::HigherOrderState packed_dinitial = sequence_of(g.dinitial_state, n);
+            for (auto [name, m] : moments(masked))
+                EXPECT_LT(testkit::relative_error(g1.dinitial_state.*m, packed_dinitial.*m), 1e-12) << name;
+            for (auto [name, packed_grad, single_grad] : {std::tuple{"dq", &g.dq, &g1.dq},
+                                                          std::tuple{"dk", &g.dk, &g1.dk},
+                                                          std::tuple{"dv", &g.dv, &g1.dv}})
+                EXPECT_LT(testkit::relative_error(*single_grad, packed_grad->narrow(1, start, length)), 1e-12) << name;
+        }
+
+        // Perturb every input of sequence 1 (tokens [5, 22)) and its initial moments.
+        Inputs perturbed = in;
+        for (Tensor* t : {&perturbed.q, &perturbed.k, &perturbed.v}) {
+            *t = t->clone();
+            const int64_t row = t->numel() / packed.seq_len;
+            for (int64_t i = cu[1] * row; i < cu[2] * row; ++i) t->data<double>()[i] *= 0.5;
+        }
+        for (auto [name, m] : moments(masked)) {
+            Tensor& t = perturbed.initial_state.*m;
+            t = t.clone();
+            const int64_t per_sequence = t.numel() / in.sequences;
+            for (int64_t i = per_sequence; i < 2 * per_sequence; ++i) t.data<double>()[i] += 1;
+        }
+        for (size_t f = 0; f < kForms.size(); ++f) {
+            const Outputs out = run_forward(kForms[f].second, perturbed);
+            for (size_t n : {0u, 2u, 3u}) {
+                const int64_t start = cu[n], length = cu[n + 1] - cu[n];
+                EXPECT_EQ(testkit::relative_error(out.o.narrow(1, start, length), outs[f].o.narrow(1, start, length)),
+                          0.0)
+                    << kForms[f].first << " sequence " << n;
+                for (auto [name, m] : moments(masked))
+                    EXPECT_EQ(testkit::relative_error((out.final_state.*m).narrow(0, int64_t(n), 1),
+                                                      (outs[f].final_state.*m).narrow(0, int64_t(n), 1)),
+                              0.0)
+                        << kForms[f].first << " sequence " << n << " " << name;
+            }
+            EXPECT_GT(testkit::relative_error(out.o.narrow(1, cu[1], cu[2] - cu[1]),
+                                              outs[f].o.narrow(1, cu[1], cu[2] - cu[1])),
+                      1e-3)
+                << kForms[f].first;
+        }
+    }
+}
+
+// T = 2048: the moments grow without bound (mixers.md §13: fp32 state mandatory, no decay here), yet the
+// f32 forms stay within 1e-4 of the f64 recurrence (itself checked against the explicit sums above at
+// short T), f64 chunkwise matches it to rounding, and the f32 backward matches the f64 one.
+TEST(HigherOrderNumerics, LongSequenceF32MatchesF64) {
+    const Problem p{1, 2048, 2, 32, 32, 64};
+    uint64_t stream = 6000;
+    for (bool masked : {true, false}) {
+        SCOPED_TRACE(describe(p, masked, true));
+        const Inputs in32(p, DType::f32, stream += 10, masked, true);
+        const Inputs in64 = in32.to(DType::f64);
+        const Outputs ref = run_forward(&ops::higher_order_attention_recurrent_forward, in64);
+        expect_close(run_forward(&ops::higher_order_attention_chunkwise_forward, in64), ref, masked, 1e-10,
+                     "chunkwise F64");
+        for (auto [name, forward] : kForms) expect_close(run_forward(forward, in32), ref, masked, 1e-4, name);
+        const Tensor r1 = testkit::random_normal(in32.v.shape(), DType::f32, stream + 5);
+        const ops::HigherOrderState r2 = in32.random_state(DType::f32, stream + 6);
+        const ops::HigherOrderState r2_64 = to(r2, DType::f64);
+        Gradients g32 = run_backward(in32, r1, &r2);
+        Gradients g64 = run_backward(in64, r1.to(DType::f64), &r2_64);
+        Inputs a = in32, b = in64;
+        const auto p32 = pairs_of(a, g32), p64 = pairs_of(b, g64);
+        for (size_t i = 0; i < p32.size(); ++i) {
+            const double err = testkit::relative_error(*std::get<2>(p32[i]), *std::get<2>(p64[i]));
+            EXPECT_TRUE(std::isfinite(err)) << std::get<0>(p32[i]);
+            EXPECT_LT(err, 1e-4) << std::get<0>(p32[i]);
+        }
+    }
+}
+
+namespace {
+
+// Expects fn to throw linarch::Error whose message contains `needle` (the op and tensor name).
+void expect_error(const std::function<void()>& fn, const std::string& needle) {
+    try {
+        fn();
+        ADD_FAILURE() << "expected an Error containing: " << needle;
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
+    }
+}
+
+}  // namespace
+
+TEST(HigherOrderAttention, BadInputsAreErrors) {
+    const Problem p{2, 6, 2, 4, 3, 4};
+    const Inputs in(p, DType::f64, 5000, true, true);
+    const char* chunkwise = "higher_order_attention_chunkwise_forward";
+    const char* recurrent = "higher_order_attention_recurrent_forward";
+    const char* backward = "higher_order_attention_chunkwise_backward";
+    Tensor o = Tensor::empty(in.v.shape(), DType::f64);
+    ops::HigherOrderState fin = in.empty_state(DType::f64);
+    const auto run = [&](Forward forward, const Inputs& x, Tensor& out, ops::HigherOrderState* f) {
+        return [=, &x, &out] { forward(out, f, x.q, x.k, x.v, x.initial(), x.args); };
+    };
+    const Forward chunk_fn = &ops::higher_order_attention_chunkwise_forward;
+    const Forward rec_fn = &ops::higher_order_attention_recurrent_forward;
+
+    Inputs bad = in;
+    bad.k = testkit::random_normal({2, 6, 2, 5}, DType::f64, 1);
+    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": k: expected shape");
+    bad = in;
+    bad.v = in.v.to(DType::f32);
+    expect_error(run(rec_fn, bad, o, &fin), std::string(recurrent) + ": v: expected dtype");
+    bad = in;
+    bad.q = in.q.to(DType::bf16);
+    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": q: expected dtype F32 or F64");
+    bad = in;
+    bad.v = testkit::random_normal({2, 6, 3, 2}, DType::f64, 2).narrow(2, 0, 2);
+    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": v: expected a contiguous tensor");
+    bad = in;
+    bad.initial_state.query_value_moment = testkit::random_normal({2, 2, 4, 4}, DType::f64, 3);
+    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": initial_state.query_value_moment");
+    bad = in;
+    bad.initial_state.correction = Tensor();
+    expect_error(run(rec_fn, bad, o, &fin), std::string(recurrent) + ": initial_state.correction: tensor is not");
+    bad = in;
+    bad.args.masked = false;  // a correction moment given to the unmasked form
+    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": initial_state.correction: the unmasked");
+    bad = in;
+    bad.args.chunk_size = 0;
+    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": chunk_size");
+    bad = in;
+    bad.args.cu_seqlens = {0, 3, 6};  // B = 2
+    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": cu_seqlens: packed sequences need");
+    Tensor bad_o = Tensor::empty({2, 6, 2, 4}, DType::f64);
+    expect_error(run(chunk_fn, in, bad_o, &fin), std::string(chunkwise) + ": o: expected shape");
+    ops::HigherOrderState bad_fin = fin;
+    bad_fin.key_moment = Tensor::empty({2, 2, 4, 3}, DType::f64);
+    expect_error(run(rec_fn, in, o, &bad_fin), std::string(recurrent) + ": final_state.key_moment: expected shape");
+
+    const Tensor dout = testkit::random_normal(in.v.shape(), DType::f64, 4);
+    Gradients g = zero_gradients(in);
+    Tensor bad_dv = Tensor::zeros({2, 6, 2, 4}, DType::f64);
+    expect_error([&] { ops::higher_order_attention_chunkwise_backward(g.dq, g.dk, bad_dv, &g.dinitial_state, dout,
+                                                                      nullptr, in.q, in.k, in.v, in.initial(),
+                                                                      in.args); },
+                 std::string(backward) + ": dv: expected shape");
+    ops::HigherOrderState bad_dfinal = in.random_state(DType::f64, 5);
+    bad_dfinal.correction = bad_dfinal.correction.to(DType::f32);
+    expect_error([&] { ops::higher_order_attention_chunkwise_backward(g.dq, g.dk, g.dv, &g.dinitial_state, dout,
+                                                                      &bad_dfinal, in.q, in.k, in.v, in.initial(),
+                                                                      in.args); },
+                 std::string(backward) + ": dfinal_state.correction: expected dtype");
+    Tensor bad_dout = testkit::random_normal({2, 5, 2, 3}, DType::f64, 6);
+    expect_error([&] { ops::higher_order_attention_chunkwise_backward(g.dq, g.dk, g.dv, &g.dinitial_state, bad_dout,
+                                                                      nullptr, in.q, in.k, in.v, in.initial(),
+                                                                      in.args); },
+                 std::string(backward) + ": dout: expected shape");
+}
