@@ -85,6 +85,8 @@ template <MixerSpec& (*mixer)(Spec&)> std::vector<Field> mixer_fields_of() {
     return {
         {"kind", StringField{[](Spec& s) -> auto& { return mixer(s).kind; }, {"linear_attention", "softmax_attention"}}},
         {"update", StringField{[](Spec& s) -> auto& { return mixer(s).update; }, {"additive", "delta"}}},
+        {"order", in_range([](Spec& s) -> auto& { return mixer(s).order; }, 1, 2)},
+        {"hla_masked", BoolField{[](Spec& s) -> auto& { return mixer(s).hla_masked; }}},
         {"feature_map", StringField{[](Spec& s) -> auto& { return mixer(s).feature_map; }, {"identity", "elu1", "relu"}}},
         {"qk_norm", StringField{[](Spec& s) -> auto& { return mixer(s).qk_norm; }, {"none", "l2"}}},
         {"decay", StringField{[](Spec& s) -> auto& { return mixer(s).decay; }, {"none", "fixed", "scalar", "vector"}}},
@@ -463,6 +465,12 @@ void check_mixer(const Spec& spec, const MixerSpec& mixer, const std::string& ta
     LINARCH_CHECK(mixer.decay_parameterization != "mamba2" || mixer.decay == "scalar",
                   "{}: {}.decay_parameterization = \"mamba2\" makes one decay per head, so it needs "
                   "{}.decay = \"scalar\" (got \"{}\")", spec.source, table, table, mixer.decay);
+    if (mixer.order == 2) {
+        LINARCH_CHECK(mixer.decay == "none" && mixer.update == "additive" && mixer.kind == "linear_attention",
+                      "{}: {}.order = 2 (HLA) is implemented without decay and with the additive update: it needs "
+                      "decay = \"none\" and update = \"additive\" (got decay \"{}\", update \"{}\")", spec.source,
+                      table, mixer.decay, mixer.update);
+    }
     if (mixer.decay_sharing == "key") {
         const bool compatible = mixer.decay == "vector" && mixer.update == "additive" &&
                                 mixer.feature_map == "identity" && mixer.qk_norm == "none" && !mixer.rope;

@@ -14,6 +14,10 @@ struct MixerSpec {
     // State update: "additive" (S ← α·S + kᵀv) | "delta" (DeltaNet: S ← α·(I − β kᵀk)·S + β kᵀv,
     // β = sigmoid(x·W_β); with decay = "scalar" this is Gated DeltaNet)
     std::string update = "additive";
+    // 1: first order (S = Σ kᵀv); 2: Higher-order Linear Attention's second-order operator
+    // (mixers.md §8), strictly causal when hla_masked.
+    int64_t order = 1;
+    bool hla_masked = true;
     std::string feature_map = "identity";   // φ on q and k: "identity" | "elu1" | "relu"
     std::string qk_norm = "none";           // "none" | "l2" (L2-normalise q and k per head)
     // "none" | "fixed" (RetNet: γ_h = 1 − 2^(−5−h)) | "scalar" (data-dependent, one per head) |

@@ -39,6 +39,7 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, const MixerSpe
       feature_map_(ops::feature_map_from_name(mixer.feature_map)),
       l2_qk_(mixer.qk_norm == "l2"),
       delta_(mixer.update == "delta"),
+      second_order_(mixer.order == 2),
       decay_(mixer.decay),
       decay_parameterization_(mixer.decay_parameterization),
       gate_temperature_(mixer.gate_temperature),
@@ -72,6 +73,9 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, const MixerSpe
     if (mixer.rope) rope_frequencies_ = ops::rope_frequencies(head_dim_, mixer.rope_base, dtype_);
     args_.scale = 1.0 / std::sqrt(double(head_dim_));
     args_.chunk_size = mixer.chunk_size;
+    hla_args_.masked = mixer.hla_masked;
+    hla_args_.scale = args_.scale;
+    hla_args_.chunk_size = mixer.chunk_size;
     if (decay_ == "fixed") {
         // RetNet's multi-scale retention: γ_h = 1 − 2^(−5−h), kept in log space (mixers.md §2).
         std::vector<double> log_decay(static_cast<size_t>(heads_));
@@ -138,7 +142,10 @@ void LinearAttentionMixer::make_beta(Activations& a) const {
 
 void LinearAttentionMixer::attend(Activations& a) const {
     a.o = Tensor::empty(heads_shape(a), dtype_);
-    if (delta_)
+    if (second_order_)
+        ops::higher_order_attention_chunkwise_forward(a.o, nullptr, a.rotated[0], a.rotated[1], a.convolved[2],
+                                                      nullptr, hla_args_);
+    else if (delta_)
         ops::delta_rule_chunkwise_forward(a.o, nullptr, a.rotated[0], a.rotated[1], a.convolved[2],
                                           a.beta.view({a.batch, a.seq_len, heads_}), nullptr, delta_args(a));
     else
@@ -246,7 +253,11 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     Tensor d_log_gate_view;
     if (a.log_gate.defined()) d_log_gate_view = d_log_gate.view(attention_args(a).log_gate.shape());
     Tensor* d_gate = a.log_gate.defined() ? &d_log_gate_view : nullptr;
-    if (delta_) {
+    if (second_order_) {
+        ops::higher_order_attention_chunkwise_backward(d_qk[0], d_qk[1], d_convolved[2], nullptr, d_o, nullptr,
+                                                       a.rotated[0], a.rotated[1], a.convolved[2], nullptr,
+                                                       hla_args_);
+    } else if (delta_) {
         const Shape token_heads{a.batch, a.seq_len, heads_};
         Tensor d_beta = Tensor::zeros(token_heads, dtype_);
         ops::delta_rule_chunkwise_backward(d_qk[0], d_qk[1], d_convolved[2], d_beta, d_gate, nullptr, d_o, nullptr,
@@ -321,6 +332,10 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
 MixerState LinearAttentionMixer::new_state() const {
     MixerState state;
     state.attention = Tensor::zeros({1, heads_, head_dim_, head_dim_}, dtype_);
+    if (second_order_) {
+        state.key_moment = Tensor::zeros({1, heads_, head_dim_, head_dim_}, dtype_);
+        if (hla_args_.masked) state.correction = Tensor::zeros({1, heads_, head_dim_, head_dim_}, dtype_);
+    }
     if (conv_size_ > 0) state.conv_window = Tensor::zeros({3, conv_size_, width_}, dtype_);
     return state;
 }
@@ -357,7 +372,16 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, MixerState& state)
     make_beta(a);
     a.o = Tensor::empty(heads_shape(a), dtype_);
     Tensor next_state = Tensor::empty(state.attention.shape(), dtype_);
-    if (delta_)
+    if (second_order_) {
+        const ops::HigherOrderState current{state.key_moment, state.attention, state.correction};
+        ops::HigherOrderState next{Tensor::empty(state.key_moment.shape(), dtype_), next_state,
+                                   state.correction.defined() ? Tensor::empty(state.correction.shape(), dtype_)
+                                                              : Tensor()};
+        ops::higher_order_attention_recurrent_forward(a.o, &next, a.rotated[0], a.rotated[1], a.convolved[2], &current,
+                                                      hla_args_);
+        state.key_moment = next.key_moment;
+        state.correction = next.correction;
+    } else if (delta_)
         ops::delta_rule_recurrent_forward(a.o, &next_state, a.rotated[0], a.rotated[1], a.convolved[2],
                                           a.beta.view({1, 1, heads_}), &state.attention, delta_args(a));
     else

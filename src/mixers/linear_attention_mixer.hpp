@@ -14,6 +14,7 @@
 #include "mixers/mixer_output.hpp"
 #include "ops/delta_rule.hpp"
 #include "ops/elementwise.hpp"
+#include "ops/higher_order_attention.hpp"
 #include "ops/linear_attention.hpp"
 
 namespace linarch {
@@ -65,6 +66,8 @@ private:
     int64_t heads_, head_dim_, width_, conv_size_, gate_low_rank_;
     ops::FeatureMap feature_map_;
     bool l2_qk_, delta_;
+    ops::HigherOrderAttentionArgs hla_args_;  // used when second_order_
+    bool second_order_;
     Tensor rope_frequencies_;  // [head_dim/2], undefined without RoPE
     std::string decay_, decay_parameterization_;
     double gate_temperature_;

@@ -13,7 +13,9 @@ namespace linarch {
 // mixers keep a KV cache that grows with the sequence.
 struct MixerState {
     int64_t position = 0;   // tokens consumed so far
-    Tensor attention;       // linear: [1,H,Dk,Dv]
+    Tensor attention;       // linear: [1,H,Dk,Dv] (second order: the query-value moment C)
+    Tensor key_moment;      // second order: S [1,H,Dk,Dk]
+    Tensor correction;      // second order, masked: G [1,H,Dk,Dv]
     Tensor conv_window;     // [3, K, H·head_dim]: the last K pre-conv q,k,v rows
     Tensor keys, values;    // softmax: [capacity, H, D] (first `position` rows used)
     Tensor log_forget;      // softmax with a FoX bias: [capacity, H]

@@ -184,7 +184,7 @@ TEST(SpecErrors, UnknownKeyNamesFileLineKeyAndValidKeys) {
                      "norm_eps, init_std, hybrid_every, mixer, hybrid_mixer)"});
     expect_contains(parse_error("[model.mixer]\nkind = \"linear_attention\"\ndecy = \"fixed\"\n"),
                     {"configs/demo.toml:3:", "\"model.mixer.decy\"",
-                     "valid keys in [model.mixer]: kind, update, feature_map, qk_norm, decay, decay_parameterization, decay_sharing, gate_temperature, gate_low_rank, chunk_size, conv_size, output_norm, output_gate, rope, rope_base, position_bias, window"});
+                     "valid keys in [model.mixer]: kind, update, order, hla_masked, feature_map, qk_norm, decay, decay_parameterization, decay_sharing, gate_temperature, gate_low_rank, chunk_size, conv_size, output_norm, output_gate, rope, rope_base, position_bias, window"});
     expect_contains(parse_error("[run]\nsteps = 10\n\n[optimizer]\nlr = 1\n"),
                     {"configs/demo.toml:4: unknown table \"optimizer\"", "valid tables: [model], [data], [optim], [run]"});
     expect_contains(parse_error("lr = 0.1\n"), {"configs/demo.toml:1: unknown top-level key \"lr\"", "valid tables"});
@@ -465,4 +465,9 @@ TEST(SpecErrors, KeyTiedDecayNeedsAVectorDecayAndPlainKeys) {
                     {"model.mixer.decay_sharing", "rope true"});
     EXPECT_EQ(parse_spec("[model.mixer]\ndecay_sharing = \"key\"\ndecay = \"vector\"\n", "x.toml").model.mixer.decay_sharing,
               "key");
+}
+
+TEST(SpecErrors, SecondOrderNeedsNoDecayAndTheAdditiveUpdate) {
+    expect_contains(parse_error("[model.mixer]\norder = 2\ndecay = \"fixed\"\n"), {"model.mixer.order", "decay \"fixed\""});
+    expect_contains(parse_error("[model.mixer]\norder = 3\n"), {"model.mixer.order", "[1, 2]"});
 }

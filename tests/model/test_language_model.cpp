@@ -47,6 +47,8 @@ struct MixerCase {
     int64_t window = 0;
     const char* update = "additive";
     const char* decay_sharing = "own";
+    int64_t order = 1;
+    bool hla_masked = true;
 };
 
 class ModelVariants : public ::testing::TestWithParam<MixerCase> {
@@ -67,6 +69,8 @@ protected:
         s.hybrid_mixer.window = c.window;
         s.mixer.update = c.update;
         s.mixer.decay_sharing = c.decay_sharing;
+        s.mixer.order = c.order;
+        s.mixer.hla_masked = c.hla_masked;
         return s;
     }
 };
@@ -151,7 +155,11 @@ INSTANTIATE_TEST_SUITE_P(
                       MixerCase{"gated_deltanet_hybrid", "scalar", 3, true, "identity", "l2", "mamba2", 0, "swish",
                                 false, 2, "none", 0, "delta"},
                       MixerCase{"hgrn2_key_from_decay", "vector", 2, true, "identity", "none", "logsigmoid", 4,
-                                "swish", false, 0, "none", 0, "additive", "key"}),
+                                "swish", false, 0, "none", 0, "additive", "key"},
+                      MixerCase{"hla_masked", "none", 3, true, "identity", "l2", "logsigmoid", 0, "none", false, 0,
+                                "none", 0, "additive", "own", 2, true},
+                      MixerCase{"hla_unmasked", "none", 0, true, "identity", "l2", "logsigmoid", 0, "sigmoid", true,
+                                0, "none", 0, "additive", "own", 2, false}),
     [](const ::testing::TestParamInfo<MixerCase>& info) { return std::string(info.param.name); });
 
 TEST(LanguageModel, TrainingFitsARepeatingPattern) {

@@ -1,0 +1,145 @@
+// LASAD spatial-decay attention ops: check every tensor (device, dtype, contiguity, shape), the grid
+// shape and the decay rates, then dispatch to the backend. Only the CPU backend exists so far.
+#include "ops/spatial_decay_attention.hpp"
+
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/spatial_decay_attention.hpp"
+
+namespace linarch::ops {
+namespace {
+
+bool present(const Tensor* t) { return t && t->defined(); }
+
+template <typename T> T* data_or_null(Tensor* t) { return present(t) ? t->data<T>() : nullptr; }
+
+// Calls fn(float{}) or fn(double{}) for the op's dtype (checked to be one of the two).
+template <typename Fn> void dispatch(DType dtype, Fn&& fn) {
+    if (dtype == DType::f32) fn(float{});
+    else fn(double{});
+}
+
+// Everything but the shape: defined, on the CPU, contiguous, and of the op's dtype.
+void check_operand(const char* op, const char* name, const Tensor& t, DType dtype) {
+    LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
+    LINARCH_CHECK(t.device() == Device::cpu, "{}: {}: tensor is on {}, and this op has no CUDA implementation yet",
+                  op, name, device_name(t.device()));
+    LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} (all tensors of one op share a dtype), got {}", op,
+                  name, dtype_name(dtype), dtype_name(t.dtype()));
+    LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
+}
+
+void check_operand(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
+    check_operand(op, name, t, dtype);
+    LINARCH_CHECK(t.shape() == shape, "{}: {}: expected shape {}, got {}", op, name, shape_string(shape),
+                  shape_string(t.shape()));
+}
+
+// A decay rate γ = exp(log γ) must lie in (0, 1]: log γ finite and ≤ 0 (`!(x <= 0)` also rejects NaN).
+void check_log_decay(const char* op, const char* name, const Tensor& log_decay, DType dtype, int64_t heads) {
+    check_operand(op, name, log_decay, dtype, {heads});
+    const std::vector<double> values = log_decay.to_vector();
+    for (int64_t h = 0; h < heads; ++h) {
+        const double x = values[size_t(h)];
+        LINARCH_CHECK(x <= 0 && std::isfinite(x),
+                      "{}: {}: expected every value finite and ≤ 0 (a decay rate in (0, 1]), got {} at head {}", op,
+                      name, x, h);
+    }
+}
+
+// Checks q, k, v, the grid shape and the decays; returns the sizes they agree on.
+cpu::SpatialDecayDims check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const SpatialDecayAttentionArgs& args) {
+    LINARCH_CHECK(q.defined(), "{}: q: tensor is not defined", op);
+    LINARCH_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, "{}: q: expected dtype F32 or F64, got {}", op,
+                  dtype_name(q.dtype()));
+    const DType dtype = q.dtype();
+    check_operand(op, "q", q, dtype);
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
+    check_operand(op, "k", k, dtype, q.shape());
+    check_operand(op, "v", v, dtype);
+    LINARCH_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == T && v.size(2) == H && v.size(3) > 0,
+                  "{}: v: expected shape [{}, {}, {}, Dv], got {}", op, B, T, H, shape_string(v.shape()));
+    LINARCH_CHECK(args.grid_height >= 1 && args.grid_width >= 1,
+                  "{}: grid_height, grid_width: expected both ≥ 1, got {} × {}", op, args.grid_height,
+                  args.grid_width);
+    LINARCH_CHECK(args.grid_height * args.grid_width == T,
+                  "{}: grid_height, grid_width: the grid of {} × {} = {} cells must hold the sequence length T = {}",
+                  op, args.grid_height, args.grid_width, args.grid_height * args.grid_width, T);
+    check_log_decay(op, "log_decay_row", args.log_decay_row, dtype, H);
+    check_log_decay(op, "log_decay_col", args.log_decay_col, dtype, H);
+    LINARCH_CHECK(std::isfinite(args.scale), "{}: scale: expected a finite value, got {}", op, args.scale);
+    return {B, T, H, Dk, v.size(3), args.grid_height, args.grid_width};
+}
+
+Shape token_shape(const cpu::SpatialDecayDims& d, int64_t dim) { return {d.batch, d.seq_len, d.heads, dim}; }
+
+// Checks a forward call and runs form(o, q, k, v, log_decay_row, log_decay_col, scale, dims) in its dtype.
+template <typename Form>
+void run_forward(const char* op, Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
+                 const SpatialDecayAttentionArgs& args, Form&& form) {
+    const cpu::SpatialDecayDims d = check_inputs(op, q, k, v, args);
+    check_operand(op, "o", o, q.dtype(), token_shape(d, d.value_dim));
+    dispatch(q.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        form(o.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), args.log_decay_row.data<T>(),
+             args.log_decay_col.data<T>(), args.scale, d);
+    });
+}
+
+// Checks a backward call and runs form(dq, dk, dv, dlog_decay_row, dlog_decay_col, dout, q, k, v,
+// log_decay_row, log_decay_col, scale, dims) in its dtype.
+template <typename Form>
+void run_backward(const char* op, Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row, Tensor* dlog_decay_col,
+                  const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                  const SpatialDecayAttentionArgs& args, Form&& form) {
+    const cpu::SpatialDecayDims d = check_inputs(op, q, k, v, args);
+    const DType dtype = q.dtype();
+    check_operand(op, "dout", dout, dtype, token_shape(d, d.value_dim));
+    check_operand(op, "dq", dq, dtype, token_shape(d, d.key_dim));
+    check_operand(op, "dk", dk, dtype, token_shape(d, d.key_dim));
+    check_operand(op, "dv", dv, dtype, token_shape(d, d.value_dim));
+    if (present(dlog_decay_row)) check_operand(op, "dlog_decay_row", *dlog_decay_row, dtype, {d.heads});
+    if (present(dlog_decay_col)) check_operand(op, "dlog_decay_col", *dlog_decay_col, dtype, {d.heads});
+    dispatch(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        form(dq.data<T>(), dk.data<T>(), dv.data<T>(), data_or_null<T>(dlog_decay_row),
+             data_or_null<T>(dlog_decay_col), dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(),
+             args.log_decay_row.data<T>(), args.log_decay_col.data<T>(), args.scale, d);
+    });
+}
+
+}  // namespace
+
+void spatial_decay_attention_parallel_forward(Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
+                                              const SpatialDecayAttentionArgs& args) {
+    run_forward("spatial_decay_attention_parallel_forward", o, q, k, v, args,
+                [](auto&&... a) { cpu::spatial_decay_attention_parallel_forward(a...); });
+}
+
+void spatial_decay_attention_recurrent_forward(Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
+                                               const SpatialDecayAttentionArgs& args) {
+    run_forward("spatial_decay_attention_recurrent_forward", o, q, k, v, args,
+                [](auto&&... a) { cpu::spatial_decay_attention_recurrent_forward(a...); });
+}
+
+void spatial_decay_attention_parallel_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
+                                               Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
+                                               const Tensor& k, const Tensor& v,
+                                               const SpatialDecayAttentionArgs& args) {
+    run_backward("spatial_decay_attention_parallel_backward", dq, dk, dv, dlog_decay_row, dlog_decay_col, dout, q, k,
+                 v, args, [](auto&&... a) { cpu::spatial_decay_attention_parallel_backward(a...); });
+}
+
+void spatial_decay_attention_recurrent_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
+                                                Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
+                                                const Tensor& k, const Tensor& v,
+                                                const SpatialDecayAttentionArgs& args) {
+    run_backward("spatial_decay_attention_recurrent_backward", dq, dk, dv, dlog_decay_row, dlog_decay_col, dout, q,
+                 k, v, args, [](auto&&... a) { cpu::spatial_decay_attention_recurrent_backward(a...); });
+}
+
+}  // namespace linarch::ops

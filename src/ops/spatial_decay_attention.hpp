@@ -1,0 +1,60 @@
+// LASAD: linear attention with spatial-aware decay (mixers.md §9; Mao et al., arXiv 2507.01652). The T
+// tokens of each sequence are an image grid of grid_height × grid_width cells flattened in raster order
+// (token t sits at row r_t = t / W, column c_t = t % W), and the decay between query i and key j comes
+// from their true 2-D distance, not from |i − j|. Per batch row and head h:
+//     o_i = scale · Σ_{j ≤ i} (q_i · k_j) D_ij v_j,     D_ij = γ_r^{|r_i − r_j|} · γ_c^{|c_i − c_j|}
+// with γ_r = exp(log_decay_row[h]), γ_c = exp(log_decay_col[h]).
+// Choices (§9 gives no verified formula; this is its flagged reconstruction, made explicit):
+//   - metric: Manhattan distance with one rate per axis and head (γ_r, γ_c); equal rates give RMT's
+//     γ^{|Δr|+|Δc|}. A 1 × T grid is exactly RetNet's fixed decay γ_c^{i−j} (a T × 1 grid: γ_r^{i−j}).
+//   - causal in raster order (j ≤ i, the token itself included with weight 1): LASADGen generates images
+//     token by token, so every earlier row contributes, including its cells to the right of column c_i.
+//   - rates: finite log decays ≤ 0, i.e. γ ∈ (0, 1]; data-independent per head, as RetNet's,
+//     but differentiable (the backward optionally returns their gradients) so a model may learn them.
+//   - no initial / final state: every batch row is one whole grid (an image); a recurrent decode path
+//     would carry the W column states that the recurrent form below keeps.
+// Two exact forms:
+//   parallel: the masked O(T²) definition (scores ⊙ D built from coordinates, then GEMMs), a check.
+//   recurrent: O(T·Dk·Dv), the efficient form. D does not fit one 1-D scan (|c_i − c_j| is not monotone
+//     along the raster order), but it splits exactly into row and column factors (§9 options (a)+(b)):
+//     one Dk×Dv state per column, C[c] = Σ_{rows r' < r} γ_r^{r−r'} Σ_{c'} γ_c^{|c−c'|} k_{r'c'}ᵀ v_{r'c'},
+//     decayed by γ_r from row to row and fed by a left-to-right scan (c' ≤ c) plus a right-to-left scan
+//     (c' > c) of the row just finished; inside a row a left-to-right scan F(c) = Σ_{c' ≤ c} γ_c^{c−c'} kᵀv.
+//     Then o_i = scale · q_i (C[c_i] + F(c_i)).
+// Layout as linear attention: q,k [B,T,H,Dk], v,o [B,T,H,Dv], decays [H]; CPU, contiguous, all f32 or
+// all f64. The backward adds into its gradients; a null decay gradient is not computed.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.hpp"
+
+namespace linarch::ops {
+
+struct SpatialDecayAttentionArgs {
+    int64_t grid_height = 0;  // rows; grid_height · grid_width must equal T
+    int64_t grid_width = 0;   // columns
+    Tensor log_decay_row;     // [H], each in (−∞, 0]: log γ_r
+    Tensor log_decay_col;     // [H], each in (−∞, 0]: log γ_c
+    double scale = 1.0;       // applied to q
+};
+
+// o [B,T,H,Dv] from q,k [B,T,H,Dk], v [B,T,H,Dv].
+void spatial_decay_attention_parallel_forward(Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
+                                              const SpatialDecayAttentionArgs& args);
+void spatial_decay_attention_recurrent_forward(Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
+                                               const SpatialDecayAttentionArgs& args);
+
+// dq,dk [B,T,H,Dk] +=, dv [B,T,H,Dv] +=, dlog_decay_row / dlog_decay_col [H] += when non-null; dout
+// [B,T,H,Dv]. The parallel form differentiates the masked definition; the recurrent one runs the column
+// scan forward (carrying the decays' tangents when their gradients are wanted) and backward in reverse
+// raster order (which preserves 2-D distances, so it is the same scan on flipped coordinates).
+void spatial_decay_attention_parallel_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
+                                               Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
+                                               const Tensor& k, const Tensor& v,
+                                               const SpatialDecayAttentionArgs& args);
+void spatial_decay_attention_recurrent_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
+                                                Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
+                                                const Tensor& k, const Tensor& v,
+                                                const SpatialDecayAttentionArgs& args);
+
+}  // namespace linarch::ops
