@@ -6,31 +6,10 @@
 #include <string>
 
 #include "backend/cpu/higher_order_attention.hpp"
+#include "ops/operand_checks.hpp"
 
 namespace linarch::ops {
 namespace {
-
-// Calls fn(float{}) or fn(double{}) for the op's dtype (checked to be one of the two).
-template <typename Fn> void dispatch(DType dtype, Fn&& fn) {
-    if (dtype == DType::f32) fn(float{});
-    else fn(double{});
-}
-
-// Everything but the shape: defined, on the CPU, contiguous, and of the op's dtype.
-void check_operand(const char* op, const std::string& name, const Tensor& t, DType dtype) {
-    LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
-    LINARCH_CHECK(t.device() == Device::cpu, "{}: {}: tensor is on {}, and this op has no CUDA implementation yet",
-                  op, name, device_name(t.device()));
-    LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} (all tensors of one op share a dtype), got {}", op,
-                  name, dtype_name(dtype), dtype_name(t.dtype()));
-    LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
-}
-
-void check_operand(const char* op, const std::string& name, const Tensor& t, DType dtype, const Shape& shape) {
-    check_operand(op, name, t, dtype);
-    LINARCH_CHECK(t.shape() == shape, "{}: {}: expected shape {}, got {}", op, name, shape_string(shape),
-                  shape_string(t.shape()));
-}
 
 // Sizes the inputs agree on, and N, the number of sequences (the states' leading dim).
 struct Checked {

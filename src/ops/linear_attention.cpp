@@ -7,6 +7,7 @@
 
 #include "backend/cpu/linear_attention.hpp"
 #include "backend/cpu/short_conv.hpp"
+#include "ops/operand_checks.hpp"
 
 namespace linarch::ops {
 namespace {
@@ -14,38 +15,13 @@ namespace {
 // The short conv kernel is a handful of taps (mixers.md §12: typically 4).
 constexpr int64_t kMaxConvKernel = 8;
 
-bool present(const Tensor* t) { return t && t->defined(); }
 
-template <typename T> const T* data_or_null(const Tensor* t) { return present(t) ? t->data<T>() : nullptr; }
-template <typename T> T* data_or_null(Tensor* t) { return present(t) ? t->data<T>() : nullptr; }
-
-// Calls fn(float{}) or fn(double{}) for the op's dtype (checked to be one of the two).
-template <typename Fn> void dispatch(DType dtype, Fn&& fn) {
-    if (dtype == DType::f32) fn(float{});
-    else fn(double{});
-}
 
 // The first tensor fixes the op's dtype, which must be a compute type.
 void check_compute_dtype(const char* op, const char* name, const Tensor& t) {
     LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
     LINARCH_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64, "{}: {}: expected dtype F32 or F64, got {}",
                   op, name, dtype_name(t.dtype()));
-}
-
-// Everything but the shape: defined, on the CPU, contiguous, and of the op's dtype.
-void check_operand(const char* op, const char* name, const Tensor& t, DType dtype) {
-    LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
-    LINARCH_CHECK(t.device() == Device::cpu, "{}: {}: tensor is on {}, and this op has no CUDA implementation yet",
-                  op, name, device_name(t.device()));
-    LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} (all tensors of one op share a dtype), got {}", op,
-                  name, dtype_name(dtype), dtype_name(t.dtype()));
-    LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
-}
-
-void check_operand(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
-    check_operand(op, name, t, dtype);
-    LINARCH_CHECK(t.shape() == shape, "{}: {}: expected shape {}, got {}", op, name, shape_string(shape),
-                  shape_string(t.shape()));
 }
 
 // What the checks establish: the sizes and the kind of decay.
@@ -61,21 +37,6 @@ template <typename T> void check_non_positive(const char* op, const char* name, 
     for (int64_t i = 0; i < t.numel(); ++i)
         LINARCH_CHECK(values[i] <= T(0), "{}: {}: expected every value ≤ 0, got {} at index {}", op, name,
                       double(values[i]), i);
-}
-
-// The packed-sequence offsets; returns the number of sequences (B without cu_seqlens).
-int64_t check_cu_seqlens(const char* op, const std::vector<int64_t>& cu, int64_t B, int64_t T) {
-    if (cu.empty()) return B;
-    LINARCH_CHECK(B == 1, "{}: cu_seqlens: expected batch 1 with packed sequences, got q batch {}", op, B);
-    LINARCH_CHECK(cu.size() >= 2, "{}: cu_seqlens: expected at least 2 offsets (one sequence), got {}", op,
-                  cu.size());
-    LINARCH_CHECK(cu.front() == 0, "{}: cu_seqlens: expected to start at 0, got {}", op, cu.front());
-    for (size_t n = 1; n < cu.size(); ++n)
-        LINARCH_CHECK(cu[n] > cu[n - 1],
-                      "{}: cu_seqlens: expected strictly increasing offsets, got {} after {} at index {}", op, cu[n],
-                      cu[n - 1], n);
-    LINARCH_CHECK(cu.back() == T, "{}: cu_seqlens: expected to end at T = {}, got {}", op, T, cu.back());
-    return int64_t(cu.size()) - 1;
 }
 
 // Checks q, k, v, initial_state, the decay and cu_seqlens; returns the sizes they agree on.

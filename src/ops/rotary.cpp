@@ -5,19 +5,10 @@
 #include <vector>
 
 #include "backend/cpu/rotary.hpp"
+#include "ops/operand_checks.hpp"
 
 namespace linarch::ops {
 namespace {
-
-// Defined, on the CPU, contiguous, and of `dtype` (the dtype of the op's first tensor).
-void check_operand(const char* op, const char* name, const Tensor& t, DType dtype) {
-    LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
-    LINARCH_CHECK(t.device() == Device::cpu, "{}: {}: tensor is on {}, and this op has no CUDA implementation yet",
-                  op, name, device_name(t.device()));
-    LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} (all tensors of one op share a dtype), got {}", op,
-                  name, dtype_name(dtype), dtype_name(t.dtype()));
-    LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
-}
 
 // Checks the input x (or dout), the frequencies and the positions; returns the sizes.
 cpu::RopeDims check_inputs(const char* op, const char* name, const Tensor& x, std::span<const int64_t> positions,
@@ -38,11 +29,6 @@ cpu::RopeDims check_inputs(const char* op, const char* name, const Tensor& x, st
                   "{}: positions: expected T = {} positions (or none for 0..T−1), got {}", op, x.size(1),
                   positions.size());
     return {x.size(0), x.size(1), x.size(2), D};
-}
-
-template <typename Fn> void dispatch(DType dtype, Fn&& fn) {
-    if (dtype == DType::f32) fn(float{});
-    else fn(double{});
 }
 
 }  // namespace
