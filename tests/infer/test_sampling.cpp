@@ -1,0 +1,105 @@
+// Sampling: greedy picks the argmax; temperature sampling follows softmax(logits / T); top-k and top-p
+// restrict the support and renormalise; the same seed gives the same draws.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/error.hpp"
+#include "infer/sampling.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+
+namespace {
+std::vector<float> random_logits(int n, uint64_t stream) {
+    RngStream rng(testkit::test_seed(), stream);
+    std::vector<float> logits(static_cast<size_t>(n));
+    for (float& x : logits) x = float(2.0 * rng.normal());
+    return logits;
+}
+
+// Empirical frequencies of `draws` samples.
+std::vector<double> frequencies(const std::vector<float>& logits, const SamplingOptions& options, int draws) {
+    RngStream rng(testkit::test_seed(), 99);
+    std::vector<double> counts(logits.size(), 0.0);
+    for (int i = 0; i < draws; ++i) counts[size_t(sample_token(logits, options, rng))] += 1;
+    for (double& c : counts) c /= draws;
+    return counts;
+}
+
+std::vector<double> softmax(const std::vector<float>& logits, double temperature, const std::vector<bool>& keep) {
+    double max_logit = -1e300, total = 0;
+    for (size_t i = 0; i < logits.size(); ++i)
+        if (keep[i]) max_logit = std::max(max_logit, double(logits[i]));
+    std::vector<double> p(logits.size(), 0.0);
+    for (size_t i = 0; i < logits.size(); ++i)
+        if (keep[i]) total += p[i] = std::exp((logits[i] - max_logit) / temperature);
+    for (double& x : p) x /= total;
+    return p;
+}
+
+// Largest |empirical − expected| over the vocabulary.
+double max_gap(const std::vector<double>& a, const std::vector<double>& b) {
+    double gap = 0;
+    for (size_t i = 0; i < a.size(); ++i) gap = std::max(gap, std::abs(a[i] - b[i]));
+    return gap;
+}
+}  // namespace
+
+TEST(Sampling, GreedyAndDegenerateFiltersPickTheArgmax) {
+    const auto logits = random_logits(50, 1);
+    const int32_t argmax = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    RngStream rng(1, 2);
+    EXPECT_EQ(sample_token(logits, {0.0, 0, 1.0}, rng), argmax);
+    for (int i = 0; i < 20; ++i) {
+        EXPECT_EQ(sample_token(logits, {1.0, 1, 1.0}, rng), argmax);     // top-k 1
+        EXPECT_EQ(sample_token(logits, {1.0, 0, 1e-9}, rng), argmax);    // tiny nucleus
+    }
+}
+
+TEST(Sampling, TemperatureSamplingFollowsTheSoftmax) {
+    const auto logits = random_logits(8, 3);
+    const std::vector<bool> all(8, true);
+    for (double temperature : {0.5, 1.0, 2.0}) {
+        const auto expected = softmax(logits, temperature, all);
+        // 40k draws: the standard error of a frequency is ≤ 0.0025, so 0.015 is six of them.
+        EXPECT_LT(max_gap(frequencies(logits, {temperature, 0, 1.0}, 40000), expected), 0.015) << temperature;
+    }
+}
+
+TEST(Sampling, TopKAndTopPRestrictAndRenormalise) {
+    const auto logits = random_logits(10, 4);
+    std::vector<int> order(10);
+    for (int i = 0; i < 10; ++i) order[size_t(i)] = i;
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return logits[size_t(a)] > logits[size_t(b)]; });
+    std::vector<bool> top3(10, false);
+    for (int i = 0; i < 3; ++i) top3[size_t(order[size_t(i)])] = true;
+    EXPECT_LT(max_gap(frequencies(logits, {1.0, 3, 1.0}, 40000), softmax(logits, 1.0, top3)), 0.015);
+    // top-p: the smallest prefix (by probability) whose mass reaches p.
+    const auto full = softmax(logits, 1.0, std::vector<bool>(10, true));
+    std::vector<bool> nucleus(10, false);
+    double mass = 0;
+    for (int i = 0; i < 10 && mass < 0.7; ++i) {
+        nucleus[size_t(order[size_t(i)])] = true;
+        mass += full[size_t(order[size_t(i)])];
+    }
+    EXPECT_LT(max_gap(frequencies(logits, {1.0, 0, 0.7}, 40000), softmax(logits, 1.0, nucleus)), 0.015);
+}
+
+TEST(Sampling, SameSeedSameDrawsAndBadOptionsAreErrors) {
+    const auto logits = random_logits(30, 5);
+    RngStream a(7, 1), b(7, 1), c(8, 1);
+    std::vector<int32_t> da, db, dc;
+    for (int i = 0; i < 50; ++i) {
+        da.push_back(sample_token(logits, {1.0, 0, 1.0}, a));
+        db.push_back(sample_token(logits, {1.0, 0, 1.0}, b));
+        dc.push_back(sample_token(logits, {1.0, 0, 1.0}, c));
+    }
+    EXPECT_EQ(da, db);
+    EXPECT_NE(da, dc);
+    RngStream rng(1, 1);
+    EXPECT_THROW(sample_token(logits, {-1.0, 0, 1.0}, rng), Error);
+    EXPECT_THROW(sample_token(logits, {1.0, 0, 0.0}, rng), Error);
+    EXPECT_THROW(sample_token(logits, {1.0, -2, 1.0}, rng), Error);
+}
