@@ -112,9 +112,9 @@ TEST_P(ModelVariants, Float64GradientsMatchFiniteDifferences) {
     model.forward(tokens, targets, batch, seq_len);
     model.backward(1.0 / double(model.counted_tokens()));
     const auto loss = [&] { return model.forward(tokens, targets, batch, seq_len); };
-    // Central differences of a loss near 5.5 with step 1e-6 carry ~1e-9 of rounding, which is 1e-5 of
-    // the smallest gradients here; a wrong backward term shows up as O(1).
-    for (Parameter& p : params.all()) EXPECT_LT(gradient_check(loss, p.value, p.grad, 24, 1e-6), 2e-5) << p.name;
+    // Central differences of a loss near 5.5 with step 1e-6 carry ~1e-9 of rounding — up to ~3e-5 of the
+    // smallest gradients here (seen over many seeds); a wrong backward term shows up as O(1e-2) or more.
+    for (Parameter& p : params.all()) EXPECT_LT(gradient_check(loss, p.value, p.grad, 24, 1e-6), 1e-4) << p.name;
 }
 
 TEST_P(ModelVariants, Float32GradientsMatchFloat64) {
