@@ -13,6 +13,7 @@
 // Every (sequence, head) slice of a [B,T,H,D] tensor is a [L,D] matrix with leading dimension H·D, so
 // BLAS reads and writes the tensors in place.
 #include "backend/cpu/delta_rule.hpp"
+#include "backend/cpu/sequences.hpp"
 
 #include <cblas.h>
 
@@ -52,28 +53,6 @@ template <typename T> T dot(const T* a, const T* b, int64_t n) {
     T sum = 0;
     for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
     return sum;
-}
-
-// One sequence of one batch row: `row0` is its first token as a row of the flattened [B·T] token axis,
-// `state` its index into the [N,H,Dk,Dv] states.
-struct Sequence {
-    int64_t row0, length, state;
-};
-
-std::vector<Sequence> sequences_of(const DeltaRuleDims& d, std::span<const int64_t> cu_seqlens) {
-    std::vector<Sequence> sequences;
-    if (cu_seqlens.empty())
-        for (int64_t b = 0; b < d.batch; ++b) sequences.push_back({b * d.seq_len, d.seq_len, b});
-    else
-        for (size_t n = 0; n + 1 < cu_seqlens.size(); ++n)
-            sequences.push_back({cu_seqlens[n], cu_seqlens[n + 1] - cu_seqlens[n], int64_t(n)});
-    return sequences;
-}
-
-int64_t longest(const std::vector<Sequence>& sequences) {
-    int64_t length = 0;
-    for (const Sequence& s : sequences) length = std::max(length, s.length);
-    return length;
 }
 
 // A parallel region costs microseconds to open: tiny problems (finite-difference checks evaluate
@@ -217,7 +196,7 @@ void delta_rule_recurrent_forward(T* out, T* final_state, const T* q, const T* k
                                   const T* log_gate, const T* initial_state, double scale, const DeltaRuleDims& d,
                                   std::span<const int64_t> cu_seqlens) {
     const int64_t Dk = d.key_dim, Dv = d.value_dim, H = d.heads, q_ld = H * Dk, v_ld = H * Dv;
-    const std::vector<Sequence> sequences = sequences_of(d, cu_seqlens);
+    const std::vector<Sequence> sequences = sequences_of(d.batch, d.seq_len, cu_seqlens);
     const int64_t pairs = int64_t(sequences.size()) * H;
 #pragma omp parallel if (worth_threads(pairs, d))
     {
@@ -262,7 +241,7 @@ void delta_rule_chunkwise_forward(T* out, T* final_state, const T* q, const T* k
                                   const T* log_gate, const T* initial_state, double scale, int64_t chunk_size,
                                   const DeltaRuleDims& d, std::span<const int64_t> cu_seqlens) {
     const int64_t Dk = d.key_dim, Dv = d.value_dim, H = d.heads, v_ld = H * Dv;
-    const std::vector<Sequence> sequences = sequences_of(d, cu_seqlens);
+    const std::vector<Sequence> sequences = sequences_of(d.batch, d.seq_len, cu_seqlens);
     const int64_t pairs = int64_t(sequences.size()) * H;
     const int64_t C = std::min(chunk_size, longest(sequences));
 #pragma omp parallel if (worth_threads(pairs, d))
@@ -296,7 +275,7 @@ void delta_rule_parallel_forward(T* out, T* final_state, const T* q, const T* k,
                                  const T* log_gate, const T* initial_state, double scale, const DeltaRuleDims& d,
                                  std::span<const int64_t> cu_seqlens) {
     const int64_t Dk = d.key_dim, Dv = d.value_dim, H = d.heads, q_ld = H * Dk, v_ld = H * Dv;
-    const std::vector<Sequence> sequences = sequences_of(d, cu_seqlens);
+    const std::vector<Sequence> sequences = sequences_of(d.batch, d.seq_len, cu_seqlens);
     const int64_t pairs = int64_t(sequences.size()) * H;
 #pragma omp parallel if (worth_threads(pairs, d))
     {
@@ -375,7 +354,7 @@ void delta_rule_chunkwise_backward(T* dq, T* dk, T* dv, T* dbeta, T* dlog_gate, 
                                    const T* log_gate, const T* initial_state, double scale, int64_t chunk_size,
                                    const DeltaRuleDims& d, std::span<const int64_t> cu_seqlens) {
     const int64_t Dk = d.key_dim, Dv = d.value_dim, H = d.heads, q_ld = H * Dk, v_ld = H * Dv;
-    const std::vector<Sequence> sequences = sequences_of(d, cu_seqlens);
+    const std::vector<Sequence> sequences = sequences_of(d.batch, d.seq_len, cu_seqlens);
     const int64_t pairs = int64_t(sequences.size()) * H;
     const int64_t C = std::min(chunk_size, longest(sequences));
     const int64_t max_chunks = (longest(sequences) + C - 1) / C;

@@ -10,6 +10,7 @@
 // Every (sequence, head) slice of a [B,T,H,D] tensor is an [L,D] matrix with leading dimension H·D, so
 // BLAS reads and writes the tensors in place.
 #include "backend/cpu/higher_order_attention.hpp"
+#include "backend/cpu/sequences.hpp"
 
 #include <cblas.h>
 
@@ -38,28 +39,6 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t depth, T alp
 // Keeps the lower triangle of an [L,L] matrix (leading dim ld): with the diagonal, or strictly below it.
 template <typename T> void keep_lower(T* a, int64_t L, int64_t ld, bool with_diagonal) {
     for (int64_t i = 0; i < L; ++i) std::fill(a + i * ld + (with_diagonal ? i + 1 : i), a + i * ld + L, T(0));
-}
-
-// One sequence of one batch row: `row0` is its first token as a row of the flattened [B·T] token axis,
-// `state` its index into the [N,…] states.
-struct Sequence {
-    int64_t row0, length, state;
-};
-
-std::vector<Sequence> sequences_of(const HigherOrderDims& d, std::span<const int64_t> cu_seqlens) {
-    std::vector<Sequence> sequences;
-    if (cu_seqlens.empty())
-        for (int64_t b = 0; b < d.batch; ++b) sequences.push_back({b * d.seq_len, d.seq_len, b});
-    else
-        for (size_t n = 0; n + 1 < cu_seqlens.size(); ++n)
-            sequences.push_back({cu_seqlens[n], cu_seqlens[n + 1] - cu_seqlens[n], int64_t(n)});
-    return sequences;
-}
-
-int64_t longest(const std::vector<Sequence>& sequences) {
-    int64_t length = 0;
-    for (const Sequence& s : sequences) length = std::max(length, s.length);
-    return length;
 }
 
 // A parallel region costs microseconds to open: tiny problems (finite-difference checks evaluate
@@ -198,7 +177,7 @@ void higher_order_attention_recurrent_forward(T* out, Moments<T*> final_state, c
                                               Moments<const T*> initial_state, bool masked, double scale,
                                               const HigherOrderDims& d, std::span<const int64_t> cu_seqlens) {
     const int64_t Dk = d.key_dim, Dv = d.value_dim, H = d.heads, q_ld = H * Dk, v_ld = H * Dv;
-    const std::vector<Sequence> sequences = sequences_of(d, cu_seqlens);
+    const std::vector<Sequence> sequences = sequences_of(d.batch, d.seq_len, cu_seqlens);
     const int64_t pairs = int64_t(sequences.size()) * H;
 #pragma omp parallel if (worth_threads(pairs, d))
     {
@@ -248,7 +227,7 @@ void higher_order_attention_chunkwise_forward(T* out, Moments<T*> final_state, c
                                               int64_t chunk_size, const HigherOrderDims& d,
                                               std::span<const int64_t> cu_seqlens) {
     const int64_t Dk = d.key_dim, Dv = d.value_dim, H = d.heads, q_ld = H * Dk, v_ld = H * Dv;
-    const std::vector<Sequence> sequences = sequences_of(d, cu_seqlens);
+    const std::vector<Sequence> sequences = sequences_of(d.batch, d.seq_len, cu_seqlens);
     const int64_t pairs = int64_t(sequences.size()) * H;
     const int64_t C = std::min(chunk_size, longest(sequences));
 #pragma omp parallel if (worth_threads(pairs, d))
@@ -293,7 +272,7 @@ void higher_order_attention_chunkwise_backward(T* dq, T* dk, T* dv, Moments<T*> 
                                                int64_t chunk_size, const HigherOrderDims& d,
                                                std::span<const int64_t> cu_seqlens) {
     const int64_t Dk = d.key_dim, Dv = d.value_dim, H = d.heads, q_ld = H * Dk, v_ld = H * Dv;
-    const std::vector<Sequence> sequences = sequences_of(d, cu_seqlens);
+    const std::vector<Sequence> sequences = sequences_of(d.batch, d.seq_len, cu_seqlens);
     const int64_t pairs = int64_t(sequences.size()) * H;
     const int64_t C = std::min(chunk_size, longest(sequences));
     const int64_t max_chunks = (longest(sequences) + C - 1) / C;
