@@ -39,18 +39,9 @@ void check_state(const char* op, const char* name, const HigherOrderState* state
 // Checks q, k, v, cu_seqlens and the initial state.
 Checked check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                      const HigherOrderState* initial_state, const HigherOrderAttentionArgs& args) {
-    LINARCH_CHECK(q.defined(), "{}: q: tensor is not defined", op);
-    LINARCH_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, "{}: q: expected dtype F32 or F64, got {}",
-                  op, dtype_name(q.dtype()));
-    const DType dtype = q.dtype();
-    check_operand(op, "q", q, dtype);
-    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
-                  op, shape_string(q.shape()));
-    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
-    check_operand(op, "k", k, dtype, q.shape());
-    check_operand(op, "v", v, dtype);
-    LINARCH_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == T && v.size(2) == H && v.size(3) > 0,
-                  "{}: v: expected shape [{}, {}, {}, Dv], got {}", op, B, T, H, shape_string(v.shape()));
+    const QkvShape shape = check_qkv(op, q, k, v);
+    const DType dtype = shape.dtype;
+    const int64_t B = shape.batch, T = shape.seq_len, H = shape.heads, Dk = shape.key_dim;
     int64_t N = B;
     if (!args.cu_seqlens.empty()) {
         const std::vector<int64_t>& cu = args.cu_seqlens;

@@ -37,6 +37,28 @@ inline void check_operand(std::string_view op, std::string_view name, const Tens
                   shape_string(t.shape()));
 }
 
+// q [B,T,H,Dk], k like q, v [B,T,H,Dv]: the layout every mixer op shares. q fixes the op's dtype.
+struct QkvShape {
+    DType dtype;
+    int64_t batch, seq_len, heads, key_dim, value_dim;
+};
+
+inline QkvShape check_qkv(std::string_view op, const Tensor& q, const Tensor& k, const Tensor& v) {
+    LINARCH_CHECK(q.defined(), "{}: q: tensor is not defined", op);
+    LINARCH_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, "{}: q: expected dtype F32 or F64, got {}",
+                  op, dtype_name(q.dtype()));
+    const DType dtype = q.dtype();
+    check_operand(op, "q", q, dtype);
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
+    check_operand(op, "k", k, dtype, q.shape());
+    check_operand(op, "v", v, dtype);
+    LINARCH_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == T && v.size(2) == H && v.size(3) > 0,
+                  "{}: v: expected shape [{}, {}, {}, Dv], got {}", op, B, T, H, shape_string(v.shape()));
+    return {dtype, B, T, H, Dk, v.size(3)};
+}
+
 // The packed-sequence offsets (FlashAttention's cu_seqlens); returns the number of sequences
 // (B without cu_seqlens).
 inline int64_t check_cu_seqlens(std::string_view op, const std::vector<int64_t>& cu, int64_t B, int64_t T) {

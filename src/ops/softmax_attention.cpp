@@ -15,18 +15,9 @@ namespace {
 // Checks q, k, v and the arguments; returns the sizes they agree on.
 cpu::SoftmaxAttentionDims check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                                        const SoftmaxAttentionArgs& args) {
-    LINARCH_CHECK(q.defined(), "{}: q: tensor is not defined", op);
-    LINARCH_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::f64, "{}: q: expected dtype F32 or F64, got {}",
-                  op, dtype_name(q.dtype()));
-    const DType dtype = q.dtype();
-    check_operand(op, "q", q, dtype);
-    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
-                  op, shape_string(q.shape()));
-    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
-    check_operand(op, "k", k, dtype, q.shape());
-    check_operand(op, "v", v, dtype);
-    LINARCH_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == T && v.size(2) == H && v.size(3) > 0,
-                  "{}: v: expected shape [{}, {}, {}, Dv], got {}", op, B, T, H, shape_string(v.shape()));
+    const QkvShape shape = check_qkv(op, q, k, v);
+    const DType dtype = shape.dtype;
+    const int64_t B = shape.batch, T = shape.seq_len, H = shape.heads, Dk = shape.key_dim;
     LINARCH_CHECK(std::isfinite(args.scale), "{}: scale: expected a finite number, got {}", op, args.scale);
     LINARCH_CHECK(args.window >= 0, "{}: window: expected ≥ 0 (0 = full causal), got {}", op, args.window);
     if (args.alibi_slopes.defined()) check_operand(op, "alibi_slopes", args.alibi_slopes, dtype, {H});
