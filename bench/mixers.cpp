@@ -1,7 +1,8 @@
 // Chunkwise forms of the mixer family on the CPU: forward and forward+backward time per member,
 // achieved GFLOP/s next to OpenBLAS sgemm's rate measured in the same run, the recurrent form at
 // long T for comparison, and time against T.
-//   build/bin/mixers [--quick]      (--quick: T = 2048 only)
+//   build/bin/mixers [--quick] [--only NAME]   (--quick: T = 2048 only; --only: the members whose name
+//                                               contains NAME, e.g. --only "vector gate")
 // Prints a table and one JSON line per measurement (for bench/NOTES.md).
 #include <cblas.h>
 #include <omp.h>
@@ -100,7 +101,17 @@ struct Member {
 }  // namespace
 
 int main(int argc, char** argv) {
-    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+    bool quick = false;
+    std::string only;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--quick") quick = true;
+        else if (arg == "--only" && i + 1 < argc) only = argv[++i];
+        else {
+            fmt::print(stderr, "usage: mixers [--quick] [--only NAME]\n");
+            return 2;
+        }
+    }
     const int64_t H = 8, d = 64, C = 64;
     const double peak = sgemm_gflops();
     fmt::print("OpenBLAS sgemm 1024³: {:.1f} GFLOP/s, {} threads\n", peak, omp_get_max_threads());
@@ -156,7 +167,9 @@ int main(int argc, char** argv) {
     const int64_t B = 4, T = 2048;
     Problem base(B, T, H, d);
     fmt::print("\nchunkwise form, B={} T={} H={} d_k=d_v={} chunk={}, f32\n", B, T, H, d, C);
+    auto selected = [&](const Member& m) { return m.name.find(only) != std::string::npos; };
     for (const Member& m : members) {
+        if (!selected(m)) continue;
         const double fwd = median_seconds(3, [&] { m.run(base, false, false); });
         const double both = median_seconds(3, [&] { m.run(base, true, false); });
         const double flops = m.flops(double(C), double(d)) * double(B * T * H);
@@ -171,11 +184,13 @@ int main(int argc, char** argv) {
     fmt::print("\nrecurrent vs chunkwise forward, B=1 H={} d={} T=16384\n", H, d);
     Problem long_problem(1, 16384, H, d);
     for (const Member& m : members) {
+        if (!selected(m)) continue;
         const double rec = median_seconds(1, [&] { m.run(long_problem, false, true); });
         const double chunk = median_seconds(1, [&] { m.run(long_problem, false, false); });
         fmt::print("{:<34} recurrent {:8.1f} ms   chunkwise {:8.1f} ms   speed-up {:5.1f}×\n", m.name, rec * 1e3,
                    chunk * 1e3, rec / chunk);
     }
+    if (!only.empty()) return 0;
     fmt::print("\nchunkwise forward against T (B=1, linear no decay and gated deltanet): time / T should be flat\n");
     for (int64_t t : {2048, 4096, 8192, 16384, 32768}) {
         Problem p(1, t, H, d);

@@ -1,17 +1,23 @@
 // Linear attention with every kind of decay (none, fixed per head, scalar gate [B,T,H], vector gate
 // [B,T,H,Dk]) and packed variable-length sequences: the recurrent, parallel and chunkwise forms against
 // each other and the float64 reference, the chunkwise backward (gate gradient included) against central
-// finite differences, state carry, sequence isolation, extreme decays and bad inputs.
+// finite differences, state carry, sequence isolation, extreme decays and bad inputs; the CPU kernels'
+// vectorisable exp against libm.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "backend/cpu/reference_linear_attention.hpp"
+#include "backend/cpu/vector_math.hpp"
 #include "core/tensor.hpp"
 #include "ops/linear_attention.hpp"
 #include "support/testkit.hpp"
@@ -91,9 +97,13 @@ constexpr Forward kForms[] = {&ops::linear_attention_recurrent_forward, &ops::li
                               &ops::linear_attention_chunkwise_forward};
 constexpr const char* kFormNames[] = {"recurrent", "parallel", "chunkwise"};
 
+// Outputs start as NaN: the allocator hands back freed blocks, so an element a form failed to write
+// would otherwise still hold the previous form's (correct) result.
 Outputs run_forward(Forward forward, const Problem& p, const Inputs& in) {
     Outputs out{Tensor::empty({p.batch, p.seq_len, p.heads, p.value_dim}, in.q.dtype()),
                 Tensor::empty(in.state_shape(p), in.q.dtype())};
+    out.o.fill(std::numeric_limits<double>::quiet_NaN());
+    out.final_state.fill(std::numeric_limits<double>::quiet_NaN());
     forward(out.o, &out.final_state, in.q, in.k, in.v, in.initial(), in.args);
     return out;
 }
@@ -140,6 +150,7 @@ const std::vector<Problem> kForwardProblems = {
     {1, 64, 1, 24, 16, 16},   // T a multiple of the chunk, Dk > Dv
     {2, 130, 3, 16, 24, 64},  // the default chunk: four 16-row sub-chunks, a short last chunk
     {1, 45, 2, 5, 7, 20},     // a chunk of 16 + 4 sub-chunk rows
+    {1, 70, 4, 8, 8, 16},     // B = 1, 4 heads: the vector-gate kernel walks them in 2 groups of 2 in lockstep
 };
 
 // ‖a − b‖ / ‖b‖ for the parts of two outputs.
@@ -189,6 +200,79 @@ TEST(GatedLinearAttentionForward, F32FormsMatchF64Reference) {
                     expect_close(run_forward(kForms[f], p, in), ref, 1e-4);
                 }
             }
+}
+
+namespace {
+
+// A vector gate [1,T,H,Dk] (T = 200, chunk 64) whose decay sends each chunk down a different path of
+// the CPU kernel's intra-chunk product (linear_attention_gated.cpp: a block of P is split through a
+// reference row when every factor's exponent stays within ±16, sub-chunks of 16 rows):
+//   rows   0– 63  g ∈ [−0.4, −0.01]  the whole chunk is one split block (exponents ≤ 32·0.4)
+//   rows  64–127  g ∈ [−1.5, −0.8]   not the chunk (≥ 32·0.8), each 16-row diagonal block (≤ 8·1.5)
+//   rows 128–191  as 64–127, but in rows 128–143 channel 0 has g ∈ [−5, −4]: that diagonal block is
+//                 element by element (≥ 7·4), the others are split
+//   rows 192–199  g ∈ [−0.7, −0.01]  a short last chunk, one split block
+Tensor gate_for_every_path(const Problem& p, uint64_t stream) {
+    const Tensor unit = testkit::random_uniform({p.batch, p.seq_len, p.heads, p.key_dim}, DType::f64, stream, 0, 1);
+    std::vector<double> values(size_t(unit.numel()));
+    for (int64_t t = 0; t < p.seq_len; ++t)
+        for (int64_t h = 0; h < p.heads; ++h)
+            for (int64_t c = 0; c < p.key_dim; ++c) {
+                const int64_t at = (t * p.heads + h) * p.key_dim + c;
+                double low = -0.4, high = -0.01;
+                if (t >= 64 && t < 192) low = -1.5, high = -0.8;
+                if (t >= 128 && t < 144 && c == 0) low = -5.0, high = -4.0;
+                if (t >= 192) low = -0.7;
+                values[size_t(at)] = low + (high - low) * unit.flat(at);
+            }
+    return Tensor::from_vector({p.batch, p.seq_len, p.heads, p.key_dim}, values);
+}
+
+}  // namespace
+
+TEST(GatedLinearAttentionForward, EveryIntraChunkPathMatchesReference) {
+    const Problem p{1, 200, 2, 8, 6, 64};
+    uint64_t stream = 11500;
+    for (bool with_initial_state : {false, true}) {
+        SCOPED_TRACE(describe(p, Decay::vector_gate, with_initial_state));
+        Inputs in(p, DType::f64, stream += 10, Decay::vector_gate, with_initial_state);
+        in.args.log_gate = gate_for_every_path(p, stream + 5).to(DType::f64);
+        const Outputs ref = run_reference(p, in);
+        expect_close(run_chunkwise(p, in), ref, 1e-10);
+        const Inputs in32 = in.to(DType::f32);
+        const Outputs out32 = run_chunkwise(p, in32);
+        EXPECT_TRUE(all_finite(out32.o) && all_finite(out32.final_state));
+        expect_close(out32, run_reference(p, in32), 1e-5);
+    }
+}
+
+TEST(GatedLinearAttentionBackward, EveryIntraChunkPathMatchesFiniteDifferencesAndF64) {
+    const Problem p{1, 200, 1, 3, 2, 64};
+    const uint64_t stream = 12300;
+    Inputs in(p, DType::f64, stream, Decay::vector_gate, true);
+    in.args.log_gate = gate_for_every_path(p, stream + 4).to(DType::f64);
+    const Tensor r1 = testkit::random_normal({p.batch, p.seq_len, p.heads, p.value_dim}, DType::f64, stream + 5);
+    const Tensor r2 = testkit::random_normal(in.state_shape(p), DType::f64, stream + 6);
+    auto loss = [&] {
+        const Outputs out = run_chunkwise(p, in);
+        return testkit::dot(out.o, r1) + testkit::dot(out.final_state, r2);
+    };
+    const Gradients g = run_backward(p, in, r1, &r2);
+    EXPECT_LT(testkit::gradient_check(loss, in.q, g.dq, 128), 1e-6) << "dq";
+    EXPECT_LT(testkit::gradient_check(loss, in.k, g.dk, 128), 1e-6) << "dk";
+    EXPECT_LT(testkit::gradient_check(loss, in.v, g.dv), 1e-6) << "dv";
+    EXPECT_LT(testkit::gradient_check(loss, in.args.log_gate, g.dlog_gate, 128), 1e-6) << "dlog_gate";
+
+    // f32 against f64 on the same (f32-rounded) inputs.
+    const Inputs in32 = in.to(DType::f32), in64 = in32.to(DType::f64);
+    const Tensor r1_32 = r1.to(DType::f32), r2_32 = r2.to(DType::f32);
+    const Tensor r1_64 = r1_32.to(DType::f64), r2_64 = r2_32.to(DType::f64);
+    const Gradients g32 = run_backward(p, in32, r1_32, &r2_32), g64 = run_backward(p, in64, r1_64, &r2_64);
+    EXPECT_LT(testkit::relative_error(g32.dq, g64.dq), 1e-4);
+    EXPECT_LT(testkit::relative_error(g32.dk, g64.dk), 1e-4);
+    EXPECT_LT(testkit::relative_error(g32.dv, g64.dv), 1e-4);
+    EXPECT_LT(testkit::relative_error(g32.dinitial_state, g64.dinitial_state), 1e-4);
+    EXPECT_LT(testkit::relative_error(g32.dlog_gate, g64.dlog_gate), 1e-3);
 }
 
 // loss = dot(o, R1) + dot(final_state, R2); the backward must match central differences for q, k, v,
@@ -567,4 +651,47 @@ TEST(GatedLinearAttention, BadInputsAreErrors) {
                                                      no_gate, &bad_dg);
         },
         "linear_attention_chunkwise_backward: dlog_gate: given, but args.log_gate is not defined");
+}
+
+// The kernels' vectorisable float exp (backend/cpu/vector_math.hpp) against libm's double exp rounded
+// to float: within 2 ulp wherever the result is a normal float; a denormal result (x < −87.3) within
+// 2 of the least denormal 2⁻¹⁴⁹; exactly 0 from −104 down (strong decays underflow cleanly); +∞
+// from 88.73 up; NaN stays NaN. Every 61st float of [−110, 90] (≈ 3.7·10⁷ inputs, all exponents).
+TEST(VectorMath, ExpApproxMatchesLibmOverTheWholeRange) {
+    const uint32_t least_denormal_bits = 1;
+    const double least_denormal = double(std::bit_cast<float>(least_denormal_bits));
+    double worst_ulp = 0, worst_denormal = 0;
+    float worst_ulp_at = 0;
+    int64_t checked = 0;
+    auto check = [&](float x) {
+        const float got = cpu::exp_approx(x);
+        const double want = std::exp(double(x));
+        ++checked;
+        if (x <= -104.0f) {
+            EXPECT_EQ(got, 0.0f) << "x = " << x;
+        } else if (want > double(std::numeric_limits<float>::max())) {
+            EXPECT_TRUE(std::isinf(got) && got > 0) << "x = " << x;
+        } else if (want < double(std::numeric_limits<float>::min())) {
+            worst_denormal = std::max(worst_denormal, std::abs(double(got) - want) / least_denormal);
+        } else {
+            const float rounded = float(want), above = std::nextafter(rounded, std::numeric_limits<float>::infinity());
+            const double ulp = double(above) - double(rounded);
+            const double error = std::abs(double(got) - want) / ulp;
+            if (error > worst_ulp) worst_ulp = error, worst_ulp_at = x;
+        }
+    };
+    for (float x = -110.0f; x < 0; x = std::bit_cast<float>(std::bit_cast<uint32_t>(x) - 61)) check(x);
+    for (float x = 0; x < 90.0f; x = std::bit_cast<float>(std::bit_cast<uint32_t>(x) + 61)) check(x);
+    EXPECT_GT(checked, int64_t(30'000'000));
+    EXPECT_LE(worst_ulp, 2.0) << "at x = " << worst_ulp_at;
+    EXPECT_LE(worst_denormal, 2.0);
+
+    EXPECT_EQ(cpu::exp_approx(0.0f), 1.0f);
+    EXPECT_EQ(cpu::exp_approx(-0.0f), 1.0f);
+    EXPECT_EQ(cpu::exp_approx(-std::numeric_limits<float>::infinity()), 0.0f);
+    EXPECT_EQ(cpu::exp_approx(-1e30f), 0.0f);
+    EXPECT_EQ(cpu::exp_approx(std::numeric_limits<float>::infinity()), std::numeric_limits<float>::infinity());
+    EXPECT_EQ(cpu::exp_approx(1e30f), std::numeric_limits<float>::infinity());
+    EXPECT_GT(cpu::exp_approx(-103.0f), 0.0f);  // e^−103 ≈ 1.9·10⁻⁴⁵: the least denormal, not 0
+    EXPECT_TRUE(std::isnan(cpu::exp_approx(std::numeric_limits<float>::quiet_NaN())));
 }
