@@ -72,7 +72,7 @@ inline MixerSpec default_hybrid_mixer() {
 }
 
 struct ModelSpec {
-    int64_t vocab_size = 256;  // byte-level default
+    int64_t vocab_size = 259;  // the byte tokenizer's: 256 bytes + BOS, EOS, PAD (data/tokenizer.hpp)
     int64_t d_model = 256;
     int64_t n_layers = 4;
     int64_t n_heads = 4;
@@ -94,7 +94,7 @@ struct ModelSpec {
 };
 
 struct DataSpec {
-    std::string corpus = "data/kjv";  // directory holding train.bin and val.bin (uint8 byte tokens)
+    std::string corpus = "data/kjv";  // a directory written by `linarch data prepare` (data/corpus.hpp)
     int64_t seq_len = 256;
     int64_t batch_size = 16;
     // "corpus" (the token shards above) or a synthetic probe generated on the fly

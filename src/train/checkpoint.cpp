@@ -75,6 +75,7 @@ fs::path save_checkpoint(const fs::path& run_dir, const Spec& spec, const Langua
                                     {"tokens_seen", state.tokens_seen},
                                     {"best_val_loss", state.best_val_loss},
                                     {"optimizer_steps", optimizer.steps_taken()},
+                                    {"data", {{"epoch", state.data.epoch}, {"batch", state.data.batch}}},
                                     {"seed", spec.run.seed}};
     write_file_atomic(temp_dir / "trainer.json", trainer.dump(2) + "\n");
     fsync_directory(temp_dir);
@@ -138,6 +139,10 @@ void load_checkpoint(const fs::path& checkpoint_dir, LanguageModel& model, AdamW
         trainer = nlohmann::json::parse(read_file(trainer_path, "trainer state"), nullptr, false);
         LINARCH_CHECK(!trainer.is_discarded() && trainer.contains("step") && trainer.contains("optimizer_steps"),
                       "checkpoint {}: trainer.json is not valid trainer state", trainer_path.string());
+        const auto data = trainer.find("data");
+        LINARCH_CHECK(data != trainer.end() && data->is_object() && data->contains("epoch") && data->contains("batch"),
+                      "checkpoint {}: trainer.json has no data position (\"data\": {{\"epoch\", \"batch\"}}); it was "
+                      "written by an older linarch and cannot be resumed exactly", trainer_path.string());
     }
     // Everything validated: only now is the model changed.
     for (Parameter& p : params) p.value.copy_from(weights.at(p.name));
@@ -154,6 +159,7 @@ void load_checkpoint(const fs::path& checkpoint_dir, LanguageModel& model, AdamW
         state->step = trainer["step"].get<int64_t>();
         state->tokens_seen = trainer.value("tokens_seen", int64_t(0));
         state->best_val_loss = trainer.value("best_val_loss", 0.0);
+        state->data = {trainer["data"]["epoch"].get<int64_t>(), trainer["data"]["batch"].get<int64_t>()};
     }
 }
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "core/spec.hpp"
+#include "data/loader.hpp"
 #include "model/language_model.hpp"
 #include "train/optimizer.hpp"
 
@@ -16,6 +17,7 @@ struct TrainerState {
     int64_t step = 0;           // optimiser steps completed
     int64_t tokens_seen = 0;
     double best_val_loss = 0;   // 0 = not evaluated yet
+    DataPosition data;          // the training loader's next batch (trainer.json: "data": {epoch, batch})
 };
 
 // Writes a checkpoint of `step` under run_dir and keeps the newest `keep` of them.

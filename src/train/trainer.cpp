@@ -75,14 +75,19 @@ bool has_checkpoint(const std::filesystem::path& run_dir) {
 }
 }  // namespace
 
-double evaluate(LanguageModel& model, const Spec& spec) {
-    const TokenShard shard(std::filesystem::path(spec.data.corpus) / "val.bin");
-    const WindowSampler sampler(shard, spec.data.batch_size, spec.data.seq_len, spec.run.seed);
+double evaluate(LanguageModel& model, const Spec& spec, const CorpusSplit& val) {
+    SamplerOptions options;
+    options.batch_size = spec.data.batch_size;
+    options.seq_len = spec.data.seq_len;
+    options.seed = spec.run.seed;
+    options.order = WindowOrder::sequential;
+    const WindowSampler sampler(val.tokens, options);
     Batch batch;
+    DataPosition at;
     double loss_sum = 0;
     int64_t tokens = 0;
-    for (int64_t i = 0; i < spec.run.eval_batches; ++i) {
-        sampler.sequential_batch(i, batch);
+    for (int64_t i = 0; i < spec.run.eval_batches; ++i, at = sampler.next(at)) {
+        sampler.batch(at, batch);
         const double mean = model.forward(batch.inputs, batch.targets, batch.batch_size, batch.seq_len);
         loss_sum += mean * double(model.counted_tokens());
         tokens += model.counted_tokens();
@@ -92,12 +97,18 @@ double evaluate(LanguageModel& model, const Spec& spec) {
 
 TrainResult train(const Spec& spec, const TrainOptions& options) {
     if (spec.run.threads > 0) omp_set_num_threads(int(spec.run.threads));
-    const std::filesystem::path corpus(spec.data.corpus);
-    const TokenShard train_shard(corpus / "train.bin");
-    LINARCH_CHECK(train_shard.vocab_size() <= spec.model.vocab_size,
-                  "{}: corpus vocabulary {} is larger than model.vocab_size {} in {}", (corpus / "train.bin").string(),
-                  train_shard.vocab_size(), spec.model.vocab_size, spec.source);
-    const WindowSampler sampler(train_shard, spec.data.batch_size, spec.data.seq_len, spec.run.seed);
+    const CorpusSplit train_split = open_corpus_split(spec.data.corpus, "train");
+    const CorpusSplit val_split = open_corpus_split(spec.data.corpus, "val");
+    LINARCH_CHECK(train_split.tokens.vocab_size() <= spec.model.vocab_size,
+                  "{}: the corpus's vocabulary ({} tokens, tokenizer \"{}\") is larger than model.vocab_size {} in {}; "
+                  "set model.vocab_size = {}", train_split.tokens.name(), train_split.tokens.vocab_size(),
+                  train_split.manifest.tokenizer, spec.model.vocab_size, spec.source, train_split.tokens.vocab_size());
+    SamplerOptions sampler_options;
+    sampler_options.batch_size = spec.data.batch_size;
+    sampler_options.seq_len = spec.data.seq_len;
+    sampler_options.seed = spec.run.seed;
+    sampler_options.order = WindowOrder::random;
+    const WindowSampler sampler(train_split.tokens, sampler_options);
 
     LanguageModel model(spec.model);
     AdamW optimizer(spec.optim, model.parameters());
@@ -130,7 +141,8 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
         model.parameters().zero_grad();
         double loss = 0;
         for (int64_t micro = 0; micro < spec.optim.grad_accum; ++micro) {
-            sampler.random_batch(state.step * spec.optim.grad_accum + micro, batch);
+            sampler.batch(state.data, batch);
+            state.data = sampler.next(state.data);
             const double micro_loss = model.forward(batch.inputs, batch.targets, batch.batch_size, batch.seq_len);
             // Mean over every token of every micro-batch: scale each micro-batch's sum by 1/total.
             model.backward(1.0 / double(model.counted_tokens() * spec.optim.grad_accum));
@@ -159,10 +171,10 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
 
         const bool last = state.step == spec.run.steps;
         if (!last && spec.run.eval_every > 0 && state.step % spec.run.eval_every == 0) {
-            const double val_loss = evaluate(model, spec);
-            metrics.write({{"step", state.step}, {"val_loss", val_loss}, {"val_bpb", val_loss / std::log(2.0)}});
-            progress.message(fmt::format("step {}: val_loss {:.4f}, val_bpb {:.4f}", state.step, val_loss,
-                                         val_loss / std::log(2.0)));
+            const double val_loss = evaluate(model, spec, val_split);
+            const double val_bpb = val_split.info().bits_per_byte(val_loss);
+            metrics.write({{"step", state.step}, {"val_loss", val_loss}, {"val_bpb", val_bpb}});
+            progress.message(fmt::format("step {}: val_loss {:.4f}, val_bpb {:.4f}", state.step, val_loss, val_bpb));
         }
         if (interrupt_requested) {
             save();
@@ -174,8 +186,8 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
         if (!last && spec.run.checkpoint_every > 0 && state.step % spec.run.checkpoint_every == 0) save();
     }
     progress.finish();
-    result.val_loss = evaluate(model, spec);
-    result.val_bpb = result.val_loss / std::log(2.0);
+    result.val_loss = evaluate(model, spec, val_split);
+    result.val_bpb = val_split.info().bits_per_byte(result.val_loss);
     state.best_val_loss = result.val_loss;
     metrics.write({{"step", state.step}, {"val_loss", result.val_loss}, {"val_bpb", result.val_bpb}});
     save();

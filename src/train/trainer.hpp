@@ -18,15 +18,19 @@ struct TrainResult {
     int64_t steps_done = 0;     // optimiser steps completed in total (including before a resume)
     double train_loss = 0;      // last step's loss
     double val_loss = 0;        // nats per token at the end
-    double val_bpb = 0;         // bits per byte (byte tokens: val_loss / ln 2)
+    // Bits per byte of text: val_loss / ln 2 · tokens / bytes of the validation split, both from the
+    // corpus manifest (tokens include each document's EOS), so any two tokenizers compare.
+    double val_bpb = 0;
     bool interrupted = false;   // stopped by SIGINT (a checkpoint was saved)
     std::filesystem::path checkpoint;
 };
 
 TrainResult train(const Spec& spec, const TrainOptions& options);
 
-// Mean validation loss (nats/token) over spec.run.eval_batches sequential batches.
+// Mean validation loss (nats/token) over spec.run.eval_batches sequential batches of the corpus's
+// validation split (wrapping around into further epochs of it when it is short).
 class LanguageModel;
-double evaluate(LanguageModel& model, const Spec& spec);
+struct CorpusSplit;
+double evaluate(LanguageModel& model, const Spec& spec, const CorpusSplit& val);
 
 }  // namespace linarch

@@ -44,7 +44,7 @@ protected:
                                          (dir / "corpus").string(), "--val-fraction", "0.1"});
         ASSERT_EQ(result.exit_code, 0) << result.output;
         write_text(dir / "tiny.toml", fmt::format(R"([model]
-vocab_size = 256
+vocab_size = 259
 d_model = 32
 n_layers = 2
 n_heads = 2

@@ -150,7 +150,7 @@ TEST(SpecDefaults, EmptyFileAndEmptyTablesGiveTheStructDefaults) {
     const Spec empty = parse_spec("", "empty.toml");
     EXPECT_TRUE(empty == Spec{});
     EXPECT_EQ(empty.source, "empty.toml");
-    EXPECT_EQ(empty.model.vocab_size, 256);
+    EXPECT_EQ(empty.model.vocab_size, 259);  // the byte tokenizer: 256 bytes + BOS, EOS, PAD
     EXPECT_EQ(empty.model.mixer.decay, "none");
     EXPECT_EQ(empty.optim.lr, 3e-3);
     EXPECT_EQ(empty.run.seed, 1u);
