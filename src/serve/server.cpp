@@ -1,0 +1,190 @@
+#include "serve/server.hpp"
+
+#include <httplib.h>
+#include <sys/socket.h>
+
+#include <csignal>
+#include <random>
+
+#include "serve/api_response.hpp"
+
+namespace linarch {
+
+namespace {
+using json = ResponseJson;
+}  // namespace
+
+Server::Server(const LanguageModel& model, const Tokenizer& tokenizer, ChatTemplate chat_template, ServeOptions options)
+    : tokenizer_(tokenizer),
+      chat_template_(std::move(chat_template)),
+      options_(std::move(options)),
+      limits_{tokenizer_, chat_template_, options_.model_name, model.spec().vocab_size, options_.max_prompt_tokens,
+              options_.max_tokens},
+      worker_(model, tokenizer, options_.max_batch, metrics_),
+      http_(std::make_unique<httplib::Server>()),
+      random_((uint64_t(std::random_device{}()) << 32) ^ std::random_device{}(), stream_id("serve")) {
+    check_tokenizer_fits(model, tokenizer);
+    LINARCH_CHECK(options_.max_prompt_tokens >= 1, "serve: --max-prompt-tokens must be ≥ 1, got {}",
+                  options_.max_prompt_tokens);
+    LINARCH_CHECK(options_.max_tokens >= 1, "serve: --max-tokens must be ≥ 1, got {}", options_.max_tokens);
+    // A write to a client that went away must fail (and cancel its request), not end the process:
+    // Debian's cpp-httplib sends without MSG_NOSIGNAL.
+    std::signal(SIGPIPE, SIG_IGN);
+    // Each open connection holds a handler thread: room for a full batch of streaming requests, as
+    // many waiting for a place, and health checks beside them.
+    const auto threads = size_t(2 * options_.max_batch + 16);
+    http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    http_->set_payload_max_length(size_t(16) << 20);
+    // cpp-httplib's default socket options set SO_REUSEPORT, which lets a second server bind the
+    // same port and silently take half of its connections; SO_REUSEADDR alone still allows a
+    // restart while old connections linger. The socket is kept to widen its accept queue (start()).
+    http_->set_socket_options([this](int socket) {
+        const int yes = 1;
+        ::setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+        listen_socket_ = socket;
+    });
+
+    http_->Get("/health", [](const httplib::Request&, httplib::Response& response) {
+        response.set_content(R"({"status":"ok"})", "application/json");
+    });
+    http_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& response) {
+        const json models = {{"object", "list"},
+                             {"data", json::array({{{"id", options_.model_name},
+                                                    {"object", "model"},
+                                                    {"created", int64_t(started_)},
+                                                    {"owned_by", "linarch"}}})}};
+        response.set_content(json_text(models), "application/json");
+    });
+    http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
+        response.set_content(metrics_.prometheus(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    http_->Post("/v1/completions", [this](const httplib::Request& request, httplib::Response& response) {
+        generate(Endpoint::completions, request, response);
+    });
+    http_->Post("/v1/chat/completions", [this](const httplib::Request& request, httplib::Response& response) {
+        generate(Endpoint::chat_completions, request, response);
+    });
+    // Any other path: 404 with an error object (cpp-httplib would answer an unknown POST with 400).
+    const auto no_such_endpoint = [](const httplib::Request& request, httplib::Response& response) {
+        response.status = 404;
+        const ApiError error(404, fmt::format("no such endpoint: {} {}", request.method, request.path));
+        response.set_content(json_text(error_object(error)), "application/json");
+    };
+    http_->Get(".*", no_such_endpoint);
+    http_->Post(".*", no_such_endpoint);
+    // Statuses set by cpp-httplib itself (a malformed request, a body too large) get one too.
+    http_->set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& request,
+                                                                     httplib::Response& response) {
+        if (!response.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        const ApiError error(response.status, fmt::format("{} {}: HTTP status {}", request.method, request.path,
+                                                          response.status));
+        response.set_content(json_text(error_object(error)), "application/json");
+        return httplib::Server::HandlerResponse::Handled;
+    }));
+    http_->set_exception_handler([](const httplib::Request&, httplib::Response& response, std::exception_ptr thrown) {
+        std::string message = "internal error";
+        try {
+            std::rethrow_exception(thrown);
+        } catch (const std::exception& e) {
+            message = e.what();
+        } catch (...) {
+        }
+        response.status = 500;
+        response.set_content(json_text(error_object(ApiError(500, message))), "application/json");
+    });
+}
+
+Server::~Server() { stop(); }
+
+int Server::start() {
+    const int port = options_.port == 0 ? http_->bind_to_any_port(options_.host)
+                                        : (http_->bind_to_port(options_.host, options_.port) ? options_.port : -1);
+    LINARCH_CHECK(port > 0, "serve: cannot listen on {}:{} (address in use, or not an address of this machine?)",
+                  options_.host, options_.port);
+    // cpp-httplib listens with a backlog of 5: a burst of clients (64 streams opening at once)
+    // would overflow it and see connections dropped. Listening again only resizes the queue.
+    ::listen(listen_socket_, SOMAXCONN);
+    listener_ = std::thread([this] { http_->listen_after_bind(); });
+    return port;
+}
+
+void Server::stop() {
+    http_->stop();
+    // Ends the requests that handlers still wait on, so that the handler threads can finish.
+    worker_.stop();
+    if (listener_.joinable()) listener_.join();
+}
+
+uint64_t Server::next_random() {
+    std::lock_guard lock(random_mutex_);
+    return random_.next_u64();
+}
+
+void Server::refuse(httplib::Response& response, const ApiError& error) {
+    metrics_.request_rejected();
+    response.status = error.status;
+    response.set_content(json_text(error_object(error)), "application/json");
+}
+
+void Server::generate(Endpoint endpoint, const httplib::Request& http_request, httplib::Response& response) {
+    ApiRequest request;
+    try {
+        request = parse_request(endpoint, http_request.body, limits_, next_random());
+    } catch (const ApiError& e) {
+        refuse(response, e);
+        return;
+    }
+    GenerationRequest generation = make_request(tokenizer_, request.prompt, request.options);
+    generation.top_logprobs = request.logprobs;
+    const auto channel = worker_.submit(std::move(generation));
+    // The engine's own checks agree with parse_request's; a refusal here is a shutdown or a bug.
+    if (const std::string refused = channel->wait_accepted(); !refused.empty()) {
+        refuse(response, ApiError(503, refused));
+        return;
+    }
+    metrics_.request_received();
+    const std::string id = fmt::format("{}-{:016x}", endpoint == Endpoint::chat_completions ? "chatcmpl" : "cmpl",
+                                       next_random());
+    auto builder = std::make_shared<ResponseBuilder>(request, tokenizer_, options_.model_name, id,
+                                                     int64_t(std::time(nullptr)));
+    if (!request.stream) {
+        while (const auto event = channel->next()) builder->add(*event);
+        if (!builder->finished()) {
+            refuse(response, ApiError(503, channel->error()));
+            return;
+        }
+        response.set_content(json_text(builder->body()), "application/json");
+        return;
+    }
+    response.set_header("Cache-Control", "no-cache");
+    response.set_chunked_content_provider(
+        "text/event-stream",
+        [this, channel, builder](size_t, httplib::DataSink& sink) {
+            const auto send = [&](const std::string& text) { return sink.write(text.data(), text.size()); };
+            const auto send_all = [&](const std::vector<json>& chunks) {
+                for (const json& chunk : chunks)
+                    if (!send(sse_event(chunk))) return false;
+                return true;
+            };
+            // A failed write means the client went away: its sequence is dropped from the batch.
+            if (!send_all(builder->start())) {
+                worker_.cancel(channel);
+                return false;
+            }
+            while (const auto event = channel->next())
+                if (!send_all(builder->add(*event))) {
+                    worker_.cancel(channel);
+                    return false;
+                }
+            const bool sent = builder->finished() ? send_all(builder->end())
+                                                  : send(sse_event(error_object(ApiError(503, channel->error()))));
+            if (!sent || !send("data: [DONE]\n\n")) return false;
+            sink.done();
+            return true;
+        },
+        [this, channel](bool success) {
+            if (!success) worker_.cancel(channel);
+        });
+}
+
+}  // namespace linarch
