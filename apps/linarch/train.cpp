@@ -37,7 +37,10 @@ void add_train_command(CLI::App& app) {
         }
         fmt::print("trained {} steps; checkpoint {}\n", result.steps_done, result.checkpoint.string());
         fmt::print("val_loss={:.4f}\n", result.val_loss);
-        fmt::print("val_bpb={:.4f}\n", result.val_bpb);
+        if (spec.data.task == "corpus")
+            fmt::print("val_bpb={:.4f}\n", result.val_bpb);
+        else
+            fmt::print("val_accuracy={:.4f}\n", result.val_accuracy);
     });
 }
 

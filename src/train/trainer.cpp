@@ -15,6 +15,8 @@
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "data/loader.hpp"
+#include "data/synthetic_tasks.hpp"
+#include "eval/evaluate.hpp"
 #include "model/language_model.hpp"
 #include "train/checkpoint.hpp"
 #include "train/optimizer.hpp"
@@ -73,9 +75,10 @@ private:
 bool has_checkpoint(const std::filesystem::path& run_dir) {
     return std::filesystem::exists(run_dir / "checkpoints" / "latest");
 }
-}  // namespace
 
-double evaluate(LanguageModel& model, const Spec& spec, const CorpusSplit& val) {
+// Mean validation loss (nats/token) over spec.run.eval_batches sequential batches of the corpus's
+// validation split (wrapping around into further epochs of it when it is short).
+double corpus_validation_loss(LanguageModel& model, const Spec& spec, const CorpusSplit& val) {
     SamplerOptions options;
     options.batch_size = spec.data.batch_size;
     options.seq_len = spec.data.seq_len;
@@ -95,20 +98,127 @@ double evaluate(LanguageModel& model, const Spec& spec, const CorpusSplit& val) 
     return loss_sum / double(tokens);
 }
 
+struct Validation {
+    double loss = 0;
+    double bits_per_byte = std::nan("");  // corpus only
+    double accuracy = std::nan("");       // synthetic tasks only: at the answer positions
+};
+
+// Where a run's batches and its validation come from: the prepared corpus (random windows of the
+// train split; sequential windows of the val split) or a synthetic task (data.task: example n of
+// batch b is a pure function of (seed, b); validation uses examples keyed by another seed, so it
+// never sees a training example).
+class TrainingData {
+public:
+    virtual ~TrainingData() = default;
+    virtual void batch(const DataPosition& at, Batch& out) const = 0;
+    virtual DataPosition next(const DataPosition& at) const = 0;
+    virtual Validation validate(LanguageModel& model) const = 0;
+};
+
+class CorpusData final : public TrainingData {
+public:
+    explicit CorpusData(const Spec& spec)
+        : spec_(spec),
+          train_(open_corpus_split(spec.data.corpus, "train")),
+          val_(open_corpus_split(spec.data.corpus, "val")),
+          sampler_(train_.tokens, sampler_options(spec)) {
+        LINARCH_CHECK(train_.tokens.vocab_size() <= spec.model.vocab_size,
+                      "{}: the corpus's vocabulary ({} tokens, tokenizer \"{}\") is larger than model.vocab_size {} "
+                      "in {}; set model.vocab_size = {}", train_.tokens.name(), train_.tokens.vocab_size(),
+                      train_.manifest.tokenizer, spec.model.vocab_size, spec.source, train_.tokens.vocab_size());
+    }
+    void batch(const DataPosition& at, Batch& out) const override { sampler_.batch(at, out); }
+    DataPosition next(const DataPosition& at) const override { return sampler_.next(at); }
+    Validation validate(LanguageModel& model) const override {
+        Validation v;
+        v.loss = corpus_validation_loss(model, spec_, val_);
+        v.bits_per_byte = val_.info().bits_per_byte(v.loss);
+        return v;
+    }
+
+private:
+    static SamplerOptions sampler_options(const Spec& spec) {
+        SamplerOptions options;
+        options.batch_size = spec.data.batch_size;
+        options.seq_len = spec.data.seq_len;
+        options.seed = spec.run.seed;
+        options.order = WindowOrder::random;
+        return options;
+    }
+    const Spec& spec_;
+    CorpusSplit train_, val_;
+    WindowSampler sampler_;
+};
+
+class TaskData final : public TrainingData {
+public:
+    explicit TaskData(const Spec& spec)
+        : spec_(spec),
+          train_(make_synthetic_task(spec.data, spec.run.seed)),
+          val_(make_synthetic_task(spec.data, spec.run.seed ^ validation_key)) {
+        LINARCH_CHECK(spec.data.task_vocab_size <= spec.model.vocab_size,
+                      "{}: data.task_vocab_size = {} is larger than model.vocab_size = {}", spec.source,
+                      spec.data.task_vocab_size, spec.model.vocab_size);
+    }
+    void batch(const DataPosition& at, Batch& out) const override { train_->batch(at.batch, spec_.data.batch_size, out); }
+    DataPosition next(const DataPosition& at) const override { return {at.epoch, at.batch + 1}; }
+    Validation validate(LanguageModel& model) const override {
+        Batch batch;
+        double loss_sum = 0;
+        int64_t answers = 0;
+        TaskAccuracy accuracy;
+        const ModelScorer scorer(model);
+        Tensor logits = Tensor::empty({spec_.data.seq_len, spec_.model.vocab_size});
+        for (int64_t i = 0; i < spec_.run.eval_batches; ++i) {
+            val_->batch(i, spec_.data.batch_size, batch);
+            const double mean = model.forward(batch.inputs, batch.targets, batch.batch_size, batch.seq_len);
+            loss_sum += mean * double(model.counted_tokens());
+            answers += model.counted_tokens();
+            for (int64_t row = 0; row < batch.batch_size; ++row) {
+                const auto offset = static_cast<size_t>(row * batch.seq_len);
+                const auto length = static_cast<size_t>(batch.seq_len);
+                scorer.score(std::span<const int32_t>(batch.inputs).subspan(offset, length), logits);
+                accuracy += score_logits({logits.data<float>(), static_cast<size_t>(logits.numel())},
+                                         spec_.model.vocab_size,
+                                         std::span<const int32_t>(batch.targets).subspan(offset, length));
+            }
+        }
+        Validation v;
+        v.loss = loss_sum / double(answers);
+        v.accuracy = accuracy.fraction();
+        return v;
+    }
+
+private:
+    static constexpr uint64_t validation_key = 0x76616c6964617465;  // "validate"
+    const Spec& spec_;
+    std::unique_ptr<SyntheticTask> train_, val_;
+};
+
+std::unique_ptr<TrainingData> open_training_data(const Spec& spec) {
+    if (spec.data.task == "corpus") return std::make_unique<CorpusData>(spec);
+    return std::make_unique<TaskData>(spec);
+}
+
+nlohmann::json validation_record(int64_t step, const Validation& v) {
+    nlohmann::json record = {{"step", step}, {"val_loss", v.loss}};
+    if (!std::isnan(v.bits_per_byte)) record["val_bpb"] = v.bits_per_byte;
+    if (!std::isnan(v.accuracy)) record["val_accuracy"] = v.accuracy;
+    return record;
+}
+
+std::string validation_text(const Validation& v) {
+    std::string text = fmt::format("val_loss {:.4f}", v.loss);
+    if (!std::isnan(v.bits_per_byte)) text += fmt::format(", val_bpb {:.4f}", v.bits_per_byte);
+    if (!std::isnan(v.accuracy)) text += fmt::format(", val_accuracy {:.4f}", v.accuracy);
+    return text;
+}
+}  // namespace
+
 TrainResult train(const Spec& spec, const TrainOptions& options) {
     if (spec.run.threads > 0) omp_set_num_threads(int(spec.run.threads));
-    const CorpusSplit train_split = open_corpus_split(spec.data.corpus, "train");
-    const CorpusSplit val_split = open_corpus_split(spec.data.corpus, "val");
-    LINARCH_CHECK(train_split.tokens.vocab_size() <= spec.model.vocab_size,
-                  "{}: the corpus's vocabulary ({} tokens, tokenizer \"{}\") is larger than model.vocab_size {} in {}; "
-                  "set model.vocab_size = {}", train_split.tokens.name(), train_split.tokens.vocab_size(),
-                  train_split.manifest.tokenizer, spec.model.vocab_size, spec.source, train_split.tokens.vocab_size());
-    SamplerOptions sampler_options;
-    sampler_options.batch_size = spec.data.batch_size;
-    sampler_options.seq_len = spec.data.seq_len;
-    sampler_options.seed = spec.run.seed;
-    sampler_options.order = WindowOrder::random;
-    const WindowSampler sampler(train_split.tokens, sampler_options);
+    const std::unique_ptr<TrainingData> data = open_training_data(spec);
 
     LanguageModel model(spec.model);
     AdamW optimizer(spec.optim, model.parameters());
@@ -141,8 +251,8 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
         model.parameters().zero_grad();
         double loss = 0;
         for (int64_t micro = 0; micro < spec.optim.grad_accum; ++micro) {
-            sampler.batch(state.data, batch);
-            state.data = sampler.next(state.data);
+            data->batch(state.data, batch);
+            state.data = data->next(state.data);
             const double micro_loss = model.forward(batch.inputs, batch.targets, batch.batch_size, batch.seq_len);
             // Mean over every token of every micro-batch: scale each micro-batch's sum by 1/total.
             model.backward(1.0 / double(model.counted_tokens() * spec.optim.grad_accum));
@@ -171,10 +281,9 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
 
         const bool last = state.step == spec.run.steps;
         if (!last && spec.run.eval_every > 0 && state.step % spec.run.eval_every == 0) {
-            const double val_loss = evaluate(model, spec, val_split);
-            const double val_bpb = val_split.info().bits_per_byte(val_loss);
-            metrics.write({{"step", state.step}, {"val_loss", val_loss}, {"val_bpb", val_bpb}});
-            progress.message(fmt::format("step {}: val_loss {:.4f}, val_bpb {:.4f}", state.step, val_loss, val_bpb));
+            const Validation validation = data->validate(model);
+            metrics.write(validation_record(state.step, validation));
+            progress.message(fmt::format("step {}: {}", state.step, validation_text(validation)));
         }
         if (interrupt_requested) {
             save();
@@ -186,10 +295,12 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
         if (!last && spec.run.checkpoint_every > 0 && state.step % spec.run.checkpoint_every == 0) save();
     }
     progress.finish();
-    result.val_loss = evaluate(model, spec, val_split);
-    result.val_bpb = val_split.info().bits_per_byte(result.val_loss);
+    const Validation validation = data->validate(model);
+    result.val_loss = validation.loss;
+    result.val_bpb = validation.bits_per_byte;
+    result.val_accuracy = validation.accuracy;
     state.best_val_loss = result.val_loss;
-    metrics.write({{"step", state.step}, {"val_loss", result.val_loss}, {"val_bpb", result.val_bpb}});
+    metrics.write(validation_record(state.step, validation));
     save();
     result.steps_done = state.step;
     return result;

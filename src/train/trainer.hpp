@@ -19,18 +19,14 @@ struct TrainResult {
     double train_loss = 0;      // last step's loss
     double val_loss = 0;        // nats per token at the end
     // Bits per byte of text: val_loss / ln 2 · tokens / bytes of the validation split, both from the
-    // corpus manifest (tokens include each document's EOS), so any two tokenizers compare.
+    // corpus manifest (tokens include each document's EOS), so any two tokenizers compare. NaN when
+    // training on a synthetic task (data.task), whose val_loss counts the answer positions only.
     double val_bpb = 0;
+    double val_accuracy = 0;    // synthetic tasks: accuracy at the answer positions; NaN on a corpus
     bool interrupted = false;   // stopped by SIGINT (a checkpoint was saved)
     std::filesystem::path checkpoint;
 };
 
 TrainResult train(const Spec& spec, const TrainOptions& options);
-
-// Mean validation loss (nats/token) over spec.run.eval_batches sequential batches of the corpus's
-// validation split (wrapping around into further epochs of it when it is short).
-class LanguageModel;
-struct CorpusSplit;
-double evaluate(LanguageModel& model, const Spec& spec, const CorpusSplit& val);
 
 }  // namespace linarch

@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -254,4 +256,63 @@ TEST_F(Cli, DataPrepareErrors) {
     EXPECT_NE(empty.exit_code, 0);
     EXPECT_NE(empty.output.find("empty"), std::string::npos) << empty.output;
     EXPECT_FALSE(fs::exists(dir / "o" / "train.bin"));
+}
+
+TEST_F(Cli, EvalRunsEverySuiteIntoJsonATableAndAPlot) {
+    const auto run = dir / "run";
+    ASSERT_EQ(run_command(train_args(run, {"--steps", "4"})).exit_code, 0);
+    const std::vector<std::string> small = {"--windows", "3", "--mqar-examples", "3", "--mqar-lengths", "32,64",
+                                            "--mqar-pairs", "2,4", "--multiples", "1,2", "--extrapolation-windows",
+                                            "2", "--threads", "1"};
+    std::vector<std::string> args = {kCli, "eval", "--checkpoint", run.string(), "--suite", "all", "--json", "-"};
+    args.insert(args.end(), small.begin(), small.end());
+    const auto as_json = run_command(args);
+    ASSERT_EQ(as_json.exit_code, 0) << as_json.output;
+    const auto json = nlohmann::json::parse(as_json.output.substr(as_json.output.find('{')));
+    EXPECT_EQ(json["step"], 4);
+    EXPECT_EQ(json["suites"], nlohmann::json({"loss", "mqar", "extrapolation"}));
+    std::map<std::string, int> per_suite;
+    double loss = 0, perplexity = 0;
+    for (const auto& r : json["results"]) {
+        ++per_suite[r["suite"].get<std::string>()];
+        if (r["metric"] == "val_loss") loss = r["value"].get<double>();
+        if (r["metric"] == "perplexity") perplexity = r["value"].get<double>();
+    }
+    EXPECT_EQ(per_suite["loss"], 3);
+    EXPECT_EQ(per_suite["mqar"], 2 * 4);                // 2 lengths × 2 pair counts × (accuracy, chance)
+    EXPECT_EQ(per_suite["extrapolation"], 2 + 3);       // buckets of 24 and of 48 positions
+    EXPECT_GT(loss, 0.5);
+    EXPECT_NEAR(perplexity, std::exp(loss), 1e-9 * perplexity);
+
+    args = {kCli, "eval", "--checkpoint", run.string(), "--suite", "loss,extrapolation", "--plot",
+            (dir / "positions.png").string(), "--json", (dir / "eval.json").string()};
+    args.insert(args.end(), small.begin(), small.end());
+    const auto as_table = run_command(args);
+    ASSERT_EQ(as_table.exit_code, 0) << as_table.output;
+    EXPECT_NE(as_table.output.find("bits_per_byte"), std::string::npos) << as_table.output;
+    EXPECT_NE(as_table.output.find("[16, 24)"), std::string::npos) << as_table.output;
+    EXPECT_EQ(read_text(dir / "positions.png").substr(1, 3), "PNG");
+    EXPECT_EQ(nlohmann::json::parse(read_text(dir / "eval.json"))["results"].size(), 3u + 5u);
+
+    const auto unknown = run_command({kCli, "eval", "--checkpoint", run.string(), "--suite", "loss,mqqar"});
+    EXPECT_NE(unknown.exit_code, 0);
+    EXPECT_NE(unknown.output.find("unknown suite \"mqqar\""), std::string::npos) << unknown.output;
+    const auto no_plot = run_command({kCli, "eval", "--checkpoint", run.string(), "--suite", "loss", "--plot",
+                                      (dir / "p.png").string()});
+    EXPECT_NE(no_plot.exit_code, 0);
+    EXPECT_NE(no_plot.output.find("add extrapolation to --suite"), std::string::npos) << no_plot.output;
+}
+
+TEST_F(Cli, TrainsOnASyntheticTaskAndReportsAccuracy) {
+    const auto run = dir / "mqar";
+    const auto result = run_command(train_args(run, {"--set", "data.task=mqar", "--set", "data.task_vocab_size=32",
+                                                     "--set", "data.seq_len=32", "--set", "data.num_kv_pairs=4"}));
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    EXPECT_NE(result.output.find("val_accuracy="), std::string::npos) << result.output;
+    EXPECT_EQ(result.output.find("val_bpb="), std::string::npos) << result.output;
+    // The task's vocabulary must fit the model's.
+    const auto too_big = run_command(train_args(dir / "big", {"--set", "data.task=mqar", "--set",
+                                                              "data.task_vocab_size=4096", "--set", "data.seq_len=32"}));
+    EXPECT_NE(too_big.exit_code, 0);
+    EXPECT_NE(too_big.output.find("task_vocab_size"), std::string::npos) << too_big.output;
 }
