@@ -1,5 +1,6 @@
 // Linear attention and short conv ops: check every tensor (device, dtype, contiguity, shape) and the
-// decay and sequence arguments, then dispatch to the backend. Only the CPU backend exists so far.
+// decay and sequence arguments, then dispatch to the backend: the CPU one, or for CUDA tensors the
+// chunkwise forward without decay or with a scalar gate (backend/cuda/linear_attention_chunkwise.hpp).
 #include "ops/linear_attention.hpp"
 
 #include <string>
@@ -8,14 +9,15 @@
 #include "backend/cpu/linear_attention.hpp"
 #include "backend/cpu/short_conv.hpp"
 #include "ops/operand_checks.hpp"
+#if LINARCH_HAS_CUDA
+#include "backend/cuda/linear_attention_chunkwise.hpp"
+#endif
 
 namespace linarch::ops {
 namespace {
 
 // The short conv kernel is a handful of taps (mixers.md §12: typically 4).
 constexpr int64_t kMaxConvKernel = 8;
-
-
 
 // The first tensor fixes the op's dtype, which must be a compute type.
 void check_compute_dtype(const char* op, const char* name, const Tensor& t) {
@@ -111,6 +113,62 @@ void run_forward(const char* op, Tensor& o, Tensor* final_state, const Tensor& q
     });
 }
 
+#if LINARCH_HAS_CUDA
+// A tensor of the CUDA forward: on the GPU, contiguous, of the given dtype and shape.
+void check_cuda_operand(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
+    LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
+    LINARCH_CHECK(t.device() == Device::cuda, "{}: {}: tensor is on {}, expected cuda like q", op, name,
+                  device_name(t.device()));
+    LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} on cuda, got {}", op, name, dtype_name(dtype),
+                  dtype_name(t.dtype()));
+    LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
+    LINARCH_CHECK(t.shape() == shape, "{}: {}: expected shape {}, got {}", op, name, shape_string(shape),
+                  shape_string(t.shape()));
+}
+
+// The chunkwise forward on CUDA tensors: q, k, v, o bf16; log_gate [B,T,H], initial and final state
+// fp32 (the state is accumulated in fp32 and the gates are summed in fp32, so they stay fp32). The gate
+// values are not checked to be ≤ 0 here: that would copy them to the host on every call. Any chunk_size
+// gives the same function; the kernel uses chunks of 64.
+void linear_attention_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
+                                             const Tensor& v, const Tensor* initial_state,
+                                             const LinearAttentionArgs& args) {
+    const char* op = "linear_attention_chunkwise_forward";
+    LINARCH_CHECK(q.dtype() == DType::bf16, "{}: q: the CUDA forward takes bf16 q, k, v, o, got {}", op,
+                  dtype_name(q.dtype()));
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    check_cuda_operand(op, "q", q, DType::bf16, q.shape());
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
+    check_cuda_operand(op, "k", k, DType::bf16, q.shape());
+    LINARCH_CHECK(v.defined() && v.dim() == 4 && v.size(3) > 0, "{}: v: expected shape [{}, {}, {}, Dv], got {}", op,
+                  B, T, H, v.defined() ? shape_string(v.shape()) : "undefined");
+    const int64_t Dv = v.size(3);
+    check_cuda_operand(op, "v", v, DType::bf16, {B, T, H, Dv});
+    check_cuda_operand(op, "o", o, DType::bf16, {B, T, H, Dv});
+    LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
+    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no CUDA implementation yet", op);
+    LINARCH_CHECK(!args.log_decay.defined(), "{}: log_decay: a fixed decay has no CUDA implementation yet", op);
+    LINARCH_CHECK(cuda::linear_attention_chunkwise_supports(Dk, Dv),
+                  "{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk={}, Dv={}", op, Dk,
+                  Dv);
+    const float* log_gate = nullptr;
+    if (args.log_gate.defined()) {
+        LINARCH_CHECK(args.log_gate.dim() == 3,
+                      "{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no CUDA implementation yet, got shape {}",
+                      op, shape_string(args.log_gate.shape()));
+        check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {B, T, H});
+        log_gate = args.log_gate.data<float>();
+    }
+    const Shape state_shape{B, H, Dk, Dv};
+    if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, state_shape);
+    if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, state_shape);
+    cuda::linear_attention_chunkwise_forward({q.raw_data(), k.raw_data(), v.raw_data(), log_gate,
+                                              data_or_null<float>(initial_state), o.raw_data(),
+                                              data_or_null<float>(final_state), B, T, H, Dk, Dv, args.scale});
+}
+#endif
+
 }  // namespace
 
 void linear_attention_recurrent_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
@@ -136,6 +194,10 @@ void linear_attention_chunkwise_forward(Tensor& o, Tensor* final_state, const Te
                                         const Tensor& v, const Tensor* initial_state,
                                         const LinearAttentionArgs& args) {
     const char* op = "linear_attention_chunkwise_forward";
+#if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda)
+        return linear_attention_chunkwise_forward_cuda(o, final_state, q, k, v, initial_state, args);
+#endif
     LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
     run_forward(op, o, final_state, q, k, v, initial_state, args,
                 [&](auto* out, auto* fs, const auto* q_, const auto* k_, const auto* v_, const auto* s0,
@@ -150,6 +212,9 @@ void linear_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Ten
                                          const Tensor& k, const Tensor& v, const Tensor* initial_state,
                                          const LinearAttentionArgs& args, Tensor* dlog_gate) {
     const char* op = "linear_attention_chunkwise_backward";
+    LINARCH_CHECK(!q.defined() || q.device() == Device::cpu,
+                  "{}: q: tensor is on {}, and the backward has no CUDA implementation yet", op,
+                  device_name(q.device()));
     const auto [d, gate] = check_linear_attention_inputs(op, q, k, v, initial_state, args);
     LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
     const DType dtype = q.dtype();

@@ -1,0 +1,391 @@
+// CUDA chunkwise forward of causal linear attention (see the header). Variant 3 of
+// dev/cuda/linear_attention_chunkwise.cu: one fused kernel; a block owns one (batch row, head, slice of
+// kValueTile value columns) and walks the sequence's chunks of 64 tokens in order, keeping its
+// Dk × kValueTile slice of the state in fp32 registers, so no per-chunk state reaches device memory.
+// Per chunk, warp w (4 warps) takes query rows 16w .. 16w+15:
+//     A = q kᵀ (causal tiles only), masked and decayed by exp(G_i − G_j) in registers (exponent ≤ 0:
+//         mixers.md §13), then reused as the A operand of P·v (FlashAttention-2's register trick);
+//     o = exp(G_i) · (q S) + P v,   S ← exp(G_last) S + (exp(G_last − G_j) k_j)ᵀ v
+// with G the fp32 cumulative log gate within the chunk, which every warp scans itself in registers.
+// mma.sync m16n8k16 (bf16 → fp32), operands through ldmatrix from padded shared memory; the next
+// chunk's q, k, v arrive by cp.async meanwhile. Two barriers a chunk.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "backend/cuda/linear_attention_chunkwise.hpp"
+#include "core/error.hpp"
+
+namespace linarch::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kChunk = 64;
+constexpr int kValueTile = 64;
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+
+struct Params {
+    const bf16* q;
+    const bf16* k;
+    const bf16* v;
+    const float* log_gate;
+    const float* initial_state;
+    bf16* o;
+    float* final_state;
+    int seq_len, heads, value_dim;
+    float scale;
+};
+
+// Two stages of (q, k, v, gates) and the bf16 copy of the state slice. Rows are padded by 16 bytes so
+// that ldmatrix's eight row addresses fall in different banks.
+template <int DK> struct Layout {
+    static constexpr int qk_stride = DK + 8;  // elements
+    static constexpr int v_stride = kValueTile + 8;
+    static constexpr int q_off = 0;
+    static constexpr int k_off = q_off + kChunk * qk_stride * 2;
+    static constexpr int v_off = k_off + kChunk * qk_stride * 2;
+    static constexpr int g_off = v_off + kChunk * v_stride * 2;
+    static constexpr int stage_bytes = g_off + kChunk * 4;
+    static constexpr int s_off = 2 * stage_bytes;
+    static constexpr int bytes = s_off + DK * v_stride * 2;
+    static_assert(stage_bytes % 16 == 0 && k_off % 16 == 0 && v_off % 16 == 0 && g_off % 16 == 0);
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+// d += a·b: m16n8k16, bf16 operands, fp32 accumulators.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Starts copying one chunk of q, k, v (columns v_col ..) and the gates into a stage; rows past the
+// sequence end are zero-filled, and their gates 0, so the chunk's total decay is its last token's.
+template <int DK>
+__device__ __forceinline__ void load_chunk(unsigned char* stage, const Params& p, int b, int h, int v_col, int t0) {
+    using L = Layout<DK>;
+    bf16* qs = reinterpret_cast<bf16*>(stage + L::q_off);
+    bf16* ks = reinterpret_cast<bf16*>(stage + L::k_off);
+    bf16* vs = reinterpret_cast<bf16*>(stage + L::v_off);
+    const int T = p.seq_len, H = p.heads, DV = p.value_dim;
+    constexpr int qk_vecs = DK / 8, v_vecs = kValueTile / 8;
+    for (int idx = threadIdx.x; idx < kChunk * qk_vecs; idx += kThreads) {
+        const int r = idx / qk_vecs, c = (idx % qk_vecs) * 8, t = t0 + r;
+        const bool valid = t < T;
+        const size_t off = ((size_t(b) * T + (valid ? t : 0)) * H + h) * DK + c;
+        cp_async16(qs + r * L::qk_stride + c, p.q + off, valid);
+        cp_async16(ks + r * L::qk_stride + c, p.k + off, valid);
+    }
+    for (int idx = threadIdx.x; idx < kChunk * v_vecs; idx += kThreads) {
+        const int r = idx / v_vecs, c = (idx % v_vecs) * 8, t = t0 + r;
+        const bool valid = t < T;
+        const size_t off = ((size_t(b) * T + (valid ? t : 0)) * H + h) * DV + v_col + c;
+        cp_async16(vs + r * L::v_stride + c, p.v + off, valid);
+    }
+    if (p.log_gate != nullptr && threadIdx.x < kChunk) {
+        const int t = t0 + threadIdx.x;
+        const bool valid = t < T;
+        float* gs = reinterpret_cast<float*>(stage + L::g_off);
+        cp_async4(gs + threadIdx.x, p.log_gate + (size_t(b) * T + (valid ? t : 0)) * H + h, valid);
+    }
+}
+
+// Scales the two bf16 of x by lo and hi.
+__device__ __forceinline__ uint32_t scale_bf16x2(uint32_t x, float lo, float hi) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
+    return pack_bf16(f.x * lo, f.y * hi);
+}
+
+template <int DK, bool GATED>
+__global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forward_kernel(const Params p) {
+    constexpr int BV = kValueTile;
+    using L = Layout<DK>;
+    constexpr int MT = DK / 64;
+    constexpr int NT = BV / 8;
+    constexpr int KD = DK / 16;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* state_bf16 = reinterpret_cast<bf16*>(smem + L::s_off);
+
+    const int v_col = blockIdx.x * BV, h = blockIdx.y, b = blockIdx.z;
+    const int T = p.seq_len, H = p.heads, DV = p.value_dim;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t4 = lane % 4;
+    const int mi = lane / 8, r8 = lane % 8;
+    const int row0 = warp * 16;
+    const int srow0 = warp * (DK / 4);
+
+    float s[MT][NT][4];
+    const size_t state_base = (size_t(b) * H + h) * DK * DV;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int d = srow0 + mt * 16 + g + (e >= 2 ? 8 : 0), c = nt * 8 + 2 * t4 + (e & 1);
+                s[mt][nt][e] = p.initial_state ? p.initial_state[state_base + size_t(d) * DV + v_col + c] : 0.f;
+            }
+    auto write_state_bf16 = [&] {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int d = srow0 + mt * 16 + g + half * 8, c = nt * 8 + 2 * t4;
+                    *reinterpret_cast<uint32_t*>(state_bf16 + d * L::v_stride + c) =
+                        pack_bf16(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]);
+                }
+    };
+    write_state_bf16();
+
+    const int num_chunks = (T + kChunk - 1) / kChunk;
+    load_chunk<DK>(smem, p, b, h, v_col, 0);
+    cp_async_commit();
+    for (int n = 0; n < num_chunks; ++n) {
+        cp_async_wait_all();
+        __syncthreads();  // chunk n is in its stage; every warp is done with chunk n − 1 and the state copy is current
+        if (n + 1 < num_chunks)
+            load_chunk<DK>(smem + ((n + 1) & 1) * L::stage_bytes, p, b, h, v_col, (n + 1) * kChunk);
+        cp_async_commit();
+        unsigned char* stage = smem + (n & 1) * L::stage_bytes;
+        const bf16* qs = reinterpret_cast<const bf16*>(stage + L::q_off);
+        const bf16* ks = reinterpret_cast<const bf16*>(stage + L::k_off);
+        const bf16* vs = reinterpret_cast<const bf16*>(stage + L::v_off);
+        // Lane l holds G[2l], G[2l+1] (inclusive prefix sums of the chunk's log gates, fp32).
+        float cum_even = 0.f, cum_odd = 0.f;
+        if constexpr (GATED) {
+            const float2 gg = reinterpret_cast<const float2*>(stage + L::g_off)[lane];
+            float x = gg.x + gg.y;
+#pragma unroll
+            for (int off = 1; off < 32; off *= 2) {
+                const float y = __shfl_up_sync(0xffffffffu, x, off);
+                if (lane >= off) x += y;
+            }
+            cum_even = x - gg.y;
+            cum_odd = x;
+        }
+        // G_j for j = 2·src + parity, by shuffle (every lane of the warp must call it).
+        auto cum_at = [&](int src, int parity) {
+            const float e = __shfl_sync(0xffffffffu, cum_even, src), o = __shfl_sync(0xffffffffu, cum_odd, src);
+            return parity ? o : e;
+        };
+
+        uint32_t qa[KD][4];
+#pragma unroll
+        for (int kd = 0; kd < KD; ++kd)
+            ldmatrix_x4(qa[kd], qs + (row0 + lane % 16) * L::qk_stride + kd * 16 + (lane / 16) * 8);
+        float a[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) a[nt][e] = 0.f;
+#pragma unroll
+        for (int kd = 0; kd < KD; ++kd)
+#pragma unroll
+            for (int np = 0; np < 4; ++np)
+                if (np <= warp) {
+                    uint32_t kb[4];
+                    ldmatrix_x4(kb, ks + (np * 16 + (mi / 2) * 8 + r8) * L::qk_stride + kd * 16 + (mi % 2) * 8);
+                    mma_bf16(a[2 * np], qa[kd], kb[0], kb[1]);
+                    mma_bf16(a[2 * np + 1], qa[kd], kb[2], kb[3]);
+                }
+        const int i_lo = row0 + g, i_hi = i_lo + 8;
+        float cum_lo = 0.f, cum_hi = 0.f, cum_last = 0.f;
+        if constexpr (GATED) {
+            cum_lo = cum_at(i_lo / 2, i_lo & 1);
+            cum_hi = cum_at(i_hi / 2, i_hi & 1);
+            cum_last = __shfl_sync(0xffffffffu, cum_odd, 31);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            // columns j = 8nt + 2t4 and + 1: lane 4nt + t4 holds both
+            float cj0 = 0.f, cj1 = 0.f;
+            if constexpr (GATED) {
+                cj0 = __shfl_sync(0xffffffffu, cum_even, 4 * nt + t4);
+                cj1 = __shfl_sync(0xffffffffu, cum_odd, 4 * nt + t4);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = e >= 2 ? i_hi : i_lo, j = nt * 8 + 2 * t4 + (e & 1);
+                float val = j <= i ? a[nt][e] : 0.f;
+                if constexpr (GATED) {
+                    if (j <= i) val *= __expf((e >= 2 ? cum_hi : cum_lo) - ((e & 1) ? cj1 : cj0));
+                }
+                a[nt][e] = val;
+            }
+        }
+        uint32_t pa[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            pa[kk][0] = pack_bf16(a[2 * kk][0], a[2 * kk][1]);
+            pa[kk][1] = pack_bf16(a[2 * kk][2], a[2 * kk][3]);
+            pa[kk][2] = pack_bf16(a[2 * kk + 1][0], a[2 * kk + 1][1]);
+            pa[kk][3] = pack_bf16(a[2 * kk + 1][2], a[2 * kk + 1][3]);
+        }
+        float o[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[nt][e] = 0.f;
+#pragma unroll
+        for (int kd = 0; kd < KD; ++kd)
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                uint32_t sb[4];
+                ldmatrix_x4_trans(sb, state_bf16 + (kd * 16 + (mi % 2) * 8 + r8) * L::v_stride + np * 16 + (mi / 2) * 8);
+                mma_bf16(o[2 * np], qa[kd], sb[0], sb[1]);
+                mma_bf16(o[2 * np + 1], qa[kd], sb[2], sb[3]);
+            }
+        if constexpr (GATED) {
+            const float d_lo = __expf(cum_lo), d_hi = __expf(cum_hi);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                o[nt][0] *= d_lo; o[nt][1] *= d_lo; o[nt][2] *= d_hi; o[nt][3] *= d_hi;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+            if (kk <= warp) {
+#pragma unroll
+                for (int np = 0; np < NT / 2; ++np) {
+                    uint32_t vb[4];
+                    ldmatrix_x4_trans(vb, vs + (kk * 16 + (mi % 2) * 8 + r8) * L::v_stride + np * 16 + (mi / 2) * 8);
+                    mma_bf16(o[2 * np], pa[kk], vb[0], vb[1]);
+                    mma_bf16(o[2 * np + 1], pa[kk], vb[2], vb[3]);
+                }
+            }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int t = n * kChunk + row0 + g + half * 8;
+            if (t < T) {
+                bf16* out = p.o + ((size_t(b) * T + t) * H + h) * DV + v_col + 2 * t4;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+                    *reinterpret_cast<uint32_t*>(out + nt * 8) =
+                        pack_bf16(o[nt][2 * half] * p.scale, o[nt][2 * half + 1] * p.scale);
+            }
+        }
+        // State update first into registers (reads only this stage's k, v), then the barrier, then
+        // the shared copy (which other warps may still be reading above).
+        if constexpr (GATED) {
+            const float total = __expf(cum_last);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) s[mt][nt][e] *= total;
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            uint32_t ka[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                ldmatrix_x4_trans(ka[mt], ks + (kk * 16 + (mi / 2) * 8 + r8) * L::qk_stride + srow0 + mt * 16 + (mi % 2) * 8);
+            if constexpr (GATED) {
+                // a0,a1 hold k index j = 16kk + 2t4 (+1); a2,a3 hold j + 8 (+1): lanes 8kk + t4 and + 4.
+                const float w0 = __expf(cum_last - __shfl_sync(0xffffffffu, cum_even, 8 * kk + t4));
+                const float w1 = __expf(cum_last - __shfl_sync(0xffffffffu, cum_odd, 8 * kk + t4));
+                const float w8 = __expf(cum_last - __shfl_sync(0xffffffffu, cum_even, 8 * kk + t4 + 4));
+                const float w9 = __expf(cum_last - __shfl_sync(0xffffffffu, cum_odd, 8 * kk + t4 + 4));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    ka[mt][0] = scale_bf16x2(ka[mt][0], w0, w1);
+                    ka[mt][1] = scale_bf16x2(ka[mt][1], w0, w1);
+                    ka[mt][2] = scale_bf16x2(ka[mt][2], w8, w9);
+                    ka[mt][3] = scale_bf16x2(ka[mt][3], w8, w9);
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, vs + (kk * 16 + (mi % 2) * 8 + r8) * L::v_stride + np * 16 + (mi / 2) * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_bf16(s[mt][2 * np], ka[mt], vb[0], vb[1]);
+                    mma_bf16(s[mt][2 * np + 1], ka[mt], vb[2], vb[3]);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done reading the state copy
+        write_state_bf16();
+    }
+    if (p.final_state != nullptr) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int d = srow0 + mt * 16 + g + half * 8, c = nt * 8 + 2 * t4;
+                    *reinterpret_cast<float2*>(p.final_state + state_base + size_t(d) * DV + v_col + c) =
+                        make_float2(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]);
+                }
+    }
+}
+
+template <int DK, bool GATED> void launch(const Params& p, int batch) {
+    auto* kernel = linear_attention_chunkwise_forward_kernel<DK, GATED>;
+    constexpr int bytes = Layout<DK>::bytes;
+    // Over 48 KB of dynamic shared memory needs the opt-in (per device; cheap to repeat).
+    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (status == cudaSuccess) {
+        const dim3 grid(unsigned(p.value_dim / kValueTile), unsigned(p.heads), unsigned(batch));
+        kernel<<<grid, kThreads, bytes, cudaStreamPerThread>>>(p);
+        status = cudaGetLastError();
+    }
+    if (status != cudaSuccess)
+        fail("CUDA kernel linear_attention_chunkwise_forward_kernel<Dk={}, gated={}> failed to launch: {}", DK,
+             GATED, cudaGetErrorString(status));
+}
+
+}  // namespace
+
+bool linear_attention_chunkwise_supports(int64_t key_dim, int64_t value_dim) {
+    return (key_dim == 64 || key_dim == 128) && value_dim > 0 && value_dim % kValueTile == 0;
+}
+
+void linear_attention_chunkwise_forward(const LinearAttentionForward& a) {
+    LINARCH_CHECK(linear_attention_chunkwise_supports(a.key_dim, a.value_dim),
+                  "linear_attention_chunkwise_forward (CUDA): no kernel for Dk={}, Dv={}", a.key_dim, a.value_dim);
+    LINARCH_CHECK(a.batch <= 65535 && a.heads <= 65535 && a.seq_len < (int64_t(1) << 31),
+                  "linear_attention_chunkwise_forward (CUDA): B={}, H={}, T={} exceed the grid", a.batch, a.heads,
+                  a.seq_len);
+    const Params p{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
+                   a.log_gate, a.initial_state, static_cast<bf16*>(a.o), a.final_state, int(a.seq_len),
+                   int(a.heads), int(a.value_dim), float(a.scale)};
+    const bool gated = a.log_gate != nullptr;
+    const int batch = int(a.batch);
+    if (a.key_dim == 64) gated ? launch<64, true>(p, batch) : launch<64, false>(p, batch);
+    else gated ? launch<128, true>(p, batch) : launch<128, false>(p, batch);
+}
+
+}  // namespace linarch::cuda

@@ -1,0 +1,198 @@
+// The CUDA chunkwise forward of linear attention (no decay, scalar gate) against the CPU float64 path on
+// fresh random inputs. Skipped (not passed) where no GPU is usable.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "backend/cuda/device.hpp"
+#include "core/tensor.hpp"
+#include "ops/linear_attention.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+
+// GTEST_SKIP returns from the function it is in, so this must expand inside the test body.
+#define SKIP_WITHOUT_GPU() \
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device()
+
+namespace {
+
+struct Problem {
+    int64_t batch, seq_len, heads, key_dim, value_dim;
+};
+
+// bf16 q, k, v (q, k rows of unit norm, as the models L2-normalise them; v ~ N(0,1)), fp32 Mamba-2
+// style log gates −a·softplus(x) with a in [1/16, 1] (some tokens forget little, some a lot), an fp32
+// initial state ~ N(0, 0.5²).
+struct Inputs {
+    Tensor q, k, v, log_gate, initial_state;  // on the CPU; log_gate / initial_state undefined when unused
+
+    Inputs(const Problem& p, uint64_t stream, bool gated, bool with_initial_state) {
+        const int64_t B = p.batch, T = p.seq_len, H = p.heads;
+        q = unit_rows(testkit::random_normal({B, T, H, p.key_dim}, DType::f64, stream));
+        k = unit_rows(testkit::random_normal({B, T, H, p.key_dim}, DType::f64, stream + 1));
+        v = testkit::random_normal({B, T, H, p.value_dim}, DType::bf16, stream + 2);
+        if (gated) {
+            const Tensor x = testkit::random_normal({B, T, H}, DType::f64, stream + 3);
+            const Tensor a = testkit::random_uniform({B, T, H}, DType::f64, stream + 4, 1.0 / 16, 1.0);
+            std::vector<double> g(size_t(B * T * H));
+            for (size_t i = 0; i < g.size(); ++i) g[i] = -a.flat(int64_t(i)) * std::log1p(std::exp(x.flat(int64_t(i)) - 1.0));
+            log_gate = Tensor::from_vector({B, T, H}, g, DType::f32);
+        }
+        if (with_initial_state)
+            initial_state = testkit::random_normal({B, H, p.key_dim, p.value_dim}, DType::f32, stream + 5, 0.5);
+    }
+    static Tensor unit_rows(const Tensor& x) {
+        const int64_t d = x.size(3), rows = x.numel() / d;
+        std::vector<double> values = x.to_vector();
+        for (int64_t r = 0; r < rows; ++r) {
+            double norm = 0;
+            for (int64_t c = 0; c < d; ++c) norm += values[size_t(r * d + c)] * values[size_t(r * d + c)];
+            for (int64_t c = 0; c < d; ++c) values[size_t(r * d + c)] /= std::sqrt(norm);
+        }
+        return Tensor::from_vector(x.shape(), values, DType::bf16);
+    }
+};
+
+struct Result {
+    Tensor o, final_state;  // on the CPU
+};
+
+Result run_cuda(const Problem& p, const Inputs& in, double scale, bool want_final_state) {
+    ops::LinearAttentionArgs args;
+    args.scale = scale;
+    if (in.log_gate.defined()) args.log_gate = in.log_gate.to(Device::cuda);
+    const Tensor q = in.q.to(Device::cuda), k = in.k.to(Device::cuda), v = in.v.to(Device::cuda);
+    const Tensor s0 = in.initial_state.defined() ? in.initial_state.to(Device::cuda) : Tensor();
+    // NaN-filled outputs: every element must be written.
+    Tensor o = Tensor::from_vector({p.batch, p.seq_len, p.heads, p.value_dim},
+                                   std::vector<double>(size_t(p.batch * p.seq_len * p.heads * p.value_dim), NAN),
+                                   DType::bf16)
+                   .to(Device::cuda);
+    const Shape state_shape{p.batch, p.heads, p.key_dim, p.value_dim};
+    Tensor s1 = Tensor::from_vector(state_shape, std::vector<double>(size_t(shape_numel(state_shape)), NAN))
+                    .to(Device::cuda);
+    ops::linear_attention_chunkwise_forward(o, want_final_state ? &s1 : nullptr, q, k, v,
+                                            s0.defined() ? &s0 : nullptr, args);
+    return {o.to(Device::cpu), want_final_state ? s1.to(Device::cpu) : Tensor()};
+}
+
+// The CPU float64 recurrence on the same (bf16-rounded) inputs.
+Result run_reference(const Problem& p, const Inputs& in, double scale) {
+    ops::LinearAttentionArgs args;
+    args.scale = scale;
+    if (in.log_gate.defined()) args.log_gate = in.log_gate.to(DType::f64);
+    const Tensor q = in.q.to(DType::f64), k = in.k.to(DType::f64), v = in.v.to(DType::f64);
+    const Tensor s0 = in.initial_state.defined() ? in.initial_state.to(DType::f64) : Tensor();
+    Result out{Tensor::empty({p.batch, p.seq_len, p.heads, p.value_dim}, DType::f64),
+               Tensor::empty({p.batch, p.heads, p.key_dim, p.value_dim}, DType::f64)};
+    ops::linear_attention_recurrent_forward(out.o, &out.final_state, q, k, v, s0.defined() ? &s0 : nullptr, args);
+    return out;
+}
+
+size_t count_non_finite(const Tensor& t) {
+    size_t n = 0;
+    for (double x : t.to_vector()) n += !std::isfinite(x);
+    return n;
+}
+
+void expect_error(const std::function<void()>& fn, const std::string& needle) {
+    try {
+        fn();
+        ADD_FAILURE() << "expected an Error containing: " << needle;
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
+    }
+}
+
+}  // namespace
+
+TEST(CudaLinearAttention, ChunkwiseForwardMatchesF64Recurrence) {
+    SKIP_WITHOUT_GPU();
+    const std::vector<Problem> problems = {
+        {1, 1, 2, 64, 64},     // one token
+        {2, 63, 3, 64, 64},    // one short chunk
+        {1, 64, 2, 128, 128},  // exactly one chunk
+        {3, 65, 2, 128, 64},   // one token into the second chunk, Dk > Dv
+        {2, 301, 3, 64, 128},  // odd T, several chunks, Dv > Dk
+        {2, 1000, 2, 128, 128},
+        {1, 129, 1, 128, 192},  // three value tiles
+    };
+    uint64_t stream = 7000;
+    for (const Problem& p : problems)
+        for (bool gated : {false, true})
+            for (bool with_initial_state : {false, true}) {
+                SCOPED_TRACE(fmt::format("B={} T={} H={} Dk={} Dv={} gated={} initial_state={}", p.batch, p.seq_len,
+                                         p.heads, p.key_dim, p.value_dim, gated, with_initial_state));
+                const Inputs in(p, stream += 10, gated, with_initial_state);
+                const double scale = 1.0 / std::sqrt(double(p.key_dim));
+                const Result out = run_cuda(p, in, scale, true);
+                const Result ref = run_reference(p, in, scale);
+                EXPECT_EQ(count_non_finite(out.o), 0u);
+                EXPECT_EQ(count_non_finite(out.final_state), 0u);
+                // bf16 operands and output, fp32 accumulation and state: a few 1e-3 relative
+                EXPECT_LT(testkit::relative_error(out.o, ref.o), 1e-2);
+                EXPECT_LT(testkit::relative_error(out.final_state, ref.final_state), 1e-2);
+            }
+}
+
+TEST(CudaLinearAttention, StateCarriesAcrossSegments) {
+    SKIP_WITHOUT_GPU();
+    // Running [0, 150) then [150, 333) from its final state equals running [0, 333) in one call.
+    const Problem whole{2, 333, 2, 128, 128};
+    const Inputs in(whole, 7500, true, true);
+    const double scale = 1.0 / std::sqrt(128.0);
+    const Result ref = run_reference(whole, in, scale);
+    const int64_t split = 150;
+    Inputs first = in, second = in;
+    for (auto [part, start, length] : {std::tuple{&first, int64_t(0), split},
+                                       std::tuple{&second, split, whole.seq_len - split}}) {
+        part->q = in.q.narrow(1, start, length).contiguous();
+        part->k = in.k.narrow(1, start, length).contiguous();
+        part->v = in.v.narrow(1, start, length).contiguous();
+        part->log_gate = in.log_gate.narrow(1, start, length).contiguous();
+    }
+    const Result r1 = run_cuda({2, split, 2, 128, 128}, first, scale, true);
+    second.initial_state = r1.final_state;
+    const Result r2 = run_cuda({2, whole.seq_len - split, 2, 128, 128}, second, scale, true);
+    EXPECT_LT(testkit::relative_error(r1.o, ref.o.narrow(1, 0, split)), 1e-2);
+    EXPECT_LT(testkit::relative_error(r2.o, ref.o.narrow(1, split, whole.seq_len - split)), 1e-2);
+    EXPECT_LT(testkit::relative_error(r2.final_state, ref.final_state), 1e-2);
+}
+
+TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
+    SKIP_WITHOUT_GPU();
+    const Problem p{1, 8, 2, 64, 64};
+    const Inputs in(p, 7600, false, false);
+    const Tensor q = in.q.to(Device::cuda), k = in.k.to(Device::cuda), v = in.v.to(Device::cuda);
+    Tensor o = Tensor::empty({1, 8, 2, 64}, DType::bf16, Device::cuda);
+    const char* fwd = "linear_attention_chunkwise_forward";
+    ops::LinearAttentionArgs vector_gate;
+    vector_gate.log_gate = Tensor::zeros({1, 8, 2, 64}, DType::f32).to(Device::cuda);
+    expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, vector_gate); },
+                 fmt::format("{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no CUDA implementation yet", fwd));
+    ops::LinearAttentionArgs packed;
+    packed.cu_seqlens = {0, 3, 8};
+    expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, packed); },
+                 fmt::format("{}: cu_seqlens: packed sequences have no CUDA implementation yet", fwd));
+    ops::LinearAttentionArgs fixed;
+    fixed.log_decay = Tensor::zeros({2}, DType::f32).to(Device::cuda);
+    expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, fixed); },
+                 fmt::format("{}: log_decay: a fixed decay has no CUDA implementation yet", fwd));
+    const Tensor q32 = testkit::random_normal({1, 8, 2, 64}, DType::f32, 7601).to(Device::cuda);
+    expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q32, k, v, nullptr, {}); },
+                 fmt::format("{}: q: the CUDA forward takes bf16 q, k, v, o, got F32", fwd));
+    const Tensor q_small = testkit::random_normal({1, 8, 2, 32}, DType::bf16, 7602).to(Device::cuda);
+    expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q_small, q_small, v, nullptr, {}); },
+                 fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk=32", fwd));
+    expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, in.k, v, nullptr, {}); },
+                 fmt::format("{}: k: tensor is on cpu, expected cuda like q", fwd));
+    Tensor dq = Tensor::zeros({1, 8, 2, 64}, DType::bf16).to(Device::cuda);
+    expect_error([&] { ops::linear_attention_chunkwise_backward(dq, dq, dq, nullptr, o, nullptr, q, k, v, nullptr, {}); },
+                 "linear_attention_chunkwise_backward: q: tensor is on cuda, and the backward has no CUDA "
+                 "implementation yet");
+}
