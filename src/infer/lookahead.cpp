@@ -125,19 +125,25 @@ std::vector<int32_t> lookahead_generate(const LanguageModel& model, const Genera
             for (const auto& continuation : *found) {
                 Branch b{{last}, committed.clone(), {}};
                 b.tokens.insert(b.tokens.end(), continuation.begin(), continuation.end());
-                Tensor logits = Tensor::empty({int64_t(b.tokens.size()), vocab}, dtype);
-                model.step(b.state, b.tokens, logits);
-                st.model_tokens += int64_t(b.tokens.size());
-                b.logits = logits.to(DType::f32);
                 branches.push_back(std::move(b));
             }
-        if (branches.empty()) {  // ordinary decoding: feed `last` alone
-            Branch b{{last}, committed.clone(), {}};
-            Tensor logits = Tensor::empty({1, vocab}, dtype);
-            model.step(b.state, b.tokens, logits);
-            st.model_tokens += 1;
-            b.logits = logits.to(DType::f32);
-            branches.push_back(std::move(b));
+        if (branches.empty()) branches.push_back({{last}, committed.clone(), {}});  // ordinary decoding
+        // Branches of one length go through the model together (one read of the weights for all).
+        std::map<size_t, std::vector<size_t>> by_length;
+        for (size_t j = 0; j < branches.size(); ++j) by_length[branches[j].tokens.size()].push_back(j);
+        for (const auto& [length, members] : by_length) {
+            std::vector<LanguageModel::DecodeState*> states;
+            std::vector<int32_t> tokens;
+            for (size_t j : members) {
+                states.push_back(&branches[j].state);
+                tokens.insert(tokens.end(), branches[j].tokens.begin(), branches[j].tokens.end());
+            }
+            Tensor logits = Tensor::empty({int64_t(tokens.size()), vocab}, dtype);
+            model.step_sequences(states, tokens, logits);
+            st.model_tokens += int64_t(tokens.size());
+            const Tensor rows = logits.to(DType::f32);
+            for (size_t m = 0; m < members.size(); ++m)
+                branches[members[m]].logits = rows.narrow(0, int64_t(m * length), int64_t(length)).contiguous();
         }
         // 3. Draw position by position from a branch whose tokens so far agree with the draws.
         size_t chosen = 0, accepted = 0;  // branch, and how many of its continuation tokens were drawn

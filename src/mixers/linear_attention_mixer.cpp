@@ -1,6 +1,8 @@
 #include "mixers/linear_attention_mixer.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <span>
 
 #include "core/rng.hpp"
 #include "ops/dense.hpp"
@@ -423,18 +425,45 @@ MixerState LinearAttentionMixer::new_state() const {
 }
 
 void LinearAttentionMixer::step(Tensor& out, const Tensor& x, MixerState& state) const {
+    MixerState* states[1] = {&state};
+    step_sequences(out, x, states);
+}
+
+namespace {
+// The G sequences' [1, ...] state tensors as one [G, ...] tensor, and back.
+Tensor stack_states(std::span<MixerState* const> states, Tensor MixerState::*member) {
+    const Tensor& first = states[0]->*member;
+    Shape shape = first.shape();
+    shape[0] = static_cast<int64_t>(states.size());
+    Tensor stacked = Tensor::empty(shape, first.dtype());
+    for (size_t g = 0; g < states.size(); ++g) stacked.narrow(0, int64_t(g), 1).copy_from(states[g]->*member);
+    return stacked;
+}
+
+void unstack_states(std::span<MixerState* const> states, Tensor MixerState::*member, const Tensor& stacked) {
+    for (size_t g = 0; g < states.size(); ++g) states[g]->*member = stacked.narrow(0, int64_t(g), 1).contiguous();
+}
+}  // namespace
+
+void LinearAttentionMixer::step_sequences(Tensor& out, const Tensor& x, std::span<MixerState* const> states) const {
+    const auto G = static_cast<int64_t>(states.size());
+    LINARCH_CHECK(G >= 1 && x.size(0) % G == 0, "step_sequences: {} rows for {} sequences", x.size(0), G);
+    const bool same_position = std::all_of(states.begin(), states.end(), [&](const MixerState* s) {
+        return s->position == states[0]->position;
+    });
+    if (G > 1 && (!same_position || decay_ == "spatial")) return Mixer::step_sequences(out, x, states);
     Activations a;
     a.x = x;
-    a.batch = 1;
-    a.seq_len = x.size(0);
-    a.first_position = state.position;
-    const int64_t n = a.seq_len;
+    a.batch = G;
+    a.seq_len = x.size(0) / G;
+    a.first_position = states[0]->position;
+    const int64_t n = a.seq_len, rows_total = G * n;
     const Parameter* proj[3] = {&q_proj_, k_proj_, &v_proj_};
     const Parameter* conv[3] = {q_conv_, k_conv_, v_conv_};
     for (int i = 0; i < 3; ++i) {
         if (!projects(i)) continue;
         const Shape shape = i < 2 ? key_shape(a) : value_shape(a);
-        a.projected[i] = Tensor::empty({n, width(i)}, dtype_);
+        a.projected[i] = Tensor::empty({rows_total, width(i)}, dtype_);
         ops::matmul_forward(a.projected[i], x, proj[i]->value);
         if (conv_size_ == 0) {
             a.convolved[i] = a.projected[i].view(shape);
@@ -442,14 +471,16 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, MixerState& state)
         }
         // The causal conv over [the window's last K rows; the new rows]: its last n output rows are
         // exactly the training-time conv outputs at these positions. The window keeps the last K rows.
-        Tensor& window = state.conv_window[i];
-        Tensor rows = Tensor::empty({1, conv_size_ + n, width(i)}, dtype_);
-        rows.select(0, 0).narrow(0, 0, conv_size_).copy_from(window);
-        rows.select(0, 0).narrow(0, conv_size_, n).copy_from(a.projected[i]);
-        Tensor conv_out = Tensor::empty({1, conv_size_ + n, width(i)}, dtype_);
+        Tensor rows = Tensor::empty({G, conv_size_ + n, width(i)}, dtype_);
+        for (int64_t g = 0; g < G; ++g) {
+            rows.select(0, g).narrow(0, 0, conv_size_).copy_from(states[size_t(g)]->conv_window[i]);
+            rows.select(0, g).narrow(0, conv_size_, n).copy_from(a.projected[i].narrow(0, g * n, n));
+        }
+        Tensor conv_out = Tensor::empty({G, conv_size_ + n, width(i)}, dtype_);
         ops::short_conv_forward(conv_out, rows, conv[i]->value, true);
         a.convolved[i] = conv_out.narrow(1, conv_size_, n).contiguous().view(shape);
-        window.copy_from(rows.select(0, 0).narrow(0, n, conv_size_));
+        for (int64_t g = 0; g < G; ++g)
+            states[size_t(g)]->conv_window[i].copy_from(rows.select(0, g).narrow(0, n, conv_size_));
     }
     make_log_gate(a);
     derive_key(a);
@@ -461,6 +492,7 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, MixerState& state)
     const bool recurrent = n < std::max<int64_t>(2, args_.chunk_size / 4);
     if (decay_ == "spatial") {
         // The grid's column scan, one token at a time (its state is O(W·Dk·Dv), not a chunk carry).
+        MixerState& state = *states[0];
         for (int64_t t = 0; t < n; ++t) {
             auto token = [&](const Tensor& v) { return v.narrow(1, t, 1).contiguous(); };
             Tensor o = Tensor::empty({1, 1, heads_, value_dim_}, dtype_);
@@ -469,40 +501,44 @@ void LinearAttentionMixer::step(Tensor& out, const Tensor& x, MixerState& state)
             a.o.narrow(1, t, 1).copy_from(o);
         }
     } else if (second_order_) {
-        const ops::HigherOrderState current{state.key_moment, state.attention, state.correction};
-        ops::HigherOrderState next{Tensor::empty(state.key_moment.shape(), dtype_),
-                                   Tensor::empty(state.attention.shape(), dtype_),
-                                   state.correction.defined() ? Tensor::empty(state.correction.shape(), dtype_)
-                                                              : Tensor()};
+        const ops::HigherOrderState current{stack_states(states, &MixerState::key_moment),
+                                            stack_states(states, &MixerState::attention),
+                                            hla_args_.masked ? stack_states(states, &MixerState::correction)
+                                                             : Tensor()};
+        ops::HigherOrderState next{Tensor::empty(current.key_moment.shape(), dtype_),
+                                   Tensor::empty(current.query_value_moment.shape(), dtype_),
+                                   current.correction.defined() ? Tensor::empty(current.correction.shape(), dtype_)
+                                                                : Tensor()};
         if (recurrent)
             ops::higher_order_attention_recurrent_forward(a.o, &next, a.rotated[0], a.rotated[1], a.convolved[2],
                                                           &current, hla_args(a));
         else
             ops::higher_order_attention_chunkwise_forward(a.o, &next, a.rotated[0], a.rotated[1], a.convolved[2],
                                                           &current, hla_args(a));
-        state.key_moment = next.key_moment;
-        state.attention = next.query_value_moment;
-        state.correction = next.correction;
+        unstack_states(states, &MixerState::key_moment, next.key_moment);
+        unstack_states(states, &MixerState::attention, next.query_value_moment);
+        if (next.correction.defined()) unstack_states(states, &MixerState::correction, next.correction);
     } else {
-        Tensor next_state = Tensor::empty(state.attention.shape(), dtype_);
+        const Tensor current = stack_states(states, &MixerState::attention);
+        Tensor next_state = Tensor::empty(current.shape(), dtype_);
         if (delta_) {
-            const Tensor beta = a.beta.view({1, n, heads_});
+            const Tensor beta = a.beta.view({G, n, heads_});
             if (recurrent)
                 ops::delta_rule_recurrent_forward(a.o, &next_state, a.rotated[0], a.rotated[1], a.convolved[2], beta,
-                                                  &state.attention, delta_args(a));
+                                                  &current, delta_args(a));
             else
                 ops::delta_rule_chunkwise_forward(a.o, &next_state, a.rotated[0], a.rotated[1], a.convolved[2], beta,
-                                                  &state.attention, delta_args(a));
+                                                  &current, delta_args(a));
         } else if (recurrent) {
             ops::linear_attention_recurrent_forward(a.o, &next_state, a.rotated[0], a.rotated[1], a.convolved[2],
-                                                    &state.attention, attention_args(a));
+                                                    &current, attention_args(a));
         } else {
             ops::linear_attention_chunkwise_forward(a.o, &next_state, a.rotated[0], a.rotated[1], a.convolved[2],
-                                                    &state.attention, attention_args(a));
+                                                    &current, attention_args(a));
         }
-        state.attention = next_state;
+        unstack_states(states, &MixerState::attention, next_state);
     }
-    state.position += n;
+    for (MixerState* state : states) state->position += n;
     output_->forward(out, a.o, a.x, a.output);
 }
 

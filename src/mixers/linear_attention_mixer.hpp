@@ -33,6 +33,9 @@ public:
     MixerState new_state() const override;
     // The recurrent form (one token) or the chunkwise form with the state carried (a prompt).
     void step(Tensor& out, const Tensor& x, MixerState& state) const override;
+    // Sequences at one position (forks of one state) share every projection and one call of the
+    // recurrence with their states stacked; others (and LASAD's column scan) go one by one.
+    void step_sequences(Tensor& out, const Tensor& x, std::span<MixerState* const> states) const override;
     double core_flops_per_token(int64_t seq_len) const override;
 
 private:
@@ -58,7 +61,7 @@ private:
     void log_gate_backward(Tensor& dx, const Activations& a, const Tensor& d_log_gate);
     ops::LinearAttentionArgs attention_args(const Activations& a) const;
     ops::SpatialDecayAttentionArgs spatial_args() const;  // LASAD: rates from their logits
-    ops::HigherOrderAttentionArgs hla_args(const Activations& a) const;  // with the step's decays  // LASAD: rates from their logits
+    ops::HigherOrderAttentionArgs hla_args(const Activations& a) const;  // with the step's decays
     ops::DeltaRuleArgs delta_args(const Activations& a) const;
     void make_beta(Activations& a) const;
     // The attention core in its chunkwise (training) form, and its backward.

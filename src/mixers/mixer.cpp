@@ -25,12 +25,14 @@ MixerState MixerState::clone() const {
     return copy;
 }
 
-void Mixer::step_batch(Tensor& out, const Tensor& x, std::span<MixerState* const> states) const {
-    LINARCH_CHECK(x.size(0) == int64_t(states.size()), "step_batch: {} rows for {} states", x.size(0), states.size());
-    for (size_t b = 0; b < states.size(); ++b) {
-        Tensor row = Tensor::empty({1, out.size(1)}, out.dtype());
-        step(row, x.narrow(0, int64_t(b), 1).contiguous(), *states[b]);
-        out.narrow(0, int64_t(b), 1).copy_from(row);
+void Mixer::step_sequences(Tensor& out, const Tensor& x, std::span<MixerState* const> states) const {
+    const auto G = static_cast<int64_t>(states.size());
+    LINARCH_CHECK(G >= 1 && x.size(0) % G == 0, "step_sequences: {} rows for {} sequences", x.size(0), G);
+    const int64_t T = x.size(0) / G;
+    for (int64_t g = 0; g < G; ++g) {
+        Tensor rows = Tensor::empty({T, out.size(1)}, out.dtype());
+        step(rows, x.narrow(0, g * T, T).contiguous(), *states[static_cast<size_t>(g)]);
+        out.narrow(0, g * T, T).copy_from(rows);
     }
 }
 

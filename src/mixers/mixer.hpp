@@ -40,9 +40,11 @@ public:
     // state (T = 1: a decode step; T > 1: a prompt, prefilled in the chunkwise form where the mixer
     // has one). Equal to the training forward over the whole sequence at these positions.
     virtual void step(Tensor& out, const Tensor& x, MixerState& state) const = 0;
-    // One decode token for each of B sequences: out[B,d] from x[B,d], row b advancing states[b]
-    // (sequences at different positions). By default one step per row.
-    virtual void step_batch(Tensor& out, const Tensor& x, std::span<MixerState* const> states) const;
+    // T tokens for each of G sequences: out[G·T,d] from x[G·T,d], rows [g·T, (g+1)·T) belonging to
+    // sequence g and advancing states[g] (T = 1: a decode step of G sequences at any positions; forks
+    // of one state: lookahead's verification branches). By default one step per sequence; a mixer may
+    // share its projections' weight reads across all G·T rows.
+    virtual void step_sequences(Tensor& out, const Tensor& x, std::span<MixerState* const> states) const;
     // Forward FLOPs of the token-mixing core per token at training length seq_len.
     virtual double core_flops_per_token(int64_t seq_len) const = 0;
 };

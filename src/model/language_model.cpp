@@ -139,22 +139,20 @@ LanguageModel::DecodeState LanguageModel::new_decode_state() const {
     return state;
 }
 
-void LanguageModel::step(DecodeState& state, std::span<const int32_t> tokens, Tensor& logits) const {
-    const int64_t n = int64_t(tokens.size()), d = spec_.d_model;
-    LINARCH_CHECK(n >= 1, "model step: no tokens given");
-    LINARCH_CHECK(logits.dim() == 2 && (logits.size(0) == 1 || logits.size(0) == n) &&
-                      logits.size(1) == spec_.vocab_size,
-                  "model step: logits must be [1, {}] (last token) or [{}, {}] (every token), got {}", spec_.vocab_size,
-                  n, spec_.vocab_size, shape_string(logits.shape()));
+Tensor LanguageModel::run_blocks(std::span<DecodeState* const> states, std::span<const int32_t> tokens) const {
+    const int64_t n = int64_t(tokens.size()), d = spec_.d_model, G = int64_t(states.size());
+    // The dense parts run on all G·T rows at once; each mixer advances its G states.
     Tensor x = Tensor::empty({n, d}, dtype_);
     ops::embedding_forward(x, tokens, embedding_.value);
     Tensor h = Tensor::empty({n, d}, dtype_), rstd = Tensor::empty({n}, dtype_), branch = Tensor::empty({n, d}, dtype_);
     Tensor gate = Tensor::empty({n, mlp_hidden_}, dtype_), up = Tensor::empty({n, mlp_hidden_}, dtype_),
            act = Tensor::empty({n, mlp_hidden_}, dtype_);
+    std::vector<MixerState*> layer_states(static_cast<size_t>(G));
     for (size_t l = 0; l < blocks_.size(); ++l) {
         const Block& b = blocks_[l];
+        for (size_t g = 0; g < layer_states.size(); ++g) layer_states[g] = &states[g]->layers[l];
         ops::rmsnorm_forward(h, rstd, x, b.attn_norm.value, spec_.norm_eps);
-        b.mixer->step(branch, h, state.layers[l]);
+        b.mixer->step_sequences(branch, h, layer_states);
         ops::add_forward(x, x, branch);
         ops::rmsnorm_forward(h, rstd, x, b.mlp_norm.value, spec_.norm_eps);
         ops::matmul_forward(gate, h, b.gate_proj.value);
@@ -163,12 +161,27 @@ void LanguageModel::step(DecodeState& state, std::span<const int32_t> tokens, Te
         ops::matmul_forward(branch, act, b.down_proj.value);
         ops::add_forward(x, x, branch);
     }
+    for (DecodeState* state : states) state->position += n / G;
+    return x;
+}
+
+void LanguageModel::head(Tensor& logits, const Tensor& x) const {
+    Tensor h = Tensor::empty(x.shape(), dtype_), rstd = Tensor::empty({x.size(0)}, dtype_);
+    ops::rmsnorm_forward(h, rstd, x, final_norm_.value, spec_.norm_eps);
+    ops::lm_head_logits(logits, h, embedding_.value);
+}
+
+void LanguageModel::step(DecodeState& state, std::span<const int32_t> tokens, Tensor& logits) const {
+    const int64_t n = int64_t(tokens.size());
+    LINARCH_CHECK(n >= 1, "model step: no tokens given");
+    LINARCH_CHECK(logits.dim() == 2 && (logits.size(0) == 1 || logits.size(0) == n) &&
+                      logits.size(1) == spec_.vocab_size,
+                  "model step: logits must be [1, {}] (last token) or [{}, {}] (every token), got {}", spec_.vocab_size,
+                  n, spec_.vocab_size, shape_string(logits.shape()));
+    DecodeState* states[1] = {&state};
+    const Tensor x = run_blocks(states, tokens);
     const int64_t rows = logits.size(0);
-    const Tensor last = x.narrow(0, n - rows, rows).contiguous();
-    Tensor h_last = Tensor::empty({rows, d}, dtype_), rstd_last = Tensor::empty({rows}, dtype_);
-    ops::rmsnorm_forward(h_last, rstd_last, last, final_norm_.value, spec_.norm_eps);
-    ops::lm_head_logits(logits, h_last, embedding_.value);
-    state.position += n;
+    head(logits, x.narrow(0, n - rows, rows).contiguous());
 }
 
 void LanguageModel::step(DecodeState& state, int32_t token, Tensor& logits) const {
@@ -185,33 +198,19 @@ LanguageModel::DecodeState LanguageModel::DecodeState::clone() const {
 
 void LanguageModel::step_batch(std::span<DecodeState* const> states, std::span<const int32_t> tokens,
                                Tensor& logits) const {
-    const int64_t n = int64_t(tokens.size()), d = spec_.d_model;
+    const int64_t n = int64_t(tokens.size());
     LINARCH_CHECK(n >= 1 && int64_t(states.size()) == n, "model step_batch: {} tokens for {} sequences", n,
                   states.size());
     check_shape(logits, {n, spec_.vocab_size}, "model step_batch: logits");
-    // The dense parts run as one [B,d] batch; each mixer advances its B states.
-    Tensor x = Tensor::empty({n, d}, dtype_);
-    ops::embedding_forward(x, tokens, embedding_.value);
-    Tensor h = Tensor::empty({n, d}, dtype_), rstd = Tensor::empty({n}, dtype_), branch = Tensor::empty({n, d}, dtype_);
-    Tensor gate = Tensor::empty({n, mlp_hidden_}, dtype_), up = Tensor::empty({n, mlp_hidden_}, dtype_),
-           act = Tensor::empty({n, mlp_hidden_}, dtype_);
-    std::vector<MixerState*> layer_states(static_cast<size_t>(n));
-    for (size_t l = 0; l < blocks_.size(); ++l) {
-        const Block& b = blocks_[l];
-        for (int64_t i = 0; i < n; ++i) layer_states[size_t(i)] = &states[size_t(i)]->layers[l];
-        ops::rmsnorm_forward(h, rstd, x, b.attn_norm.value, spec_.norm_eps);
-        b.mixer->step_batch(branch, h, layer_states);
-        ops::add_forward(x, x, branch);
-        ops::rmsnorm_forward(h, rstd, x, b.mlp_norm.value, spec_.norm_eps);
-        ops::matmul_forward(gate, h, b.gate_proj.value);
-        ops::matmul_forward(up, h, b.up_proj.value);
-        ops::swiglu_forward(act, gate, up);
-        ops::matmul_forward(branch, act, b.down_proj.value);
-        ops::add_forward(x, x, branch);
-    }
-    ops::rmsnorm_forward(h, rstd, x, final_norm_.value, spec_.norm_eps);
-    ops::lm_head_logits(logits, h, embedding_.value);
-    for (DecodeState* state : states) ++state->position;
+    head(logits, run_blocks(states, tokens));
+}
+
+void LanguageModel::step_sequences(std::span<DecodeState* const> states, std::span<const int32_t> tokens,
+                                   Tensor& logits) const {
+    const auto G = int64_t(states.size()), n = int64_t(tokens.size());
+    LINARCH_CHECK(G >= 1 && n >= G && n % G == 0, "model step_sequences: {} tokens for {} sequences", n, G);
+    check_shape(logits, {n, spec_.vocab_size}, "model step_sequences: logits");
+    head(logits, run_blocks(states, tokens));
 }
 
 double LanguageModel::train_flops_per_token() const {

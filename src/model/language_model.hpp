@@ -43,6 +43,9 @@ public:
     void step(DecodeState& state, int32_t token, Tensor& logits) const;
     // One token for each of B sequences (continuous batching: any positions); logits [B,V].
     void step_batch(std::span<DecodeState* const> states, std::span<const int32_t> tokens, Tensor& logits) const;
+    // T tokens for each of G sequences (tokens[g·T, (g+1)·T) continue states[g]); logits [G·T, V] after
+    // every token. Forks of one state (lookahead's verification branches) share the weight reads.
+    void step_sequences(std::span<DecodeState* const> states, std::span<const int32_t> tokens, Tensor& logits) const;
 
     ParameterStore& parameters() { return params_; }
     const ParameterStore& parameters() const { return params_; }
@@ -52,6 +55,11 @@ public:
     double train_flops_per_token() const;
 
 private:
+    // The blocks over G sequences' tokens (G·T rows, T each; T = 1 for step_batch); advances the
+    // states and returns the residual stream [G·T, d].
+    Tensor run_blocks(std::span<DecodeState* const> states, std::span<const int32_t> tokens) const;
+    // logits [rows, V] from the residual stream x [rows, d]: final norm, tied LM head.
+    void head(Tensor& logits, const Tensor& x) const;
     struct Block {
         Parameter &attn_norm, &mlp_norm, &gate_proj, &up_proj, &down_proj;
         std::unique_ptr<Mixer> mixer;

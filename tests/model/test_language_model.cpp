@@ -90,6 +90,46 @@ TEST_P(ModelVariants, DecodeStepsMatchTheTrainingForward) {
     EXPECT_NEAR(total / double(seq_len), forward_mean, 1e-5 * worst);
 }
 
+// Sequences stepped together (forks of one state, as lookahead verifies them; or sequences at
+// different positions) give each sequence's own logits and leave each state as stepping it alone would.
+TEST_P(ModelVariants, SequencesSteppedTogetherMatchEachAlone) {
+    LanguageModel model(spec(), DType::f64);
+    model.initialize(test_seed() + 5);
+    const int64_t seq_len = length(13), prompt = seq_len / 2, T = 3;
+    const auto tokens = random_ids(seq_len, 256, 24);
+    auto base = model.new_decode_state();
+    Tensor last = Tensor::empty({1, 256}, DType::f64);
+    model.step(base, std::span(tokens).first(size_t(prompt)), last);
+    // Three forks at one position, then two sequences at different positions.
+    auto ahead = base.clone();
+    model.step(ahead, tokens[size_t(prompt)], last);
+    for (const bool same_position : {true, false}) {
+        std::vector<LanguageModel::DecodeState> together, alone;
+        const int64_t G = same_position ? 3 : 2;
+        for (int64_t g = 0; g < G; ++g) {
+            const auto& from = !same_position && g == 1 ? ahead : base;
+            together.push_back(from.clone());
+            alone.push_back(from.clone());
+        }
+        const auto branch_tokens = random_ids(G * T, 256, 25 + same_position);
+        std::vector<LanguageModel::DecodeState*> states;
+        for (auto& s : together) states.push_back(&s);
+        Tensor logits = Tensor::empty({G * T, 256}, DType::f64);
+        model.step_sequences(states, branch_tokens, logits);
+        for (int64_t g = 0; g < G; ++g) {
+            Tensor expected = Tensor::empty({T, 256}, DType::f64);
+            model.step(alone[size_t(g)], std::span(branch_tokens).subspan(size_t(g * T), size_t(T)), expected);
+            EXPECT_LT(relative_error(logits.narrow(0, g * T, T).contiguous(), expected), 1e-12) << g;
+            EXPECT_EQ(together[size_t(g)].position, alone[size_t(g)].position);
+            // The states agree: one more token gives the same logits.
+            Tensor a = Tensor::empty({1, 256}, DType::f64), b = Tensor::empty({1, 256}, DType::f64);
+            model.step(together[size_t(g)], tokens[0], a);
+            model.step(alone[size_t(g)], tokens[0], b);
+            EXPECT_LT(relative_error(a, b), 1e-12) << g;
+        }
+    }
+}
+
 // A prompt fed in pieces (chunkwise with the state carried, then single tokens) gives the training
 // forward's logits at every position.
 TEST_P(ModelVariants, PrefillInPiecesMatchesTheTrainingForward) {
