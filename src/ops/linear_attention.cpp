@@ -1,6 +1,7 @@
 // Linear attention and short conv ops: check every tensor (device, dtype, contiguity, shape) and the
 // decay and sequence arguments, then dispatch to the backend: the CPU one, or for CUDA tensors the
-// chunkwise forward without decay or with a scalar gate (backend/cuda/linear_attention_chunkwise.hpp).
+// chunkwise forward and backward without decay or with a scalar gate
+// (backend/cuda/linear_attention_chunkwise.hpp).
 #include "ops/linear_attention.hpp"
 
 #include <string>
@@ -167,6 +168,60 @@ void linear_attention_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, con
                                               data_or_null<float>(initial_state), o.raw_data(),
                                               data_or_null<float>(final_state), B, T, H, Dk, Dv, args.scale});
 }
+
+// The chunkwise backward on CUDA tensors: the forward's operands plus dout, dq, dk, dv (bf16) and the
+// fp32 dfinal_state, dinitial_state, dlog_gate; gradients are added into, as on the CPU.
+void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dinitial_state,
+                                              const Tensor& dout, const Tensor* dfinal_state, const Tensor& q,
+                                              const Tensor& k, const Tensor& v, const Tensor* initial_state,
+                                              const LinearAttentionArgs& args, Tensor* dlog_gate) {
+    const char* op = "linear_attention_chunkwise_backward";
+    LINARCH_CHECK(q.dtype() == DType::bf16, "{}: q: the CUDA backward takes bf16 q, k, v, dout, dq, dk, dv, got {}",
+                  op, dtype_name(q.dtype()));
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    check_cuda_operand(op, "q", q, DType::bf16, q.shape());
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
+    check_cuda_operand(op, "k", k, DType::bf16, q.shape());
+    LINARCH_CHECK(v.defined() && v.dim() == 4 && v.size(3) > 0, "{}: v: expected shape [{}, {}, {}, Dv], got {}", op,
+                  B, T, H, v.defined() ? shape_string(v.shape()) : "undefined");
+    const int64_t Dv = v.size(3);
+    check_cuda_operand(op, "v", v, DType::bf16, {B, T, H, Dv});
+    check_cuda_operand(op, "dout", dout, DType::bf16, {B, T, H, Dv});
+    check_cuda_operand(op, "dq", dq, DType::bf16, q.shape());
+    check_cuda_operand(op, "dk", dk, DType::bf16, q.shape());
+    check_cuda_operand(op, "dv", dv, DType::bf16, {B, T, H, Dv});
+    LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
+    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no CUDA implementation yet", op);
+    LINARCH_CHECK(!args.log_decay.defined(), "{}: log_decay: a fixed decay has no CUDA implementation yet", op);
+    LINARCH_CHECK(args.scale != 0, "{}: scale: the CUDA backward needs a non-zero scale", op);
+    LINARCH_CHECK(cuda::linear_attention_chunkwise_backward_supports(Dk, Dv),
+                  "{}: the CUDA kernel is built for Dk and Dv of 64 or 128, got Dk={}, Dv={}", op, Dk, Dv);
+    const float* log_gate = nullptr;
+    if (args.log_gate.defined()) {
+        LINARCH_CHECK(args.log_gate.dim() == 3,
+                      "{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no CUDA implementation yet, got shape {}",
+                      op, shape_string(args.log_gate.shape()));
+        check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {B, T, H});
+        log_gate = args.log_gate.data<float>();
+    }
+    const Shape state_shape{B, H, Dk, Dv};
+    if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, state_shape);
+    if (present(dfinal_state)) check_cuda_operand(op, "dfinal_state", *dfinal_state, DType::f32, state_shape);
+    if (present(dinitial_state)) check_cuda_operand(op, "dinitial_state", *dinitial_state, DType::f32, state_shape);
+    Tensor gate_scratch;
+    if (present(dlog_gate)) {
+        LINARCH_CHECK(log_gate != nullptr, "{}: dlog_gate: given, but args.log_gate is not defined", op);
+        check_cuda_operand(op, "dlog_gate", *dlog_gate, DType::f32, {B, T, H});
+        gate_scratch = Tensor::empty(
+            {int64_t(cuda::linear_attention_chunkwise_backward_scratch_floats(B, T, H, Dk))}, DType::f32, Device::cuda);
+    }
+    cuda::linear_attention_chunkwise_backward(
+        {q.raw_data(), k.raw_data(), v.raw_data(), dout.raw_data(), log_gate, data_or_null<float>(initial_state),
+         data_or_null<float>(dfinal_state), dq.raw_data(), dk.raw_data(), dv.raw_data(),
+         data_or_null<float>(dinitial_state), data_or_null<float>(dlog_gate),
+         gate_scratch.defined() ? gate_scratch.data<float>() : nullptr, B, T, H, Dk, Dv, args.scale});
+}
 #endif
 
 }  // namespace
@@ -212,9 +267,11 @@ void linear_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Ten
                                          const Tensor& k, const Tensor& v, const Tensor* initial_state,
                                          const LinearAttentionArgs& args, Tensor* dlog_gate) {
     const char* op = "linear_attention_chunkwise_backward";
-    LINARCH_CHECK(!q.defined() || q.device() == Device::cpu,
-                  "{}: q: tensor is on {}, and the backward has no CUDA implementation yet", op,
-                  device_name(q.device()));
+#if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda)
+        return linear_attention_chunkwise_backward_cuda(dq, dk, dv, dinitial_state, dout, dfinal_state, q, k, v,
+                                                        initial_state, args, dlog_gate);
+#endif
     const auto [d, gate] = check_linear_attention_inputs(op, q, k, v, initial_state, args);
     LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
     const DType dtype = q.dtype();

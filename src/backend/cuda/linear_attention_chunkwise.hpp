@@ -1,12 +1,14 @@
-// CUDA chunkwise forward of causal linear attention, no decay or a per-head scalar data-dependent log
-// decay (Mamba-2 / simple GLA, mixers.md §1 and §3). Developed, with its variants and figures, in
-// dev/cuda/linear_attention_chunkwise.cu (notes in dev/cuda/NOTES_linear_attention.md).
+// CUDA chunkwise forward and backward of causal linear attention, no decay or a per-head scalar
+// data-dependent log decay (Mamba-2 / simple GLA, mixers.md §1 and §3). Developed, with their variants
+// and figures, in dev/cuda/linear_attention_chunkwise{,_backward}.cu (notes in
+// dev/cuda/NOTES_linear_attention.md).
 //     S_t = exp(g_t) S_{t-1} + k_tᵀ v_t,   o_t = scale · q_t S_t      (g_t ≤ 0; g = 0 without decay)
 // Device pointers to contiguous arrays; ops/linear_attention.cpp checks the shapes:
 //     q,k [B,T,H,Dk] bf16   v,o [B,T,H,Dv] bf16   log_gate [B,T,H] fp32   states [B,H,Dk,Dv] fp32
 // The products run on the tensor cores with bf16 operands and fp32 accumulation; the state is carried
 // in fp32 (rounded to bf16 only as the operand of q·S), the gates' cumulative sums are fp32.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace linarch::cuda {
@@ -27,5 +29,33 @@ struct LinearAttentionForward {
 bool linear_attention_chunkwise_supports(int64_t key_dim, int64_t value_dim);
 // Enqueues the forward on the calling thread's default stream (cudaStreamPerThread, as the allocator).
 void linear_attention_chunkwise_forward(const LinearAttentionForward& args);
+
+// The backward (linear_attention_chunkwise_backward.cu): dq, dk, dv [B,T,H,·] bf16, dinitial_state
+// [B,H,Dk,Dv] fp32 and dlog_gate [B,T,H] fp32 are added into (the last two may be null); dfinal_state
+// may be null. Three chunk scans (dq walking forwards, dk and dv backwards, each with the state in
+// registers) and, for dlog_gate, a reverse cumulative sum over partials held in gate_scratch.
+struct LinearAttentionBackward {
+    const void* q;
+    const void* k;
+    const void* v;
+    const void* dout;
+    const float* log_gate;       // null: no decay
+    const float* initial_state;  // null: zero start
+    const float* dfinal_state;   // null: no gradient into the final state
+    void* dq;
+    void* dk;
+    void* dv;
+    float* dinitial_state;       // null: not wanted
+    float* dlog_gate;            // null: not wanted
+    float* gate_scratch;         // backward_scratch_floats(...) floats when dlog_gate is wanted
+    int64_t batch, seq_len, heads, key_dim, value_dim;
+    double scale;                // non-zero
+};
+
+// Head sizes the backward is built for: Dk and Dv 64 or 128.
+bool linear_attention_chunkwise_backward_supports(int64_t key_dim, int64_t value_dim);
+size_t linear_attention_chunkwise_backward_scratch_floats(int64_t batch, int64_t seq_len, int64_t heads,
+                                                          int64_t key_dim);
+void linear_attention_chunkwise_backward(const LinearAttentionBackward& args);
 
 }  // namespace linarch::cuda
