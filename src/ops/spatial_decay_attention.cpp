@@ -11,8 +11,6 @@
 namespace linarch::ops {
 namespace {
 
-
-
 // A decay rate γ = exp(log γ) must lie in (0, 1]: log γ finite and ≤ 0 (`!(x <= 0)` also rejects NaN).
 void check_log_decay(const char* op, const char* name, const Tensor& log_decay, DType dtype, int64_t heads) {
     check_operand(op, name, log_decay, dtype, {heads});
@@ -103,6 +101,14 @@ void spatial_decay_attention_recurrent_forward(Tensor& o, const Tensor& q, const
                 [](auto&&... a) { cpu::spatial_decay_attention_recurrent_forward(a...); });
 }
 
+void spatial_decay_attention_chunkwise_forward(Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
+                                               const SpatialDecayAttentionArgs& args) {
+    const char* op = "spatial_decay_attention_chunkwise_forward";
+    LINARCH_CHECK(args.chunk_rows >= 1, "{}: chunk_rows: expected ≥ 1, got {}", op, args.chunk_rows);
+    run_forward(op, o, q, k, v, args,
+                [&](auto&&... a) { cpu::spatial_decay_attention_chunkwise_forward(a..., args.chunk_rows); });
+}
+
 void spatial_decay_attention_parallel_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
                                                Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
                                                const Tensor& k, const Tensor& v,
@@ -117,6 +123,16 @@ void spatial_decay_attention_recurrent_backward(Tensor& dq, Tensor& dk, Tensor& 
                                                 const SpatialDecayAttentionArgs& args) {
     run_backward("spatial_decay_attention_recurrent_backward", dq, dk, dv, dlog_decay_row, dlog_decay_col, dout, q,
                  k, v, args, [](auto&&... a) { cpu::spatial_decay_attention_recurrent_backward(a...); });
+}
+
+void spatial_decay_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
+                                                Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
+                                                const Tensor& k, const Tensor& v,
+                                                const SpatialDecayAttentionArgs& args) {
+    const char* op = "spatial_decay_attention_chunkwise_backward";
+    LINARCH_CHECK(args.chunk_rows >= 1, "{}: chunk_rows: expected ≥ 1, got {}", op, args.chunk_rows);
+    run_backward(op, dq, dk, dv, dlog_decay_row, dlog_decay_col, dout, q, k, v, args,
+                 [&](auto&&... a) { cpu::spatial_decay_attention_chunkwise_backward(a..., args.chunk_rows); });
 }
 
 SpatialDecayState spatial_decay_attention_initial_state(int64_t heads, int64_t key_dim, int64_t value_dim,

@@ -14,7 +14,7 @@
 //   - no initial / final state in the whole-grid forms: every batch row is one whole grid (an image).
 //     Decoding token by token (spatial_decay_attention_step) carries the W column states of the
 //     recurrent form below, the current row's scan, and the row's keys and values.
-// Two exact forms:
+// Three exact forms:
 //   parallel: the masked O(T²) definition (scores ⊙ D built from coordinates, then GEMMs), a check.
 //   recurrent: O(T·Dk·Dv), the efficient form. D does not fit one 1-D scan (|c_i − c_j| is not monotone
 //     along the raster order), but it splits exactly into row and column factors (§9 options (a)+(b)):
@@ -22,6 +22,13 @@
 //     decayed by γ_r from row to row and fed by a left-to-right scan (c' ≤ c) plus a right-to-left scan
 //     (c' > c) of the row just finished; inside a row a left-to-right scan F(c) = Σ_{c' ≤ c} γ_c^{c−c'} kᵀv.
 //     Then o_i = scale · q_i (C[c_i] + F(c_i)).
+//   chunkwise: the training form, chunks of R = chunk_rows whole grid rows (the last may be shorter).
+//     Inside a chunk 2-D distances are those of the R × W sub-grid, so the intra-chunk part is the masked
+//     parallel form on it (GEMMs). Rows above the chunk (top row r₀) enter through W column states
+//     Ĉ[c'] = Σ_{r' < r₀} γ_r^{r₀ − r'} k_{r'c'}ᵀ v_{r'c'}: the query at (r, c) adds scale · γ_r^{r − r₀} q M[c]
+//     with M[c] = Σ_{c'} γ_c^{|c − c'|} Ĉ[c'] (a left-to-right and a right-to-left scan over the columns);
+//     then Ĉ ← γ_r^R Ĉ + Σ_{chunk rows ρ} γ_r^{R − ρ} kᵀv. Every power has exponent in [0, R]: it is
+//     exp(λ·n) of a log decay λ ≤ 0, finite for any rate. O(T·(R·W·(Dk+Dv) + Dk·Dv)) per pair.
 // Layout as linear attention: q,k [B,T,H,Dk], v,o [B,T,H,Dv], decays [H]; CPU, contiguous, all f32 or
 // all f64. The backward adds into its gradients; a null decay gradient is not computed.
 #pragma once
@@ -37,6 +44,7 @@ struct SpatialDecayAttentionArgs {
     Tensor log_decay_row;     // [H], each in (−∞, 0]: log γ_r
     Tensor log_decay_col;     // [H], each in (−∞, 0]: log γ_c
     double scale = 1.0;       // applied to q
+    int64_t chunk_rows = 1;   // the chunkwise form's chunk, in whole grid rows (≥ 1; ≥ grid_height: one chunk)
 };
 
 // o [B,T,H,Dv] from q,k [B,T,H,Dk], v [B,T,H,Dv].
@@ -44,16 +52,24 @@ void spatial_decay_attention_parallel_forward(Tensor& o, const Tensor& q, const 
                                               const SpatialDecayAttentionArgs& args);
 void spatial_decay_attention_recurrent_forward(Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
                                                const SpatialDecayAttentionArgs& args);
+void spatial_decay_attention_chunkwise_forward(Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
+                                               const SpatialDecayAttentionArgs& args);
 
 // dq,dk [B,T,H,Dk] +=, dv [B,T,H,Dv] +=, dlog_decay_row / dlog_decay_col [H] += when non-null; dout
 // [B,T,H,Dv]. The parallel form differentiates the masked definition; the recurrent one runs the column
 // scan forward (carrying the decays' tangents when their gradients are wanted) and backward in reverse
-// raster order (which preserves 2-D distances, so it is the same scan on flipped coordinates).
+// raster order (which preserves 2-D distances, so it is the same scan on flipped coordinates). The
+// chunkwise one sweeps the chunks top to bottom for dq and the decays (carrying the column states' tangent
+// in γ_r) and bottom to top for dk and dv (carrying the gradient of the column states).
 void spatial_decay_attention_parallel_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
                                                Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
                                                const Tensor& k, const Tensor& v,
                                                const SpatialDecayAttentionArgs& args);
 void spatial_decay_attention_recurrent_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
+                                                Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
+                                                const Tensor& k, const Tensor& v,
+                                                const SpatialDecayAttentionArgs& args);
+void spatial_decay_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
                                                 Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
                                                 const Tensor& k, const Tensor& v,
                                                 const SpatialDecayAttentionArgs& args);

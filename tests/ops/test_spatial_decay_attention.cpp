@@ -1,7 +1,8 @@
-// LASAD spatial-decay attention (mixers.md §9): the parallel and recurrent (column-state scan) forms
-// against the float64 reference on square, single-row and non-square grids; the 1 × T grid against 1-D
-// linear attention with a fixed decay; weights that follow 2-D, not 1-D, distance; both backwards (decay
-// gradients included) against central finite differences and each other; bad inputs.
+// LASAD spatial-decay attention (mixers.md §9): the parallel, recurrent (column-state scan) and chunkwise
+// forms against the float64 reference on square, single-row and non-square grids; the 1 × T grid against
+// 1-D linear attention with a fixed decay; weights that follow 2-D, not 1-D, distance; the backwards
+// (decay gradients included) against central finite differences and each other; the chunkwise form over
+// chunk sizes, and under very strong and very weak decay; bad inputs.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -62,11 +63,14 @@ struct Inputs {
 using Forward = void (*)(Tensor&, const Tensor&, const Tensor&, const Tensor&, const ops::SpatialDecayAttentionArgs&);
 using Backward = void (*)(Tensor&, Tensor&, Tensor&, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&,
                           const Tensor&, const ops::SpatialDecayAttentionArgs&);
+// Every form, the chunkwise one with the inputs' chunk_rows (1 unless a test sets it).
 constexpr Forward kForwards[] = {&ops::spatial_decay_attention_parallel_forward,
-                                 &ops::spatial_decay_attention_recurrent_forward};
+                                 &ops::spatial_decay_attention_recurrent_forward,
+                                 &ops::spatial_decay_attention_chunkwise_forward};
 constexpr Backward kBackwards[] = {&ops::spatial_decay_attention_parallel_backward,
-                                   &ops::spatial_decay_attention_recurrent_backward};
-constexpr const char* kFormNames[] = {"parallel", "recurrent"};
+                                   &ops::spatial_decay_attention_recurrent_backward,
+                                   &ops::spatial_decay_attention_chunkwise_backward};
+constexpr const char* kFormNames[] = {"parallel", "recurrent", "chunkwise"};
 
 Tensor run_forward(Forward forward, const Inputs& in) {
     Tensor o = Tensor::empty({in.v.size(0), in.v.size(1), in.v.size(2), in.v.size(3)}, in.q.dtype());
@@ -335,6 +339,179 @@ TEST(SpatialDecayBackward, FormsAgreeAndF32MatchesF64) {
 
 namespace {
 
+// Chunk sizes of a grid with `height` rows: one row, two, three (short last chunks on most grids), the
+// whole grid, and more rows than the grid has.
+std::vector<int64_t> chunk_sizes(int64_t height) { return {1, 2, 3, height, height + 2}; }
+
+const std::vector<Grid> kChunkGrids = {
+    {3, 1, 7, 2, 4, 6},    // one row
+    {2, 5, 3, 3, 6, 4},    // taller than wide
+    {2, 8, 8, 2, 8, 5},    // square
+    {2, 6, 13, 2, 16, 24}  // wide, large enough for the threaded path
+};
+
+// Gradients that start from random values (the backwards add into them), and what was added.
+struct Accumulated {
+    Gradients start, after;
+    Accumulated(const Inputs& in, uint64_t stream) {
+        const DType dtype = in.q.dtype();
+        start = {testkit::random_normal(in.q.shape(), dtype, stream),
+                 testkit::random_normal(in.k.shape(), dtype, stream + 1),
+                 testkit::random_normal(in.v.shape(), dtype, stream + 2),
+                 testkit::random_normal(in.args.log_decay_row.shape(), dtype, stream + 3),
+                 testkit::random_normal(in.args.log_decay_col.shape(), dtype, stream + 4)};
+        after = {start.dq.clone(), start.dk.clone(), start.dv.clone(), start.dlog_decay_row.clone(),
+                 start.dlog_decay_col.clone()};
+    }
+    Gradients added_f64() const {
+        auto diff = [](const Tensor& a, const Tensor& b) { return added(a.to(DType::f64), b.to(DType::f64)); };
+        return {diff(after.dq, start.dq), diff(after.dk, start.dk), diff(after.dv, start.dv),
+                diff(after.dlog_decay_row, start.dlog_decay_row), diff(after.dlog_decay_col, start.dlog_decay_col)};
+    }
+};
+
+// A grid axis of size 1 has no distances along it: its decay's gradient is exactly 0 in both.
+void expect_gradients_near(const Gradients& mine, const Gradients& ref, double bound) {
+    EXPECT_LT(testkit::relative_error(mine.dq, ref.dq), bound) << "dq";
+    EXPECT_LT(testkit::relative_error(mine.dk, ref.dk), bound) << "dk";
+    EXPECT_LT(testkit::relative_error(mine.dv, ref.dv), bound) << "dv";
+    for (auto [name, a, b] : {std::tuple{"dlog_decay_row", &mine.dlog_decay_row, &ref.dlog_decay_row},
+                              std::tuple{"dlog_decay_col", &mine.dlog_decay_col, &ref.dlog_decay_col}}) {
+        if (max_abs(*b) == 0) {
+            EXPECT_EQ(max_abs(*a), 0.0) << name;
+        } else {
+            EXPECT_LT(testkit::relative_error(*a, *b), bound) << name;
+        }
+    }
+}
+
+}  // namespace
+
+// chunkwise == parallel == recurrent for every chunk size: f64 to 1e-10, f32 to 1e-4 of the f64 result.
+TEST(SpatialDecayChunkwise, ForwardMatchesParallelAndRecurrentForEveryChunkSize) {
+    uint64_t stream = 47000;
+    for (const Grid& g : kChunkGrids) {
+        const Inputs in32(g, DType::f32, stream += 10);
+        Inputs in64 = in32.to(DType::f64);
+        const Tensor parallel = run_forward(kForwards[0], in64), recurrent = run_forward(kForwards[1], in64);
+        EXPECT_LT(testkit::relative_error(recurrent, parallel), 1e-10);
+        for (int64_t rows : chunk_sizes(g.height)) {
+            SCOPED_TRACE(describe(g) + fmt::format(" chunk_rows={}", rows));
+            in64.args.chunk_rows = rows;
+            Inputs chunked32 = in32;
+            chunked32.args.chunk_rows = rows;
+            const Tensor chunkwise = run_forward(&ops::spatial_decay_attention_chunkwise_forward, in64);
+            EXPECT_LT(testkit::relative_error(chunkwise, parallel), 1e-10);
+            EXPECT_LT(testkit::relative_error(chunkwise, recurrent), 1e-10);
+            EXPECT_LT(testkit::relative_error(run_forward(&ops::spatial_decay_attention_chunkwise_forward, chunked32),
+                                              parallel),
+                      1e-4);
+        }
+    }
+}
+
+// The chunkwise backward, adding into random gradients, against the parallel one in f64 (1e-10) and
+// from f32 inputs (1e-4); without decay gradients the rest is unchanged.
+TEST(SpatialDecayChunkwise, BackwardMatchesParallelForEveryChunkSize) {
+    uint64_t stream = 48000;
+    for (const Grid& g : kChunkGrids) {
+        const Inputs in32(g, DType::f32, stream += 20);
+        Inputs in64 = in32.to(DType::f64);
+        const Tensor r32 = testkit::random_normal(in32.v.shape(), DType::f32, stream + 5);
+        const Tensor r64 = r32.to(DType::f64);
+        const Gradients ref = run_backward(kBackwards[0], in64, r64);
+        for (int64_t rows : chunk_sizes(g.height)) {
+            SCOPED_TRACE(describe(g) + fmt::format(" chunk_rows={}", rows));
+            in64.args.chunk_rows = rows;
+            Inputs chunked32 = in32;
+            chunked32.args.chunk_rows = rows;
+            for (const Inputs* in : {&in64, &chunked32}) {
+                const bool f64 = in->q.dtype() == DType::f64;
+                SCOPED_TRACE(f64 ? "f64" : "f32");
+                Accumulated grads(*in, stream + 10);
+                Gradients& a = grads.after;
+                ops::spatial_decay_attention_chunkwise_backward(a.dq, a.dk, a.dv, &a.dlog_decay_row,
+                                                                &a.dlog_decay_col, f64 ? r64 : r32, in->q, in->k,
+                                                                in->v, in->args);
+                expect_gradients_near(grads.added_f64(), ref, f64 ? 1e-10 : 1e-4);
+            }
+            Gradients plain{Tensor::zeros(in64.q.shape(), DType::f64), Tensor::zeros(in64.k.shape(), DType::f64),
+                            Tensor::zeros(in64.v.shape(), DType::f64), Tensor(), Tensor()};
+            ops::spatial_decay_attention_chunkwise_backward(plain.dq, plain.dk, plain.dv, nullptr, nullptr, r64, in64.q,
+                                                            in64.k, in64.v, in64.args);
+            EXPECT_LT(testkit::relative_error(plain.dq, ref.dq), 1e-10);
+            EXPECT_LT(testkit::relative_error(plain.dk, ref.dk), 1e-10);
+            EXPECT_LT(testkit::relative_error(plain.dv, ref.dv), 1e-10);
+        }
+    }
+}
+
+// Central finite differences of loss = dot(o, R) through the chunkwise forward, for every input and both
+// decays, at chunk sizes that split the grid evenly, unevenly and not at all.
+TEST(SpatialDecayChunkwise, GradientsMatchFiniteDifferences) {
+    const std::vector<Grid> grids = {{2, 5, 3, 2, 3, 4}, {1, 4, 4, 1, 4, 2}, {1, 7, 2, 2, 2, 3}};
+    uint64_t stream = 49000;
+    for (const Grid& g : grids)
+        for (int64_t rows : {int64_t(1), int64_t(2), int64_t(3), g.height}) {
+            SCOPED_TRACE(describe(g) + fmt::format(" chunk_rows={}", rows));
+            Inputs in(g, DType::f64, stream += 20);
+            in.args.chunk_rows = rows;
+            const Tensor r = testkit::random_normal(in.v.shape(), DType::f64, stream + 5);
+            auto loss = [&] {
+                return testkit::dot(run_forward(&ops::spatial_decay_attention_chunkwise_forward, in), r);
+            };
+            const Gradients grads = run_backward(&ops::spatial_decay_attention_chunkwise_backward, in, r);
+            EXPECT_LT(testkit::gradient_check(loss, in.q, grads.dq), 1e-6) << "dq";
+            EXPECT_LT(testkit::gradient_check(loss, in.k, grads.dk), 1e-6) << "dk";
+            EXPECT_LT(testkit::gradient_check(loss, in.v, grads.dv), 1e-6) << "dv";
+            EXPECT_LT(testkit::gradient_check(loss, in.args.log_decay_row, grads.dlog_decay_row), 1e-6)
+                << "dlog_decay_row";
+            EXPECT_LT(testkit::gradient_check(loss, in.args.log_decay_col, grads.dlog_decay_col), 1e-6)
+                << "dlog_decay_col";
+        }
+}
+
+// Rates of 1e-6 and 1 − 1e-7 on either axis (one head per combination) over a 64 × 64 grid (T = 4096):
+// the chunkwise forward and backward stay finite and match the recurrent form (f64: 1e-10; f32: 1e-4 of
+// the f64 result); on an 8 × 8 grid they match the parallel form too.
+TEST(SpatialDecayChunkwise, StrongAndWeakDecayStayFiniteAndMatch) {
+    const double strong = std::log(1e-6), weak = std::log1p(-1e-7);
+    uint64_t stream = 50000;
+    for (const int64_t side : {int64_t(8), int64_t(64)}) {
+        const Grid g{1, side, side, 4, 4, 3};
+        Inputs in64(g, DType::f64, stream += 20);
+        in64.args.log_decay_row = Tensor::from_vector({4}, {strong, strong, weak, weak}, DType::f64);
+        in64.args.log_decay_col = Tensor::from_vector({4}, {strong, weak, strong, weak}, DType::f64);
+        const Tensor r64 = testkit::random_normal(in64.v.shape(), DType::f64, stream + 5);
+        const Forward ref_forward = side <= 8 ? kForwards[0] : kForwards[1];
+        const Backward ref_backward = side <= 8 ? kBackwards[0] : kBackwards[1];
+        const Tensor ref = run_forward(ref_forward, in64);
+        const Gradients ref_grads = run_backward(ref_backward, in64, r64);
+        for (int64_t rows : {int64_t(1), int64_t(3), side / 4 + 2}) {
+            SCOPED_TRACE(describe(g) + fmt::format(" chunk_rows={}", rows));
+            in64.args.chunk_rows = rows;
+            const Inputs in32 = in64.to(DType::f32);
+            for (const Inputs* in : {static_cast<const Inputs*>(&in64), &in32}) {
+                const bool f64 = in->q.dtype() == DType::f64;
+                SCOPED_TRACE(f64 ? "f64" : "f32");
+                const double bound = f64 ? 1e-10 : 1e-4;
+                const Tensor o = run_forward(&ops::spatial_decay_attention_chunkwise_forward, *in);
+                const Gradients grads = run_backward(&ops::spatial_decay_attention_chunkwise_backward, *in,
+                                                     f64 ? r64 : r64.to(DType::f32));
+                for (const Tensor* t :
+                     {&o, &grads.dq, &grads.dk, &grads.dv, &grads.dlog_decay_row, &grads.dlog_decay_col})
+                    for (double x : t->to_vector()) ASSERT_TRUE(std::isfinite(x));
+                EXPECT_LT(testkit::relative_error(o.to(DType::f64), ref), bound);
+                const Gradients as_f64{grads.dq.to(DType::f64), grads.dk.to(DType::f64), grads.dv.to(DType::f64),
+                                       grads.dlog_decay_row.to(DType::f64), grads.dlog_decay_col.to(DType::f64)};
+                expect_gradients_near(as_f64, ref_grads, bound);
+            }
+        }
+    }
+}
+
+namespace {
+
 void expect_error(const std::function<void()>& fn, const std::string& needle) {
     try {
         fn();
@@ -362,6 +539,10 @@ TEST(SpatialDecayErrors, BadInputsNameOpAndField) {
                              fwd));
     expect_error([&] { ops::spatial_decay_attention_parallel_forward(o, in.q, in.k, in.v, args); },
                  "spatial_decay_attention_parallel_forward: grid_height, grid_width: the grid of 3 × 5");
+    args = in.args;
+    args.chunk_rows = 0;
+    expect_error([&] { ops::spatial_decay_attention_chunkwise_forward(o, in.q, in.k, in.v, args); },
+                 "spatial_decay_attention_chunkwise_forward: chunk_rows: expected ≥ 1, got 0");
     args = in.args;
     args.grid_height = -3;
     args.grid_width = -4;

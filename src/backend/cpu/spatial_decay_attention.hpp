@@ -36,6 +36,19 @@ void spatial_decay_attention_recurrent_backward(T* dq, T* dk, T* dv, T* dlog_dec
                                                 const T* log_decay_row, const T* log_decay_col, double scale,
                                                 const SpatialDecayDims& dims);
 
+// Chunks of chunk_rows whole grid rows (see the ops header): the masked form inside a chunk, W column
+// states carried from chunk to chunk. Same results as the forms above.
+template <typename T>
+void spatial_decay_attention_chunkwise_forward(T* out, const T* q, const T* k, const T* v, const T* log_decay_row,
+                                               const T* log_decay_col, double scale, const SpatialDecayDims& dims,
+                                               int64_t chunk_rows);
+// dq,dk,dv += ; dlog_decay_row/col [H] += when non-null.
+template <typename T>
+void spatial_decay_attention_chunkwise_backward(T* dq, T* dk, T* dv, T* dlog_decay_row, T* dlog_decay_col,
+                                                const T* dout, const T* q, const T* k, const T* v,
+                                                const T* log_decay_row, const T* log_decay_col, double scale,
+                                                const SpatialDecayDims& dims, int64_t chunk_rows);
+
 // One decode step at raster `position` (dims.batch = dims.seq_len = 1): the recurrent form's column
 // scan advanced by one token. columns [W,H,Dk,Dv], row_scan [H,Dk,Dv], row_keys [W,H,Dk],
 // row_values [W,H,Dv]; q,k [H,Dk], v,out [H,Dv].
