@@ -11,5 +11,6 @@ void add_data_command(CLI::App& app);
 void add_tokenizer_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+void add_search_command(CLI::App& app);
 
 }  // namespace linarch::cli

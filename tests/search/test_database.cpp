@@ -1,0 +1,299 @@
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "search/database.hpp"
+#include "support/process.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+
+namespace {
+
+std::string url_of(const std::filesystem::path& file) { return "sqlite:///" + file.string(); }
+
+std::string error_of(const std::function<void()>& action) {
+    try {
+        action();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    ADD_FAILURE() << "expected an Error";
+    return "";
+}
+
+// Runs `body` in a child process (which opens its own connection) and returns its pid. The child
+// exits 0 when body returns, 1 when it throws, without running the parent's destructors.
+pid_t fork_child(const std::function<void()>& body) {
+    const pid_t pid = ::fork();
+    if (pid != 0) return pid;
+    int code = 0;
+    try {
+        body();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "child %d: %s\n", ::getpid(), e.what());
+        code = 1;
+    }
+    ::_exit(code);
+}
+
+int wait_exit(pid_t pid) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+void sleep_seconds(double seconds) { std::this_thread::sleep_for(std::chrono::duration<double>(seconds)); }
+
+NewTrial trial_with_hash(const std::string& hash, std::vector<int64_t> parents = {}) {
+    return {fmt::format("# spec of {}\n[model]\nd_model = 32\n", hash), hash, std::move(parents)};
+}
+
+}  // namespace
+
+TEST(Database, RecordsATrialsWholeLife) {
+    testkit::TempDir dir;
+    const std::string url = url_of(dir / "search.db");
+    RngStream rng(testkit::test_seed(), 1);
+    const double loss = 1 + rng.uniform(), proxy = rng.normal(), bpb = 1 + rng.uniform();
+
+    auto db = open_database(url);
+    EXPECT_EQ(db->url(), url);
+    const int64_t study = db->open_study("mixers", "base = \"x.toml\"");
+    EXPECT_EQ(db->open_study("mixers", "ignored on resume"), study);
+    EXPECT_EQ(db->study_config(study), "base = \"x.toml\"");
+
+    const EnqueueResult first = db->enqueue(study, trial_with_hash("aaaa"));
+    EXPECT_TRUE(first.inserted);
+    const EnqueueResult duplicate = db->enqueue(study, trial_with_hash("aaaa"));
+    EXPECT_FALSE(duplicate.inserted);
+    EXPECT_EQ(duplicate.trial_id, first.trial_id);
+    const EnqueueResult child = db->enqueue(study, trial_with_hash("bbbb", {first.trial_id}));
+    EXPECT_TRUE(child.inserted);
+    EXPECT_NE(error_of([&] { db->enqueue(study, trial_with_hash("cccc", {child.trial_id + 100})); })
+                  .find("parent trial"),
+              std::string::npos);
+
+    std::optional<Claim> claim = db->claim_next(study, "worker-1", 60);
+    ASSERT_TRUE(claim);
+    EXPECT_EQ(claim->trial.id, first.trial_id);
+    EXPECT_EQ(claim->trial.status, TrialStatus::running);
+    EXPECT_EQ(claim->trial.attempts, 1);
+    EXPECT_EQ(claim->trial.worker, "worker-1");
+    EXPECT_FALSE(claim->trial.host.empty());
+    EXPECT_EQ(claim->trial.spec_toml, trial_with_hash("aaaa").spec_toml);
+    db->report_intermediate(claim->lease, 20, {{"train_loss", loss / 2}});
+    db->report_intermediate(claim->lease, 10, {{"train_loss", loss}});
+    db->record_proxies(first.trial_id, {{"synflow", proxy}});
+    db->complete(claim->lease, {{"val_bpb", bpb}});
+    // A completed trial cannot be completed (or failed) again.
+    EXPECT_NE(error_of([&] { db->fail_trial(claim->lease, "late"); }).find("no longer holds"), std::string::npos);
+
+    // Another connection sees all of it.
+    auto reader = open_database(url);
+    const Trial done = reader->trial(first.trial_id);
+    EXPECT_EQ(done.status, TrialStatus::done);
+    EXPECT_EQ(done.final_metrics.at("val_bpb"), bpb);
+    EXPECT_EQ(done.proxies.at("synflow"), proxy);
+    EXPECT_TRUE(done.finished_at && done.started_at && *done.finished_at >= *done.started_at);
+    EXPECT_FALSE(done.lease_expires_at);
+    const auto curve = reader->intermediate_values(first.trial_id);
+    ASSERT_EQ(curve.size(), 2u);
+    EXPECT_EQ(curve[0].step, 10);
+    EXPECT_EQ(curve[0].metrics.at("train_loss").get<double>(), loss);
+    EXPECT_EQ(reader->trial(child.trial_id).parent_ids, std::vector<int64_t>{first.trial_id});
+
+    std::optional<Claim> second = reader->claim_next(study, "worker-2", 60);
+    ASSERT_TRUE(second);
+    EXPECT_EQ(second->trial.number, 1);
+    reader->fail_trial(second->lease, "diverged: loss is NaN at step 12");
+    EXPECT_FALSE(reader->claim_next(study, "worker-2", 60));
+    const std::vector<Trial> all = db->trials(study);
+    ASSERT_EQ(all.size(), 2u);
+    EXPECT_EQ(all[1].status, TrialStatus::failed);
+    EXPECT_EQ(all[1].error, "diverged: loss is NaN at step 12");
+    const StudyCounts counts = db->counts(study);
+    EXPECT_EQ(counts.done, 1);
+    EXPECT_EQ(counts.failed, 1);
+    EXPECT_EQ(counts.queued + counts.running, 0);
+}
+
+TEST(Database, ConcurrentWorkerProcessesNeverClaimATrialTwice) {
+    testkit::TempDir dir;
+    const std::string url = url_of(dir / "search.db");
+    const int trials = 48, workers = 4;
+    int64_t study = 0;
+    {
+        auto db = open_database(url);
+        study = db->open_study("race", "");
+        RngStream rng(testkit::test_seed(), 2);
+        for (int i = 0; i < trials; ++i) db->enqueue(study, trial_with_hash(fmt::format("{:016x}", rng.next_u64())));
+    }
+    std::vector<pid_t> children;
+    for (int w = 0; w < workers; ++w) {
+        children.push_back(fork_child([&, w] {
+            auto db = open_database(url);
+            std::ofstream claimed(dir / fmt::format("worker-{}.txt", w));
+            while (std::optional<Claim> claim = db->claim_next(study, fmt::format("worker-{}", w), 60)) {
+                claimed << claim->trial.id << "\n" << std::flush;
+                db->complete(claim->lease, {{"worker", double(w)}});
+            }
+        }));
+    }
+    for (pid_t pid : children) EXPECT_EQ(wait_exit(pid), 0);
+
+    auto db = open_database(url);
+    std::set<int64_t> seen;
+    for (int w = 0; w < workers; ++w) {
+        std::ifstream claimed(dir / fmt::format("worker-{}.txt", w));
+        for (int64_t id; claimed >> id;) {
+            EXPECT_TRUE(seen.insert(id).second) << "trial " << id << " claimed twice";
+            EXPECT_EQ(db->trial(id).final_metrics.at("worker"), double(w));
+        }
+    }
+    EXPECT_EQ(seen.size(), size_t(trials));
+    EXPECT_EQ(db->counts(study).done, trials);
+}
+
+TEST(Database, RacingProposersMakeOneTrialPerFunction) {
+    testkit::TempDir dir;
+    const std::string url = url_of(dir / "search.db");
+    const int64_t study = open_database(url)->open_study("dedup", "");
+    const int functions = 24, proposers = 4;
+    RngStream rng(testkit::test_seed(), 4);
+    std::vector<std::string> hashes;
+    for (int i = 0; i < functions; ++i) hashes.push_back(fmt::format("{:016x}", rng.next_u64()));
+    // Each proposer thread (its own connection) enqueues every function, in its own random order.
+    std::vector<std::map<std::string, EnqueueResult>> results(proposers);
+    std::vector<std::thread> threads;
+    for (int p = 0; p < proposers; ++p) {
+        std::vector<std::string> order = hashes;
+        for (size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[rng.below(i + 1)]);
+        threads.emplace_back([&, p, order] {
+            auto db = open_database(url);
+            for (const std::string& hash : order) results[size_t(p)][hash] = db->enqueue(study, trial_with_hash(hash));
+        });
+    }
+    for (std::thread& thread : threads) thread.join();
+    for (const std::string& hash : hashes) {
+        int inserted = 0;
+        for (int p = 0; p < proposers; ++p) {
+            inserted += results[size_t(p)].at(hash).inserted;
+            EXPECT_EQ(results[size_t(p)].at(hash).trial_id, results[0].at(hash).trial_id);
+        }
+        EXPECT_EQ(inserted, 1) << hash;
+    }
+    EXPECT_EQ(open_database(url)->counts(study).queued, functions);
+}
+
+TEST(Database, KilledWorkersTrialIsRequeuedAfterItsLease) {
+    testkit::TempDir dir;
+    const std::string url = url_of(dir / "search.db");
+    const double lease_seconds = 2;
+    int64_t study = 0, trial_id = 0;
+    {
+        auto db = open_database(url);
+        study = db->open_study("kill", "");
+        trial_id = db->enqueue(study, trial_with_hash("dead")).trial_id;
+    }
+    const auto marker = dir / "claimed";
+    const pid_t worker = fork_child([&] {
+        auto db = open_database(url);
+        if (!db->claim_next(study, "doomed", lease_seconds)) throw Error("nothing to claim");
+        testkit::write_text(marker, "claimed");
+        ::pause();  // "training" until SIGKILL
+    });
+    const auto started = std::chrono::steady_clock::now();
+    while (!std::filesystem::exists(marker) && std::chrono::steady_clock::now() - started < std::chrono::seconds(30))
+        sleep_seconds(0.01);
+    ASSERT_TRUE(std::filesystem::exists(marker));
+    ::kill(worker, SIGKILL);
+    EXPECT_EQ(wait_exit(worker), -SIGKILL);
+
+    auto db = open_database(url);
+    // Still leased to the dead worker: nobody else may take it yet.
+    EXPECT_FALSE(db->claim_next(study, "survivor", lease_seconds));
+    EXPECT_EQ(db->trial(trial_id).status, TrialStatus::running);
+    sleep_seconds(lease_seconds + 0.2);
+    std::optional<Claim> retry = db->claim_next(study, "survivor", lease_seconds);
+    ASSERT_TRUE(retry);
+    EXPECT_EQ(retry->trial.id, trial_id);
+    EXPECT_EQ(retry->trial.attempts, 2);
+    EXPECT_EQ(retry->trial.worker, "survivor");
+    // The dead worker's lease (were it only hung) no longer counts.
+    const Lease stale{trial_id, "doomed", 1, 0};
+    const std::string message = error_of([&] { db->complete(stale, {{"val_bpb", 1.0}}); });
+    EXPECT_NE(message.find("worker doomed no longer holds it"), std::string::npos) << message;
+    db->complete(retry->lease, {{"val_bpb", 1.5}});
+    EXPECT_EQ(db->trial(trial_id).status, TrialStatus::done);
+}
+
+TEST(Database, RenewedLeasesHoldAndExhaustedOnesFail) {
+    testkit::TempDir dir;
+    auto db = open_database(url_of(dir / "search.db"));
+    const int64_t study = db->open_study("leases", "");
+    const int64_t held = db->enqueue(study, trial_with_hash("held")).trial_id;
+    const int64_t hung = db->enqueue(study, trial_with_hash("hung")).trial_id;
+
+    std::optional<Claim> holder = db->claim_next(study, "heartbeat", 0.2);
+    ASSERT_TRUE(holder);
+    EXPECT_EQ(holder->trial.id, held);
+    db->renew_lease(holder->lease, 60);
+    // The hung trial: claimed twice, each lease left to expire; with max_attempts = 2 the third
+    // claim gives up on it instead of handing it out again.
+    for (int attempt = 1; attempt <= 2; ++attempt) {
+        sleep_seconds(0.25);
+        std::optional<Claim> claim = db->claim_next(study, fmt::format("hangs-{}", attempt), 0.2, 2);
+        ASSERT_TRUE(claim);
+        EXPECT_EQ(claim->trial.id, hung);  // never the renewed one
+        EXPECT_EQ(claim->trial.attempts, attempt);
+    }
+    sleep_seconds(0.25);
+    EXPECT_FALSE(db->claim_next(study, "next", 0.2, 2));
+    const Trial gave_up = db->trial(hung);
+    EXPECT_EQ(gave_up.status, TrialStatus::failed);
+    EXPECT_NE(gave_up.error.find("lease expired 2 times"), std::string::npos) << gave_up.error;
+    EXPECT_NE(gave_up.error.find("hangs-2"), std::string::npos) << gave_up.error;
+    db->complete(holder->lease, {});
+    EXPECT_EQ(db->trial(held).status, TrialStatus::done);
+}
+
+TEST(Database, BadUrlsAndFilesAreClearErrors) {
+    testkit::TempDir dir;
+    const std::string missing = url_of(dir / "no-such-dir" / "search.db");
+    std::string message = error_of([&] { open_database(missing); });
+    EXPECT_NE(message.find(missing), std::string::npos) << message;
+    EXPECT_NE(message.find("does not exist"), std::string::npos) << message;
+
+    message = error_of([] { open_database("postgresql://localhost/search"); });
+    EXPECT_NE(message.find("postgresql://localhost/search: expected sqlite:///"), std::string::npos) << message;
+    message = error_of([] { open_database("sqlite:///"); });
+    EXPECT_NE(message.find("missing the file"), std::string::npos) << message;
+
+    RngStream rng(testkit::test_seed(), 3);
+    testkit::write_text(dir / "notes.db", fmt::format("not a database {}\n", rng.next_u64()));
+    message = error_of([&] { open_database(url_of(dir / "notes.db")); });
+    EXPECT_NE(message.find(url_of(dir / "notes.db")), std::string::npos) << message;
+    EXPECT_NE(message.find("not a database"), std::string::npos) << message;
+}
+
+TEST(Database, ReadOnlyFileIsAClearError) {
+    if (::geteuid() == 0) GTEST_SKIP() << "root writes to read-only files; run as a user to test this";
+    testkit::TempDir dir;
+    const std::string url = url_of(dir / "search.db");
+    open_database(url)->open_study("s", "");
+    std::filesystem::permissions(dir / "search.db", std::filesystem::perms::owner_read | std::filesystem::perms::group_read);
+    const std::string message = error_of([&] { open_database(url); });
+    EXPECT_NE(message.find(url + ": the database file"), std::string::npos) << message;
+    EXPECT_NE(message.find("is read-only"), std::string::npos) << message;
+}

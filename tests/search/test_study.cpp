@@ -1,0 +1,164 @@
+// The search loop end to end on a tiny model and corpus: the baseline first, random candidates,
+// then evolved ones with their parents; every trial recorded with its metrics; the same call
+// continues a study; failing trials are recorded and the study goes on.
+#include <cmath>
+#include <set>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "core/rng.hpp"
+#include "data/corpus.hpp"
+#include "search/database.hpp"
+#include "search/study.hpp"
+#include "support/process.hpp"
+#include "support/testkit.hpp"
+
+namespace linarch {
+namespace {
+using namespace testkit;
+
+class Study : public ::testing::Test {
+protected:
+    void SetUp() override {
+        RngStream rng(test_seed(), stream_id("study corpus"));
+        std::string text;
+        for (int line = 0; line < 4000; ++line) {
+            for (int w = 0; w < 6; ++w) text += std::string(1 + rng.below(5), char('a' + rng.below(8))) + " ";
+            text += "\n";
+        }
+        write_text(dir / "corpus.txt", text);
+        PrepareOptions prepare;
+        prepare.val_fraction = 0.3;
+        prepare_corpus({(dir / "corpus.txt").string()}, dir / "corpus", prepare);
+        write_base(dir / "corpus");
+        write_text(dir / "space.toml", R"(base = "base.toml"
+[vary]
+model.mixer.decay = ["none", "fixed", "scalar"]
+model.mixer.conv_size = [0, 2]
+model.n_layers = { min = 1, max = 2 }
+)");
+    }
+
+    void write_base(const std::filesystem::path& corpus) const {
+        write_text(dir / "base.toml", fmt::format(R"([model]
+vocab_size = 259
+d_model = 32
+n_layers = 1
+n_heads = 2
+head_dim = 16
+mlp_hidden = 64
+[model.mixer]
+chunk_size = 8
+conv_size = 0
+decay = "fixed"
+[data]
+corpus = "{}"
+seq_len = 16
+batch_size = 2
+[optim]
+lr = 1e-2
+warmup_steps = 1
+[run]
+eval_every = 0
+eval_batches = 1
+checkpoint_every = 0
+log_every = 100
+threads = 1
+)", corpus.string()));
+    }
+
+    SearchOptions options(int64_t trials) const {
+        SearchOptions o;
+        o.space = (dir / "space.toml").string();
+        o.database = "sqlite:///" + (dir / "search.db").string();
+        o.runs_dir = dir / "runs";
+        o.trials = trials;
+        o.steps = 3;
+        o.initial_random = 3;
+        o.population = 4;
+        o.tournament = 2;
+        o.seed = test_seed();
+        return o;
+    }
+
+    TempDir dir;
+};
+
+TEST_F(Study, BaselineRandomThenEvolvedTrialsAllRecordedAndResumable) {
+    int64_t reports = 0;
+    SearchProgress progress = run_search(options(5), [&](const SearchProgress&) { ++reports; });
+    EXPECT_EQ(progress.done, 5);
+    EXPECT_EQ(progress.failed, 0);
+    EXPECT_GE(reports, 5);
+    EXPECT_FALSE(std::isnan(progress.best_fitness));
+
+    auto db = open_database(options(5).database);
+    const int64_t study = db->open_study("space", "");
+    std::vector<Trial> trials = db->trials(study);
+    ASSERT_EQ(trials.size(), 5u);
+    // The baseline is the base spec and scores 0.5 against itself.
+    EXPECT_NE(trials[0].spec_toml.find("decay = \"fixed\""), std::string::npos);
+    EXPECT_DOUBLE_EQ(trials[0].final_metrics.at("fitness"), 0.5);
+    std::set<std::string> hashes;
+    for (const Trial& t : trials) {
+        EXPECT_EQ(t.status, TrialStatus::done) << t.error;
+        EXPECT_GT(t.final_metrics.at("val_bpb"), 0.5);
+        EXPECT_GT(t.final_metrics.at("parameters"), 1000);
+        const double f = t.final_metrics.at("fitness");
+        EXPECT_GT(f, 0.0);
+        EXPECT_LT(f, 1.0);
+        EXPECT_TRUE(hashes.insert(t.functional_hash).second) << "a duplicate function was trained";
+        EXPECT_TRUE(std::filesystem::exists(dir / "runs" / fmt::format("trial-{:05d}", t.number) / "metrics.jsonl"));
+    }
+    // Before initial_random trials: no parents; after: one parent each (mutation).
+    for (size_t i = 0; i < trials.size(); ++i) EXPECT_EQ(trials[i].parent_ids.size(), i < 3 ? 0u : 1u) << i;
+
+    // The same call with a larger budget continues the study where it stopped: the finished trials
+    // are kept as they were, two more are added.
+    const auto before = trials;
+    progress = run_search(options(7));
+    EXPECT_EQ(progress.done, 7);
+    trials = db->trials(study);
+    ASSERT_EQ(trials.size(), 7u);
+    for (size_t i = 0; i < before.size(); ++i) {
+        EXPECT_EQ(trials[i].spec_toml, before[i].spec_toml);
+        EXPECT_EQ(trials[i].final_metrics, before[i].final_metrics);
+    }
+}
+
+TEST_F(Study, FailingTrialsAreRecordedAndTheStudyGoesOn) {
+    write_base(dir / "no-such-corpus");
+    const SearchProgress progress = run_search(options(3));
+    EXPECT_EQ(progress.failed, 3);
+    EXPECT_TRUE(std::isnan(progress.best_fitness));
+    auto db = open_database(options(3).database);
+    for (const Trial& t : db->trials(db->open_study("space", ""))) {
+        EXPECT_EQ(t.status, TrialStatus::failed);
+        EXPECT_NE(t.error.find("no-such-corpus"), std::string::npos) << t.error;
+    }
+}
+
+TEST_F(Study, AnExhaustedSpaceEndsTheSearch) {
+    write_text(dir / "space.toml", "base = \"base.toml\"\n[vary]\nmodel.mixer.decay = [\"none\", \"fixed\"]\n");
+    const SearchProgress progress = run_search(options(5));
+    EXPECT_TRUE(progress.exhausted);
+    EXPECT_EQ(progress.done, 2);  // the two functions the space holds
+    EXPECT_GE(progress.duplicates, 100);
+}
+
+TEST(ImprovementScore, FollowsAsiArchsClampedSigmoid) {
+    EXPECT_DOUBLE_EQ(improvement_score(2.0, 2.0, true), 0.5);
+    // 5% lower bits per byte: half of the ±10% range → σ(3).
+    EXPECT_NEAR(improvement_score(1.9, 2.0, true), 1.0 / (1.0 + std::exp(-3.0)), 1e-12);
+    EXPECT_NEAR(improvement_score(2.1, 2.0, true), 1.0 / (1.0 + std::exp(3.0)), 1e-12);
+    // Beyond ±10% it saturates at σ(±6).
+    EXPECT_NEAR(improvement_score(1.0, 2.0, true), 1.0 / (1.0 + std::exp(-6.0)), 1e-12);
+    EXPECT_NEAR(improvement_score(0.6, 0.5, false), 1.0 / (1.0 + std::exp(-6.0)), 1e-12);
+    // A baseline accuracy of 0: any gain saturates, no division by zero.
+    EXPECT_NEAR(improvement_score(0.1, 0.0, false), 1.0 / (1.0 + std::exp(-6.0)), 1e-12);
+    EXPECT_DOUBLE_EQ(improvement_score(0.0, 0.0, false), 0.5);
+}
+
+}  // namespace
+}  // namespace linarch
