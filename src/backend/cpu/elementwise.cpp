@@ -13,7 +13,8 @@ template <typename T> T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 // softplus(x) = log(1 + e^x), stable for large |x|.
 template <typename T> T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
 // logsigmoid(x) = −softplus(−x), stable on both sides.
-template <typename T> T log_sigmoid(T x) { return x < T(-20) ? x : -std::log1p(std::exp(-x)); }
+// log σ(x) = −log(1 + e^{−x}), written so that neither side overflows or loses relative precision.
+template <typename T> T log_sigmoid(T x) { return x < T(0) ? x - std::log1p(std::exp(x)) : -std::log1p(std::exp(-x)); }
 }  // namespace
 
 // softmax of one row; the maximum is subtracted, so no exp overflows.
