@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <limits>
+#include <mutex>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -54,6 +57,46 @@ double fitness(const Trial& trial, const Trial* baseline) {
     }
     return parts == 0 ? kNaN : sum / parts;
 }
+
+// Renews a running trial's lease every third of its length from a connection of its own, while the
+// trial trains: a worker that dies stops renewing, and its trial is re-queued once the lease runs out.
+class LeaseKeeper {
+public:
+    LeaseKeeper(const std::string& url, const Lease& lease, double lease_seconds)
+        : thread_([this, url, lease, lease_seconds] { keep(url, lease, lease_seconds); }) {}
+    ~LeaseKeeper() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        thread_.join();
+    }
+    LeaseKeeper(const LeaseKeeper&) = delete;
+    LeaseKeeper& operator=(const LeaseKeeper&) = delete;
+
+private:
+    void keep(const std::string& url, Lease lease, double lease_seconds) {
+        std::unique_ptr<ExperimentDatabase> db;
+        std::unique_lock lock(mutex_);
+        const auto period = std::chrono::duration<double>(lease_seconds / 3);
+        while (!wake_.wait_for(lock, period, [&] { return stopping_; })) {
+            try {
+                if (!db) db = open_database(url);
+                db->renew_lease(lease, lease_seconds);
+            } catch (const std::exception&) {
+                // The lease is lost (re-queued after a stall) or the database is unreachable: the
+                // trial's completion will say so; nothing to do here.
+                return;
+            }
+        }
+    }
+
+    std::mutex mutex_;  // guards stopping_
+    std::condition_variable wake_;
+    bool stopping_ = false;
+    std::thread thread_;  // last: starts after the members it uses
+};
 
 class Searcher {
 public:
@@ -144,6 +187,7 @@ private:
     void run_trial(const Claim& claim) {
         const Trial& trial = claim.trial;
         std::map<std::string, double> metrics;
+        const LeaseKeeper keeper(options_.database, claim.lease, options_.lease_seconds);
         try {
             const Spec spec = parse_spec(trial.spec_toml, fmt::format("trial {}", trial.number));
             const auto dir = options_.runs_dir / fmt::format("trial-{:05d}", trial.number);

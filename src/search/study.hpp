@@ -39,7 +39,7 @@ struct SearchOptions {
     uint64_t seed = 1;
     std::string worker = "";           // default: host:pid
     uint64_t worker_index = 0;         // workers of one search draw from streams seed + index
-    double lease_seconds = 3600;
+    double lease_seconds = 300;        // renewed every third of it while a trial runs
 };
 
 struct SearchProgress {
