@@ -120,7 +120,7 @@ void write_position_loss_png(const std::filesystem::path& path, const EvalRun& r
     int64_t train_len = 0;
     for (const Measurement* m : select(run, "extrapolation", "loss")) {
         PlotSeries& s = series[m->multiple];
-        s.label = fmt::format("windows {}x the training length ({} tokens)", m->multiple, m->seq_len);
+        s.label = fmt::format("{}x ({} tokens)", m->multiple, m->seq_len);
         s.x.push_back(double(m->position_end));
         s.y.push_back(m->value);
         if (m->multiple == 1) train_len = m->seq_len;
@@ -129,8 +129,8 @@ void write_position_loss_png(const std::filesystem::path& path, const EvalRun& r
     std::vector<PlotSeries> lines;
     for (auto& [multiple, s] : series) lines.push_back(std::move(s));
     PlotOptions options;
-    options.title = fmt::format("{}: loss by position{}", run.checkpoint,
-                                train_len > 0 ? fmt::format(" (trained at {} tokens)", train_len) : "");
+    options.title = fmt::format("loss by position, step {}{}", run.step,
+                                train_len > 0 ? fmt::format(", trained at {} tokens", train_len) : "");
     options.x_label = "position (end of bucket)";
     options.y_label = "loss (nats/token)";
     options.log2_x = true;
