@@ -65,7 +65,14 @@ void add_search_command(CLI::App& app) {
                        eta);
         };
         if (options->workers == 1) {
-            const SearchProgress p = run_search(search, report);
+            SearchProgress p;
+            try {
+                p = run_search(search, report);
+            } catch (const SearchInterrupted& e) {
+                fmt::print("search interrupted: {}; run the same command again to continue (the trial is "
+                           "re-queued once its {:.0f} s lease runs out)\n", e.what(), search.lease_seconds);
+                return;
+            }
             if (p.exhausted) fmt::print("the space is exhausted: every new proposal was a function already tried\n");
             fmt::print("{} trials finished ({} failed); best: {}\n", p.done + p.failed, p.failed,
                        std::isnan(p.best_fitness) ? std::string("-")
@@ -83,6 +90,9 @@ void add_search_command(CLI::App& app) {
                 search.worker_index = uint64_t(w);
                 try {
                     run_search(search, report);
+                    std::_Exit(0);
+                } catch (const SearchInterrupted& e) {
+                    fmt::print(stderr, "search worker {} interrupted: {}\n", w, e.what());
                     std::_Exit(0);
                 } catch (const std::exception& e) {
                     fmt::print(stderr, "error: search worker {}: {}\n", w, e.what());

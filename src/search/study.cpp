@@ -205,6 +205,8 @@ private:
                 check_synthetic_task(mqar.data);
                 metrics["mqar_accuracy"] = train_resuming(mqar, dir / "mqar").val_accuracy;
             }
+        } catch (const SearchInterrupted&) {
+            throw;  // not the trial's fault: it stays claimed and is re-queued when its lease runs out
         } catch (const std::exception& e) {
             db_->fail_trial(claim.lease, e.what());
             return;
@@ -225,8 +227,9 @@ private:
         options.out_dir = dir;
         options.resume = std::filesystem::exists(dir / "checkpoints" / "latest");
         const TrainResult result = train(spec, options);
-        LINARCH_CHECK(!result.interrupted, "trial interrupted at step {} (resume the search to continue it)",
-                      result.steps_done);
+        if (result.interrupted)
+            throw SearchInterrupted(fmt::format("interrupted at step {} of {} (checkpoint saved)", result.steps_done,
+                                                dir.string()));
         return result;
     }
 

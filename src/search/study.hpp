@@ -21,6 +21,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <stdexcept>
 #include <string>
 
 namespace linarch {
@@ -47,6 +48,13 @@ struct SearchProgress {
     double best_fitness = std::numeric_limits<double>::quiet_NaN();  // NaN when none yet
     std::string best_trial;  // "trial 3 (val_bpb 1.92)"
     bool exhausted = false;  // stopped early: every proposal was a function the study already has
+};
+
+// Thrown by run_search when Ctrl-C stopped a trial's training: its checkpoint is saved and the trial
+// stays claimed; once its lease runs out, the next search run re-queues it and resumes from there.
+class SearchInterrupted : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
 };
 
 // Runs the loop until the study has options.trials finished trials, the time is up or the space is
