@@ -127,6 +127,43 @@ void check_cuda_operand(const char* op, const char* name, const Tensor& t, DType
                   shape_string(t.shape()));
 }
 
+// The shapes the CUDA forward and backward agree on, from q [B,T,H,Dk] and v [B,T,H,Dv].
+struct CudaShapes {
+    int64_t B = 0, T = 0, H = 0, Dk = 0, Dv = 0;
+    const float* log_gate = nullptr;  // [B,T,H] or null
+    Shape state_shape() const { return {B, H, Dk, Dv}; }
+};
+
+// The checks both CUDA directions share: q, k, v bf16 on the GPU; no packed sequences or fixed decay
+// (not implemented there yet); a scalar fp32 gate at most; an fp32 initial state.
+CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor* initial_state, const LinearAttentionArgs& args) {
+    LINARCH_CHECK(q.dtype() == DType::bf16, "{}: q: the CUDA kernels take bf16 q, k, v and their gradients, got {}",
+                  op, dtype_name(q.dtype()));
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    check_cuda_operand(op, "q", q, DType::bf16, q.shape());
+    CudaShapes d;
+    d.B = q.size(0), d.T = q.size(1), d.H = q.size(2), d.Dk = q.size(3);
+    check_cuda_operand(op, "k", k, DType::bf16, q.shape());
+    LINARCH_CHECK(v.defined() && v.dim() == 4 && v.size(3) > 0, "{}: v: expected shape [{}, {}, {}, Dv], got {}", op,
+                  d.B, d.T, d.H, v.defined() ? shape_string(v.shape()) : "undefined");
+    d.Dv = v.size(3);
+    check_cuda_operand(op, "v", v, DType::bf16, {d.B, d.T, d.H, d.Dv});
+    LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
+    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no CUDA implementation yet", op);
+    LINARCH_CHECK(!args.log_decay.defined(), "{}: log_decay: a fixed decay has no CUDA implementation yet", op);
+    if (args.log_gate.defined()) {
+        LINARCH_CHECK(args.log_gate.dim() == 3,
+                      "{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no CUDA implementation yet, got shape {}",
+                      op, shape_string(args.log_gate.shape()));
+        check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {d.B, d.T, d.H});
+        d.log_gate = args.log_gate.data<float>();
+    }
+    if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, d.state_shape());
+    return d;
+}
+
 // The chunkwise forward on CUDA tensors: q, k, v, o bf16; log_gate [B,T,H], initial and final state
 // fp32 (the state is accumulated in fp32 and the gates are summed in fp32, so they stay fp32). The gate
 // values are not checked to be ≤ 0 here: that would copy them to the host on every call. Any chunk_size
@@ -135,38 +172,16 @@ void linear_attention_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, con
                                              const Tensor& v, const Tensor* initial_state,
                                              const LinearAttentionArgs& args) {
     const char* op = "linear_attention_chunkwise_forward";
-    LINARCH_CHECK(q.dtype() == DType::bf16, "{}: q: the CUDA forward takes bf16 q, k, v, o, got {}", op,
-                  dtype_name(q.dtype()));
-    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
-                  op, shape_string(q.shape()));
-    check_cuda_operand(op, "q", q, DType::bf16, q.shape());
-    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
-    check_cuda_operand(op, "k", k, DType::bf16, q.shape());
-    LINARCH_CHECK(v.defined() && v.dim() == 4 && v.size(3) > 0, "{}: v: expected shape [{}, {}, {}, Dv], got {}", op,
-                  B, T, H, v.defined() ? shape_string(v.shape()) : "undefined");
-    const int64_t Dv = v.size(3);
-    check_cuda_operand(op, "v", v, DType::bf16, {B, T, H, Dv});
-    check_cuda_operand(op, "o", o, DType::bf16, {B, T, H, Dv});
-    LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
-    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no CUDA implementation yet", op);
-    LINARCH_CHECK(!args.log_decay.defined(), "{}: log_decay: a fixed decay has no CUDA implementation yet", op);
-    LINARCH_CHECK(cuda::linear_attention_chunkwise_supports(Dk, Dv),
-                  "{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk={}, Dv={}", op, Dk,
-                  Dv);
-    const float* log_gate = nullptr;
-    if (args.log_gate.defined()) {
-        LINARCH_CHECK(args.log_gate.dim() == 3,
-                      "{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no CUDA implementation yet, got shape {}",
-                      op, shape_string(args.log_gate.shape()));
-        check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {B, T, H});
-        log_gate = args.log_gate.data<float>();
-    }
-    const Shape state_shape{B, H, Dk, Dv};
-    if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, state_shape);
-    if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, state_shape);
-    cuda::linear_attention_chunkwise_forward({q.raw_data(), k.raw_data(), v.raw_data(), log_gate,
+    const CudaShapes d = check_cuda_linear_attention(op, q, k, v, initial_state, args);
+    check_cuda_operand(op, "o", o, DType::bf16, {d.B, d.T, d.H, d.Dv});
+    LINARCH_CHECK(cuda::linear_attention_chunkwise_supports(d.Dk, d.Dv),
+                  "{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk={}, Dv={}", op, d.Dk,
+                  d.Dv);
+    if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, d.state_shape());
+    cuda::linear_attention_chunkwise_forward({q.raw_data(), k.raw_data(), v.raw_data(), d.log_gate,
                                               data_or_null<float>(initial_state), o.raw_data(),
-                                              data_or_null<float>(final_state), B, T, H, Dk, Dv, args.scale});
+                                              data_or_null<float>(final_state), d.B, d.T, d.H, d.Dk, d.Dv,
+                                              args.scale});
 }
 
 // The chunkwise backward on CUDA tensors: the forward's operands plus dout, dq, dk, dv (bf16) and the
@@ -176,39 +191,19 @@ void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv
                                               const Tensor& k, const Tensor& v, const Tensor* initial_state,
                                               const LinearAttentionArgs& args, Tensor* dlog_gate) {
     const char* op = "linear_attention_chunkwise_backward";
-    LINARCH_CHECK(q.dtype() == DType::bf16, "{}: q: the CUDA backward takes bf16 q, k, v, dout, dq, dk, dv, got {}",
-                  op, dtype_name(q.dtype()));
-    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
-                  op, shape_string(q.shape()));
-    check_cuda_operand(op, "q", q, DType::bf16, q.shape());
-    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
-    check_cuda_operand(op, "k", k, DType::bf16, q.shape());
-    LINARCH_CHECK(v.defined() && v.dim() == 4 && v.size(3) > 0, "{}: v: expected shape [{}, {}, {}, Dv], got {}", op,
-                  B, T, H, v.defined() ? shape_string(v.shape()) : "undefined");
-    const int64_t Dv = v.size(3);
-    check_cuda_operand(op, "v", v, DType::bf16, {B, T, H, Dv});
+    const CudaShapes d = check_cuda_linear_attention(op, q, k, v, initial_state, args);
+    const int64_t B = d.B, T = d.T, H = d.H, Dk = d.Dk, Dv = d.Dv;
     check_cuda_operand(op, "dout", dout, DType::bf16, {B, T, H, Dv});
     check_cuda_operand(op, "dq", dq, DType::bf16, q.shape());
     check_cuda_operand(op, "dk", dk, DType::bf16, q.shape());
     check_cuda_operand(op, "dv", dv, DType::bf16, {B, T, H, Dv});
-    LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
-    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no CUDA implementation yet", op);
-    LINARCH_CHECK(!args.log_decay.defined(), "{}: log_decay: a fixed decay has no CUDA implementation yet", op);
     LINARCH_CHECK(args.scale != 0, "{}: scale: the CUDA backward needs a non-zero scale", op);
     LINARCH_CHECK(cuda::linear_attention_chunkwise_backward_supports(Dk, Dv),
                   "{}: the CUDA kernel is built for Dk and Dv of 64 or 128, got Dk={}, Dv={}", op, Dk, Dv);
-    const float* log_gate = nullptr;
-    if (args.log_gate.defined()) {
-        LINARCH_CHECK(args.log_gate.dim() == 3,
-                      "{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no CUDA implementation yet, got shape {}",
-                      op, shape_string(args.log_gate.shape()));
-        check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {B, T, H});
-        log_gate = args.log_gate.data<float>();
-    }
-    const Shape state_shape{B, H, Dk, Dv};
-    if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, state_shape);
-    if (present(dfinal_state)) check_cuda_operand(op, "dfinal_state", *dfinal_state, DType::f32, state_shape);
-    if (present(dinitial_state)) check_cuda_operand(op, "dinitial_state", *dinitial_state, DType::f32, state_shape);
+    const float* log_gate = d.log_gate;
+    if (present(dfinal_state)) check_cuda_operand(op, "dfinal_state", *dfinal_state, DType::f32, d.state_shape());
+    if (present(dinitial_state))
+        check_cuda_operand(op, "dinitial_state", *dinitial_state, DType::f32, d.state_shape());
     Tensor gate_scratch;
     if (present(dlog_gate)) {
         LINARCH_CHECK(log_gate != nullptr, "{}: dlog_gate: given, but args.log_gate is not defined", op);

@@ -185,7 +185,7 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
                  fmt::format("{}: log_decay: a fixed decay has no CUDA implementation yet", fwd));
     const Tensor q32 = testkit::random_normal({1, 8, 2, 64}, DType::f32, 7601).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q32, k, v, nullptr, {}); },
-                 fmt::format("{}: q: the CUDA forward takes bf16 q, k, v, o, got F32", fwd));
+                 fmt::format("{}: q: the CUDA kernels take bf16 q, k, v and their gradients, got F32", fwd));
     const Tensor q_small = testkit::random_normal({1, 8, 2, 32}, DType::bf16, 7602).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q_small, q_small, v, nullptr, {}); },
                  fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk=32", fwd));
