@@ -17,33 +17,13 @@
 #include "infer/generate.hpp"
 #include "serve/http_testkit.hpp"
 #include "serve/server.hpp"
+#include "support/models.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
 using namespace linarch::testkit;
 
 namespace {
-
-ModelSpec tiny_spec() {
-    return parse_spec(R"(
-[model]
-vocab_size = 259
-d_model = 32
-n_layers = 2
-n_heads = 2
-head_dim = 16
-mlp_hidden = 64
-init_std = 0.3
-[model.mixer]
-decay = "scalar"
-decay_parameterization = "mamba2"
-chunk_size = 4
-conv_size = 3
-qk_norm = "l2"
-)",
-                      "serve-test")
-        .model;
-}
 
 // The byte tokenizer without an EOS token: generation runs to max_tokens (for the hang-up test).
 class NoEosTokenizer final : public Tokenizer {
@@ -131,7 +111,7 @@ protected:
         return reply.parsed();
     }
 
-    LanguageModel model{tiny_spec()};
+    LanguageModel model{tiny_language_model()};
     std::unique_ptr<Tokenizer> tokenizer = load_tokenizer("byte");
     ServeOptions options;
     std::unique_ptr<Server> server;
@@ -474,7 +454,7 @@ TEST_F(ServerTest, BadInputsAreRefusedAndTheServerKeepsServing) {
 }
 
 TEST(ServerHangUp, AClientThatGoesAwayHasItsSequenceCancelled) {
-    LanguageModel model(tiny_spec());
+    LanguageModel model(tiny_language_model());
     model.initialize(test_seed());
     NoEosTokenizer tokenizer;
     ServeOptions options;
