@@ -69,6 +69,12 @@ struct StudyCounts {
     int64_t queued = 0, running = 0, done = 0, failed = 0;
 };
 
+struct StudyInfo {
+    int64_t id = 0;
+    std::string name;
+    double created_at = 0;  // Unix seconds
+};
+
 struct EnqueueResult {
     int64_t trial_id = 0;
     bool inserted = false;  // false: a trial with the same functional hash existed; trial_id is that one
@@ -85,6 +91,7 @@ public:
     // existing study returns it unchanged, which is what resuming a search does.
     virtual int64_t open_study(const std::string& name, const std::string& config) = 0;
     virtual std::string study_config(int64_t study) = 0;
+    virtual std::vector<StudyInfo> studies() = 0;  // oldest first
 
     // Adds a queued trial, unless the study already has one with the same functional hash (checked
     // atomically: two proposers racing on one function make one trial).
@@ -101,6 +108,10 @@ public:
     // done with its final metrics, or failed with its error: each one transaction.
     virtual void complete(const Lease& lease, const std::map<std::string, double>& final_metrics) = 0;
     virtual void fail_trial(const Lease& lease, const std::string& error) = 0;
+    // Gives a held trial back to the queue at once (a worker stopped by Ctrl-C), so the next claim
+    // resumes it without waiting for the lease to expire; the interrupted attempt does not count
+    // towards max_attempts.
+    virtual void release(const Lease& lease) = 0;
 
     virtual Trial trial(int64_t trial_id) = 0;
     virtual std::vector<Trial> trials(int64_t study) = 0;  // in enqueue order

@@ -189,6 +189,13 @@ public:
         return id;
     }
 
+    std::vector<StudyInfo> studies() override {
+        Statement all(db_, url_, "SELECT id, name, created_at FROM studies ORDER BY id");
+        std::vector<StudyInfo> found;
+        while (all.step()) found.push_back({all.integer(0), all.text(1), all.real(2)});
+        return found;
+    }
+
     std::string study_config(int64_t study) override {
         Statement find(db_, url_, "SELECT config FROM studies WHERE id = ?");
         find.bind(1, study);
@@ -293,6 +300,16 @@ public:
         Transaction transaction(*this);
         check_lease(lease, "fail");
         finish(lease.trial_id, "failed", error);
+        transaction.commit();
+    }
+
+    void release(const Lease& lease) override {
+        Transaction transaction(*this);
+        check_lease(lease, "release");
+        Statement update(db_, url_,
+                         "UPDATE trials SET status = 'queued', lease_expires_at = NULL, attempts = attempts - 1 "
+                         "WHERE id = ?");
+        update.bind(1, lease.trial_id).run();
         transaction.commit();
     }
 

@@ -268,6 +268,34 @@ TEST(Database, RenewedLeasesHoldAndExhaustedOnesFail) {
     EXPECT_EQ(db->trial(held).status, TrialStatus::done);
 }
 
+TEST(Database, ReleasedTrialsAreClaimedAgainAtOnceAndStudiesAreListed) {
+    testkit::TempDir dir;
+    auto db = open_database(url_of(dir / "search.db"));
+    const int64_t first = db->open_study("first", "a");
+    const int64_t second = db->open_study("second", "b");
+    const std::vector<StudyInfo> studies = db->studies();
+    ASSERT_EQ(studies.size(), 2u);
+    EXPECT_EQ(studies[0].id, first);
+    EXPECT_EQ(studies[0].name, "first");
+    EXPECT_EQ(studies[1].id, second);
+    EXPECT_EQ(studies[1].name, "second");
+    EXPECT_GE(studies[1].created_at, studies[0].created_at);
+
+    const int64_t trial_id = db->enqueue(second, trial_with_hash("interrupted")).trial_id;
+    std::optional<Claim> claim = db->claim_next(second, "stopped", 300);
+    ASSERT_TRUE(claim);
+    db->release(claim->lease);
+    EXPECT_EQ(db->trial(trial_id).status, TrialStatus::queued);
+    // The released lease is gone: its holder can neither complete nor release the trial again.
+    EXPECT_NE(error_of([&] { db->complete(claim->lease, {}); }).find("no longer holds it"), std::string::npos);
+    std::optional<Claim> again = db->claim_next(second, "resumer", 300);  // no waiting for the 300 s lease
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->trial.id, trial_id);
+    EXPECT_EQ(again->trial.attempts, 1);  // the interrupted attempt does not count
+    db->complete(again->lease, {{"val_bpb", 2.0}});
+    EXPECT_EQ(db->trial(trial_id).status, TrialStatus::done);
+}
+
 TEST(Database, BadUrlsAndFilesAreClearErrors) {
     testkit::TempDir dir;
     const std::string missing = url_of(dir / "no-such-dir" / "search.db");
