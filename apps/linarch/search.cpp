@@ -27,7 +27,7 @@ void add_search_command(CLI::App& app) {
                                                  "record every trial (resumable: the same command continues)");
     SearchOptions& s = options->search;
     cmd->add_option("--space", s.space, "Search-space file (TOML: a base spec and the keys that vary)")->required();
-    cmd->add_option("--db", s.database, "Experiment database URL: sqlite:///file.db")->required();
+    cmd->add_option("--db", s.database, "Experiment database URL: sqlite:///file.db or postgresql://user@host/db")->required();
     cmd->add_option("--study", s.study, "Study name (default: the space file's name)");
     cmd->add_option("--trials", s.trials, "Stop when the study has this many finished trials")->capture_default_str();
     cmd->add_option("--minutes", s.minutes, "Also stop after this many minutes (0: no limit)")->capture_default_str();
@@ -40,6 +40,19 @@ void add_search_command(CLI::App& app) {
         ->capture_default_str();
     cmd->add_option("--tournament", s.tournament, "Regularised evolution: trials drawn per parent selection")
         ->capture_default_str();
+    cmd->add_option("--min-steps", s.min_steps, "Multi-fidelity: steps of the first successive-halving rung "
+                                                "(rungs min·η^k; 0: every trial runs --steps)")->capture_default_str();
+    cmd->add_option("--reduction-factor", s.reduction_factor, "Successive halving's η: 1/η of the trials go on "
+                                                              "past each rung")->capture_default_str();
+    cmd->add_option("--screen-pool", s.screen_pool, "Zero-cost screening: score this many new candidates per "
+                                                    "proposal and train the best (1: off)")->capture_default_str();
+    cmd->add_option("--screen-proxy", s.screen_proxy, "The proxy that screens: grad_norm, snip, synflow, naswot, "
+                                                      "w_pca, parameters, ...")->capture_default_str();
+    cmd->add_option("--target-parameters", s.target_parameters, "Scale every candidate's d_model to about this "
+                                                                "many parameters (0: as proposed)")->capture_default_str();
+    cmd->add_option("--proposer-command", s.proposer_command, "External proposer: a shell command that reads the "
+                                                              "study as JSON on stdin and writes candidates as JSON "
+                                                              "lines (docs/search.md)");
     cmd->add_option("--runs", options->runs_dir, "Directory of the trials' run directories")->capture_default_str();
     cmd->add_option("--seed", s.seed, "Seed of the proposals")->capture_default_str();
     cmd->add_option("--workers", options->workers, "Worker processes on this machine (each claims trials)")
@@ -57,9 +70,9 @@ void add_search_command(CLI::App& app) {
             const int64_t here = finished - finished_at_start, left = search.trials - finished;
             const std::string eta = here > 0 && left > 0 ? ", ETA " + format_duration(elapsed / double(here) * double(left))
                                                          : "";
-            fmt::print(stderr, "search: {}/{} trials finished ({} failed), {} running, {} queued, {} duplicates "
-                               "skipped; best {}{}\n",
-                       finished, search.trials, p.failed, p.running, p.queued, p.duplicates,
+            fmt::print(stderr, "search: {}/{} trials finished ({} failed, {} pruned), {} running, {} queued, {} "
+                               "duplicates skipped; best {}{}\n",
+                       finished, search.trials, p.failed, p.pruned, p.running, p.queued, p.duplicates,
                        std::isnan(p.best_fitness) ? std::string("-")
                                                   : fmt::format("fitness {:.3f}: {}", p.best_fitness, p.best_trial),
                        eta);
@@ -69,8 +82,8 @@ void add_search_command(CLI::App& app) {
             try {
                 p = run_search(search, report);
             } catch (const SearchInterrupted& e) {
-                fmt::print("search interrupted: {}; run the same command again to continue (the trial is "
-                           "re-queued once its {:.0f} s lease runs out)\n", e.what(), search.lease_seconds);
+                fmt::print("search interrupted: {}; run the same command again to continue (it resumes the "
+                           "trial from its checkpoint)\n", e.what());
                 return;
             }
             if (p.exhausted) fmt::print("the space is exhausted: every new proposal was a function already tried\n");

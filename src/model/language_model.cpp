@@ -113,6 +113,42 @@ void LanguageModel::backward(double loss_scale) {
     Tensor dh = Tensor::zeros({n, d}, dtype_);
     ops::lm_head_cross_entropy_backward(&dh, &embedding_.grad, h_final_, embedding_.value, targets_, logsumexp_,
                                         loss_scale);
+    backward_from_head(dh);
+}
+
+namespace {
+// SynFlow's head: for R = Σ_{n,v} h_n · E_v, ∂R/∂h_n = Σ_v E_v for every row and ∂R/∂E_v = Σ_n h_n
+// for every vocabulary row (added into dE).
+template <typename T>
+void logit_sum_backward(Tensor& dh, Tensor& dembedding, const Tensor& h, const Tensor& embedding) {
+    const int64_t n = h.shape()[0], d = h.shape()[1], V = embedding.shape()[0];
+    std::vector<double> embedding_sum(static_cast<size_t>(d)), row_sum(static_cast<size_t>(d));
+    const T* e = embedding.data<T>();
+    const T* x = h.data<T>();
+    for (int64_t v = 0; v < V; ++v)
+        for (int64_t j = 0; j < d; ++j) embedding_sum[size_t(j)] += double(e[v * d + j]);
+    for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < d; ++j) row_sum[size_t(j)] += double(x[r * d + j]);
+    T* dx = dh.data<T>();
+    T* de = dembedding.data<T>();
+    for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < d; ++j) dx[r * d + j] += T(embedding_sum[size_t(j)]);
+    for (int64_t v = 0; v < V; ++v)
+        for (int64_t j = 0; j < d; ++j) de[v * d + j] += T(row_sum[size_t(j)]);
+}
+}  // namespace
+
+void LanguageModel::backward_logit_sum() {
+    Tensor dh = Tensor::zeros({batch_ * seq_len_, spec_.d_model}, dtype_);
+    if (dtype_ == DType::f64)
+        logit_sum_backward<double>(dh, embedding_.grad, h_final_, embedding_.value);
+    else
+        logit_sum_backward<float>(dh, embedding_.grad, h_final_, embedding_.value);
+    backward_from_head(dh);
+}
+
+void LanguageModel::backward_from_head(const Tensor& dh) {
+    const int64_t n = batch_ * seq_len_, d = spec_.d_model;
     // dx carries ∂loss/∂(residual stream); every branch adds into it.
     Tensor dx = Tensor::zeros({n, d}, dtype_);
     ops::rmsnorm_backward(&dx, &final_norm_.grad, dh, x_final_, final_norm_.value, rstd_final_);

@@ -26,6 +26,15 @@ public:
                    int64_t seq_len);
     // Adds loss_scale · ∂(Σ token losses)/∂θ of the last forward into the parameter gradients.
     void backward(double loss_scale);
+    // Adds ∂(Σ of every logit of the last forward)/∂θ into the parameter gradients: SynFlow's
+    // objective (a training-free proxy, search/zero_cost_proxies.hpp), the network's outputs summed
+    // instead of a loss.
+    void backward_logit_sum();
+    // Activations of the last forward that activation-based proxies read, per layer: the MLP's gate
+    // pre-activations W_gate·h and its hidden activations silu(gate) ⊙ up, both [B·T, mlp_hidden].
+    const Tensor& mlp_gate(size_t layer) const { return blocks_.at(layer).gate; }
+    const Tensor& mlp_hidden(size_t layer) const { return blocks_.at(layer).act; }
+    size_t layer_count() const { return blocks_.size(); }
     // Tokens the last forward counted (targets ≥ 0).
     int64_t counted_tokens() const { return counted_tokens_; }
 
@@ -55,6 +64,8 @@ public:
     double train_flops_per_token() const;
 
 private:
+    // The backward from ∂/∂(final normalised hidden state) [B·T, d] down to the embedding.
+    void backward_from_head(const Tensor& dh);
     // The blocks over G sequences' tokens (G·T rows, T each; T = 1 for step_batch); advances the
     // states and returns the residual stream [G·T, d].
     Tensor run_blocks(std::span<DecodeState* const> states, std::span<const int32_t> tokens) const;

@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <filesystem>
@@ -40,7 +41,8 @@ std::string toml_literal(bool value) { return value ? "true" : "false"; }
 
 namespace {
 
-constexpr std::string_view kValidTopLevel = "valid top-level keys: base (a spec file or an inline [base] spec), [vary]";
+constexpr std::string_view kValidTopLevel =
+    "valid top-level keys: base (a spec file or an inline [base] spec), [vary], [[enqueue]]";
 
 // The literal of a scalar TOML value; empty for arrays, tables and dates (not spec values).
 std::string literal_of(const toml::node& node) {
@@ -184,6 +186,17 @@ private:
     const std::string& base_name_;
 };
 
+// An [[enqueue]] table as dotted key → TOML literal (model.mixer.decay = "vector" nests as tables).
+void flatten_assignment(const toml::table& table, const std::string& path, Assignment& out) {
+    for (auto&& [key, value] : table) {
+        const std::string dotted = path.empty() ? std::string(key.str()) : fmt::format("{}.{}", path, key.str());
+        if (const toml::table* sub = value.as_table())
+            flatten_assignment(*sub, dotted, out);
+        else
+            out[dotted] = literal_of(value);
+    }
+}
+
 }  // namespace
 
 SearchSpace SearchSpace::load(const std::string& path) {
@@ -201,7 +214,7 @@ SearchSpace SearchSpace::parse(const std::string& text, const std::string& sourc
              e.description());
     }
     for (auto&& [key, value] : root)
-        LINARCH_CHECK(key.str() == "base" || key.str() == "vary", "{}: unknown key \"{}\" ({})",
+        LINARCH_CHECK(key.str() == "base" || key.str() == "vary" || key.str() == "enqueue", "{}: unknown key \"{}\" ({})",
                       where(source_name, value), key.str(), kValidTopLevel);
 
     SearchSpace space;
@@ -239,6 +252,31 @@ SearchSpace SearchSpace::parse(const std::string& text, const std::string& sourc
     SpaceReader(source_name, space.base_text_, space.base_name_).read_vary(*vary, "", space.fields_);
     LINARCH_CHECK(!space.fields_.empty(), "{}: [vary] names no spec key: the space would hold only its base",
                   where(source_name, *vary));
+
+    if (const toml::node* enqueue = root.get("enqueue")) {
+        const toml::array* entries = enqueue->as_array();
+        LINARCH_CHECK(entries != nullptr && entries->is_array_of_tables(),
+                      "{}: enqueue: expected [[enqueue]] tables of varying keys, got {}", where(source_name, *enqueue),
+                      literal_of(*enqueue));
+        for (size_t i = 0; i < entries->size(); ++i) {
+            const toml::node& entry = *entries->get(i);
+            Assignment assignment;
+            flatten_assignment(*entry.as_table(), "", assignment);
+            const std::string name = fmt::format("{}: [[enqueue]] number {}", where(source_name, entry), i + 1);
+            LINARCH_CHECK(!assignment.empty(), "{}: names no key", name);
+            for (const auto& [key, literal] : assignment) {
+                const bool varies = std::ranges::any_of(space.fields_, [&](const FieldDomain& f) { return f.key == key; });
+                LINARCH_CHECK(varies, "{}: {} does not vary in [vary]: hand-picked candidates set varying keys only",
+                              name, key);
+            }
+            try {
+                space.realise(assignment);
+            } catch (const Error& e) {
+                fail("{}: the spec rejects it: {}", name, e.what());
+            }
+            space.enqueued_.push_back(std::move(assignment));
+        }
+    }
     return space;
 }
 

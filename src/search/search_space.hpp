@@ -10,6 +10,9 @@
 //   model.n_layers = { min = 2, max = 6 }                       # integers, uniform in [min, max]
 //   optim.lr = { min = 1e-4, max = 1e-2, log = true }           # numbers, uniform (log: in log space)
 //   model.layers.0.decay = ["vector"]                           # per-layer keys: N < base n_layers
+//   [[enqueue]]                  # optional hand-picked candidates (other presets, say), trained right
+//   model.mixer.update = "additive"   # after the baseline (Optuna's enqueue_trial): varying keys only,
+//   model.mixer.decay = "vector"      # the rest as in the base
 // Each key under [vary] is a spec key exactly as --set takes it; each choice (and a range's ends)
 // must be a value that key accepts on its own. Combinations that the spec rejects are allowed in
 // the space (decay = "vector" with update = "delta"); the proposer draws again when it meets one.
@@ -54,6 +57,8 @@ public:
     const std::vector<FieldDomain>& fields() const { return fields_; }
     const FieldDomain& field(const std::string& key) const;
     const Spec& base() const { return base_; }
+    // The [[enqueue]] candidates, in file order; each passed realise() at load.
+    const std::vector<Assignment>& enqueued() const { return enqueued_; }
 
     // The --set overrides of an assignment, in key order.
     static std::vector<std::string> overrides(const Assignment& assignment);
@@ -70,6 +75,7 @@ private:
     std::string base_text_, base_name_;  // the base spec's own TOML, so partial layer tables stay partial
     Spec base_;
     std::vector<FieldDomain> fields_;
+    std::vector<Assignment> enqueued_;
 };
 
 }  // namespace linarch

@@ -15,6 +15,15 @@
 //                  of improvement_score against the baseline trial (below), 0.5 = as good as the
 //                  baseline; absent until the baseline is done. (ASI-Arch adds an LLM judge.)
 // A trial whose training fails (a NaN loss, a bad spec) is recorded as failed and the study goes on.
+//
+// Every enqueued candidate also gets its zero-cost proxies (zero_cost_proxies.hpp) recorded, from the
+// base spec's proxy batch; with screen_pool > 1 each proposal is the best of that many new candidates
+// by the screen_proxy. Trials report learning-curve points (intermediate values: train_loss, val_loss,
+// val_bpb at a quarter, half and three quarters of their steps and at the end). With min_steps > 0 the
+// study is multi-fidelity: trials are validated at the rungs min_steps · η^k (η = reduction_factor)
+// and continue past a rung only while successive halving promotes them (promoted_at_rung); a stopped
+// trial is done with its metrics at that rung, `pruned_at_step`, and no fitness.
+// With proposer_command, evolution's proposals come from that program instead (external_proposer.hpp).
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -23,6 +32,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace linarch {
 
@@ -41,17 +51,24 @@ struct SearchOptions {
     std::string worker = "";           // default: host:pid
     uint64_t worker_index = 0;         // workers of one search draw from streams seed + index
     double lease_seconds = 300;        // renewed every third of it while a trial runs
+    int64_t min_steps = 0;             // multi-fidelity: the first rung's steps (0: every trial runs `steps`)
+    int64_t reduction_factor = 3;      // successive halving's η: a third continue past each rung
+    std::string screen_proxy = "synflow";  // the proxy that screens proposals (screen_pool > 1)
+    int64_t screen_pool = 1;           // candidates scored per proposal; the best is trained (1: no screening)
+    int64_t target_parameters = 0;     // > 0: every candidate's d_model scaled to this many parameters
+    std::string proposer_command;      // external proposer (external_proposer.hpp); empty: built-in evolution
 };
 
 struct SearchProgress {
     int64_t done = 0, failed = 0, running = 0, queued = 0, duplicates = 0;
+    int64_t pruned = 0;  // of the done trials, those successive halving stopped early
     double best_fitness = std::numeric_limits<double>::quiet_NaN();  // NaN when none yet
     std::string best_trial;  // "trial 3 (val_bpb 1.92)"
     bool exhausted = false;  // stopped early: every proposal was a function the study already has
 };
 
 // Thrown by run_search when Ctrl-C stopped a trial's training: its checkpoint is saved and the trial
-// stays claimed; once its lease runs out, the next search run re-queues it and resumes from there.
+// is released back to the queue, so the next search run resumes it from there.
 class SearchInterrupted : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
@@ -66,5 +83,13 @@ SearchProgress run_search(const SearchOptions& options,
 // the baseline relative to 10% of it, positive when better, clamped to [−1, 1], then σ(6 · that).
 // 0.5: as good as the baseline; only the range ±10% matters.
 double improvement_score(double value, double baseline, bool lower_is_better);
+
+// Successive halving's promotion rule as ASHA applies it asynchronously (Li et al., "A System for
+// Massively Parallel Hyperparameter Tuning", arXiv 1810.05934; Optuna's SuccessiveHalvingPruner):
+// a trial reaching a rung goes on when its value (lower is better) is among the best ⌊n/η⌋, at least
+// one, of the n values recorded at that rung so far, its own included. NaN is never promoted.
+bool promoted_at_rung(double value, std::vector<double> rung_values, int64_t reduction_factor);
+// The rungs below `steps`: min_steps · η^k.
+std::vector<int64_t> rung_steps(int64_t min_steps, int64_t reduction_factor, int64_t steps);
 
 }  // namespace linarch

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -208,6 +209,10 @@ nlohmann::json validation_record(int64_t step, const Validation& v) {
     return record;
 }
 
+ValidationPoint validation_point(int64_t step, double train_loss, const Validation& v) {
+    return {step, train_loss, v.loss, v.bits_per_byte, v.accuracy};
+}
+
 std::string validation_text(const Validation& v) {
     std::string text = fmt::format("val_loss {:.4f}", v.loss);
     if (!std::isnan(v.bits_per_byte)) text += fmt::format(", val_bpb {:.4f}", v.bits_per_byte);
@@ -246,6 +251,14 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
     auto save = [&] {
         result.checkpoint = save_checkpoint(options.out_dir, spec, model, optimizer, state);
     };
+    double training_seconds = 0;
+    int64_t steps_here = 0;
+    auto record = [&](const Validation& validation) {
+        result.val_loss = validation.loss;
+        result.val_bpb = validation.bits_per_byte;
+        result.val_accuracy = validation.accuracy;
+        result.tokens_per_second = steps_here > 0 ? double(steps_here * tokens_per_step) / training_seconds : 0;
+    };
     while (state.step < spec.run.steps) {
         const auto start = std::chrono::steady_clock::now();
         model.parameters().zero_grad();
@@ -274,16 +287,27 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
         state.tokens_seen += tokens_per_step;
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         const double tokens_per_second = double(tokens_per_step) / seconds;
+        training_seconds += seconds;
+        ++steps_here;
         metrics.write({{"step", state.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
                        {"tokens_per_s", tokens_per_second}, {"tokens", state.tokens_seen}});
         progress.update(state.step - 1, loss, tokens_per_second);
         result.train_loss = loss;
 
         const bool last = state.step == spec.run.steps;
-        if (!last && spec.run.eval_every > 0 && state.step % spec.run.eval_every == 0) {
+        const bool scheduled = spec.run.eval_every > 0 && state.step % spec.run.eval_every == 0;
+        if (!last && (scheduled || std::ranges::find(options.validate_at, state.step) != options.validate_at.end())) {
             const Validation validation = data->validate(model);
             metrics.write(validation_record(state.step, validation));
             progress.message(fmt::format("step {}: {}", state.step, validation_text(validation)));
+            if (options.on_validation && !options.on_validation(validation_point(state.step, loss, validation))) {
+                save();
+                progress.finish();
+                record(validation);
+                result.stopped_early = true;
+                result.steps_done = state.step;
+                return result;
+            }
         }
         if (interrupt_requested) {
             save();
@@ -296,11 +320,10 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
     }
     progress.finish();
     const Validation validation = data->validate(model);
-    result.val_loss = validation.loss;
-    result.val_bpb = validation.bits_per_byte;
-    result.val_accuracy = validation.accuracy;
+    record(validation);
     state.best_val_loss = result.val_loss;
     metrics.write(validation_record(state.step, validation));
+    if (options.on_validation) options.on_validation(validation_point(state.step, result.train_loss, validation));
     save();
     result.steps_done = state.step;
     return result;

@@ -4,14 +4,30 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <vector>
 
 #include "core/spec.hpp"
 
 namespace linarch {
 
+// One validation of a run, as on_validation sees it.
+struct ValidationPoint {
+    int64_t step = 0;
+    double train_loss = 0;    // the last step's loss
+    double val_loss = 0;      // nats per token
+    double val_bpb = 0;       // NaN on a synthetic task
+    double val_accuracy = 0;  // NaN on a corpus
+};
+
 struct TrainOptions {
     std::filesystem::path out_dir = "runs/default";
     bool resume = false;
+    // Validate at these steps too, besides every run.eval_every steps and at the end.
+    std::vector<int64_t> validate_at;
+    // Called after every validation, the last included; returning false stops the run there with a
+    // checkpoint saved (TrainResult::stopped_early): how a search prunes a hopeless trial.
+    std::function<bool(const ValidationPoint&)> on_validation;
 };
 
 struct TrainResult {
@@ -24,6 +40,8 @@ struct TrainResult {
     double val_bpb = 0;
     double val_accuracy = 0;    // synthetic tasks: accuracy at the answer positions; NaN on a corpus
     bool interrupted = false;   // stopped by SIGINT (a checkpoint was saved)
+    bool stopped_early = false; // on_validation returned false at steps_done
+    double tokens_per_second = 0;  // training tokens over the time of this run's optimiser steps
     std::filesystem::path checkpoint;
 };
 

@@ -185,6 +185,31 @@ TEST_P(ModelVariants, Float64GradientsMatchFiniteDifferences) {
     for (Parameter& p : params.all()) EXPECT_LT(gradient_check(loss, p.value, p.grad, 24, 1e-6), 1e-4) << p.name;
 }
 
+// SynFlow's objective: the sum of every logit, here summed from the decode path's logits so the
+// check also ties backward_logit_sum to what the model outputs.
+TEST_P(ModelVariants, LogitSumGradientsMatchFiniteDifferences) {
+    LanguageModel model(spec(), DType::f64);
+    model.initialize(test_seed() + 5);
+    const int64_t batch = 2, seq_len = length(7), vocab = spec().vocab_size;
+    const auto tokens = random_ids(batch * seq_len, 256, 35), targets = random_ids(batch * seq_len, 256, 36);
+    auto& params = model.parameters();
+    params.zero_grad();
+    model.forward(tokens, targets, batch, seq_len);
+    model.backward_logit_sum();
+    const auto logit_sum = [&] {
+        double sum = 0;
+        for (int64_t row = 0; row < batch; ++row) {
+            auto state = model.new_decode_state();
+            Tensor logits = Tensor::empty({seq_len, vocab}, DType::f64);
+            model.step(state, std::span(tokens).subspan(size_t(row * seq_len), size_t(seq_len)), logits);
+            for (double value : logits.to_vector()) sum += value;
+        }
+        return sum;
+    };
+    for (Parameter& p : params.all())
+        EXPECT_LT(gradient_check(logit_sum, p.value, p.grad, 16, 1e-6), 1e-4) << p.name;
+}
+
 TEST_P(ModelVariants, Float32GradientsMatchFloat64) {
     const int64_t batch = 2, seq_len = length(11);
     const auto tokens = random_ids(batch * seq_len, 256, 33), targets = random_ids(batch * seq_len, 256, 34);

@@ -171,6 +171,40 @@ TEST(SearchSpace, RejectsBadSpacesNamingFileFieldAndExpectation) {
     }
 }
 
+TEST(SearchSpace, HandPickedCandidatesAreReadCheckedAndRealised) {
+    const SearchSpace space = space_from(R"(model.mixer.update = ["additive", "delta"]
+model.mixer.decay = ["none", "scalar", "vector"]
+model.mixer.decay_parameterization = ["mamba2", "logsigmoid"]
+model.n_layers = { min = 1, max = 3 }
+[[enqueue]]
+model.mixer.update = "additive"
+model.mixer.decay = "scalar"
+[[enqueue]]
+model.mixer = { update = "additive", decay = "vector", decay_parameterization = "logsigmoid" }
+model.n_layers = 3
+)");
+    ASSERT_EQ(space.enqueued().size(), 2u);
+    EXPECT_EQ(space.enqueued()[0], (Assignment{{"model.mixer.decay", "\"scalar\""}, {"model.mixer.update", "\"additive\""}}));
+    const Spec second = space.realise(space.enqueued()[1]);
+    EXPECT_EQ(second.model.mixer.decay, "vector");
+    EXPECT_EQ(second.model.n_layers, 3);
+    EXPECT_EQ(second.model.mixer.qk_norm, "l2");  // the rest as in the base
+
+    const std::string vary = "model.mixer.update = [\"additive\", \"delta\"]\nmodel.mixer.decay = [\"none\", \"vector\"]\n";
+    std::string message = error_of([&] { space_from(vary + "[[enqueue]]\nmodel.d_model = 64\n"); });
+    EXPECT_NE(message.find("[[enqueue]] number 1"), std::string::npos) << message;
+    EXPECT_NE(message.find("model.d_model does not vary"), std::string::npos) << message;
+    message = error_of([&] {
+        space_from(vary + "[[enqueue]]\nmodel.mixer.decay = \"scalar\"\n[[enqueue]]\nmodel.mixer.decay = \"vector\"\n");
+    });
+    EXPECT_NE(message.find("[[enqueue]] number 2"), std::string::npos) << message;  // vector decay: not with mamba2
+    EXPECT_NE(message.find("the spec rejects it"), std::string::npos) << message;
+    message = error_of([&] {
+        SearchSpace::parse("enqueue = 3\n" + std::string(kInlineBase) + "[vary]\n" + vary, "space.toml", "");
+    });
+    EXPECT_NE(message.find("expected [[enqueue]] tables"), std::string::npos) << message;
+}
+
 TEST(SearchSpace, ResolvesTheBaseFileRelativeToTheSpaceFile) {
     testkit::TempDir dir;
     std::filesystem::create_directories(dir / "presets");

@@ -147,6 +147,124 @@ TEST_F(Study, AnExhaustedSpaceEndsTheSearch) {
     EXPECT_GE(progress.duplicates, 100);
 }
 
+TEST_F(Study, MultiFidelityPrunesHopelessTrialsAndRecordsCurvesAndProxies) {
+    SearchOptions o = options(7);
+    o.steps = 9;
+    o.min_steps = 1;  // rungs at steps 1 and 3
+    o.reduction_factor = 3;
+    const SearchProgress progress = run_search(o);
+    EXPECT_EQ(progress.done + progress.failed, 7);
+    EXPECT_GE(progress.pruned, 1);
+
+    auto db = open_database(o.database);
+    const std::vector<Trial> trials = db->trials(db->open_study("space", ""));
+    int64_t pruned = 0;
+    for (const Trial& t : trials) {
+        ASSERT_EQ(t.status, TrialStatus::done) << t.error;
+        // Every trial was scored at initialisation.
+        for (const char* proxy : {"grad_norm", "snip", "synflow", "naswot", "w_pca", "parameters"})
+            EXPECT_TRUE(t.proxies.contains(proxy) && std::isfinite(t.proxies.at(proxy))) << t.number << " " << proxy;
+        std::vector<int64_t> steps;
+        for (const IntermediateValue& v : db->intermediate_values(t.id)) {
+            steps.push_back(v.step);
+            EXPECT_TRUE(v.metrics.contains("train_loss") && v.metrics.contains("val_bpb")) << v.metrics.dump();
+        }
+        ASSERT_FALSE(steps.empty()) << t.number;
+        EXPECT_EQ(steps.front(), 1);  // the first rung
+        if (t.final_metrics.contains("pruned_at_step")) {
+            ++pruned;
+            const double at = t.final_metrics.at("pruned_at_step");
+            EXPECT_TRUE(at == 1 || at == 3) << at;
+            EXPECT_EQ(steps.back(), int64_t(at));
+            EXPECT_FALSE(t.final_metrics.contains("fitness"));
+            // Stopped because at least one trial before it did better at that rung.
+            bool beaten = false;
+            for (const Trial& other : trials) {
+                if (other.id >= t.id) break;
+                for (const IntermediateValue& v : db->intermediate_values(other.id))
+                    beaten |= v.step == int64_t(at) && v.metrics["val_bpb"].get<double>() <
+                                                           t.final_metrics.at("val_bpb");
+            }
+            EXPECT_TRUE(beaten) << t.number;
+        } else {
+            EXPECT_EQ(steps.back(), 9);
+            EXPECT_TRUE(t.final_metrics.contains("fitness")) << t.number;
+            EXPECT_GT(t.final_metrics.at("train_tokens_per_second"), 0);
+        }
+    }
+    EXPECT_EQ(pruned, progress.pruned);
+    EXPECT_FALSE(trials[0].final_metrics.contains("pruned_at_step"));  // the first at every rung goes on
+}
+
+TEST_F(Study, AnExternalProposerDrivesEvolution) {
+    // Reads the study on stdin, keeps it, and proposes the next of a list of assignments (one bad line
+    // first, which is skipped with its reason).
+    write_text(dir / "proposer.sh", fmt::format(R"(#!/bin/sh
+cat > {0}/input.json
+n=$(cat {0}/count 2>/dev/null || echo 0)
+echo $((n + 1)) > {0}/count
+echo '{{"assignment": {{"model.mixer.decay": "laplace"}}}}'
+case $n in
+  0) echo '{{"assignment": {{"model.mixer.decay": "scalar", "model.n_layers": 3, "model.mixer.conv_size": 2}}, "parents": [0]}}' ;;
+  1) echo '{{"assignment": {{"model.mixer.decay": "none", "model.n_layers": 3, "model.mixer.conv_size": 2}}, "parents": [0, 1]}}' ;;
+  *) echo '{{"assignment": {{"model.mixer.decay": "fixed", "model.n_layers": 3, "model.mixer.conv_size": '$n'}}}}' ;;
+esac
+)", dir.path().string()));
+    SearchOptions o = options(5);
+    o.proposer_command = "sh " + (dir / "proposer.sh").string();
+    const SearchProgress progress = run_search(o);
+    EXPECT_EQ(progress.done, 5);
+
+    const nlohmann::json input = nlohmann::json::parse(read_text(dir / "input.json"));
+    EXPECT_EQ(input["study"], "space");
+    EXPECT_EQ(input["fields"].size(), 3u);
+    ASSERT_GE(input["trials"].size(), 3u);
+    EXPECT_EQ(input["trials"][0]["number"], 0);
+    EXPECT_TRUE(input["trials"][0]["metrics"].contains("val_bpb"));
+    EXPECT_TRUE(input["trials"][0]["proxies"].contains("synflow"));
+    EXPECT_EQ(input["trials"][0]["assignment"]["model.mixer.decay"], "fixed");
+
+    auto db = open_database(o.database);
+    const std::vector<Trial> trials = db->trials(db->open_study("space", ""));
+    ASSERT_EQ(trials.size(), 5u);
+    // Trials 3 and 4 came from the proposer: three layers (random draws have one or two), in its order,
+    // with the parents it named.
+    EXPECT_NE(trials[3].spec_toml.find("n_layers = 3"), std::string::npos) << trials[3].spec_toml;
+    EXPECT_NE(trials[4].spec_toml.find("n_layers = 3"), std::string::npos) << trials[4].spec_toml;
+    EXPECT_NE(trials[3].spec_toml.find("decay = \"scalar\""), std::string::npos) << trials[3].spec_toml;
+    EXPECT_EQ(trials[3].parent_ids, std::vector<int64_t>{trials[0].id});
+    EXPECT_EQ(trials[4].parent_ids, (std::vector<int64_t>{trials[0].id, trials[1].id}));
+
+    // A proposer that fails stops the search with its output quoted.
+    write_text(dir / "broken.sh", "echo 'out of tokens' && exit 3\n");
+    o.trials = 6;
+    o.proposer_command = "sh " + (dir / "broken.sh").string();
+    try {
+        run_search(o);
+        ADD_FAILURE() << "a failing proposer was not reported";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("exit status 3"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("out of tokens"), std::string::npos) << e.what();
+    }
+}
+
+TEST(SuccessiveHalving, PromotesTheBestFractionOfEachRung) {
+    // The first trial at a rung always goes on; later ones while within the best ⌊n/η⌋ (at least 1).
+    EXPECT_TRUE(promoted_at_rung(2.0, {2.0}, 3));
+    EXPECT_FALSE(promoted_at_rung(2.0, {1.0, 2.0}, 3));
+    EXPECT_TRUE(promoted_at_rung(1.0, {1.0, 2.0}, 3));
+    // n = 6, η = 3: the best two go on.
+    EXPECT_TRUE(promoted_at_rung(1.5, {1.0, 1.5, 2.0, 2.5, 3.0, 3.5}, 3));
+    EXPECT_FALSE(promoted_at_rung(2.0, {1.0, 1.5, 2.0, 2.5, 3.0, 3.5}, 3));
+    EXPECT_TRUE(promoted_at_rung(2.0, {1.0, 1.5, 2.0, 2.5, 3.0, 3.5}, 2));
+    EXPECT_FALSE(promoted_at_rung(std::nan(""), {1.0}, 3));
+    EXPECT_TRUE(promoted_at_rung(1.0, {std::nan(""), 1.0}, 3));
+
+    EXPECT_EQ(rung_steps(0, 3, 100), std::vector<int64_t>{});
+    EXPECT_EQ(rung_steps(4, 3, 100), (std::vector<int64_t>{4, 12, 36}));
+    EXPECT_EQ(rung_steps(10, 2, 40), (std::vector<int64_t>{10, 20}));
+}
+
 TEST(ImprovementScore, FollowsAsiArchsClampedSigmoid) {
     EXPECT_DOUBLE_EQ(improvement_score(2.0, 2.0, true), 0.5);
     // 5% lower bits per byte: half of the ±10% range → σ(3).
