@@ -12,5 +12,6 @@ void add_tokenizer_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_search_command(CLI::App& app);
+void add_report_command(CLI::App& app);
 
 }  // namespace linarch::cli

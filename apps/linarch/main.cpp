@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
     linarch::cli::add_data_command(app);
     linarch::cli::add_eval_command(app);
     linarch::cli::add_search_command(app);
+    linarch::cli::add_report_command(app);
     linarch::cli::add_tokenizer_command(app);
     linarch::cli::add_serve_command(app);
     try {

@@ -11,10 +11,30 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "search/database.hpp"
+#include "search/report.hpp"
 #include "search/study.hpp"
 #include "train/progress.hpp"
 
 namespace linarch::cli {
+
+namespace {
+// How well each zero-cost proxy ranked the trials trained so far (the report's numbers).
+void print_proxy_correlations(const SearchOptions& search) {
+    auto db = open_database(search.database);
+    const nlohmann::json proxies = build_study_report(*db, find_study(*db, study_name(search))).summary["proxies"];
+    if (proxies.empty()) return;
+    const auto cell = [](const nlohmann::json& row, const std::string& key) {
+        return row.contains(key) && row[key].is_number() ? fmt::format("{:+.3f}", row[key].get<double>())
+                                                           : std::string("-");
+    };
+    fmt::print("zero-cost proxies vs trained results (Kendall tau; a good proxy: -1 against val_bpb, +1 against "
+               "MQAR accuracy):\n  {:<26} {:>9} {:>14} {:>4}\n", "proxy", "val_bpb", "mqar_accuracy", "n");
+    for (const nlohmann::json& row : proxies)
+        fmt::print("  {:<26} {:>9} {:>14} {:>4}\n", row["proxy"].get<std::string>(), cell(row, "kendall_tau_val_bpb"),
+                   cell(row, "kendall_tau_mqar_accuracy"), row.value("n_val_bpb", 0));
+}
+}  // namespace
 
 void add_search_command(CLI::App& app) {
     struct Options {
@@ -87,9 +107,10 @@ void add_search_command(CLI::App& app) {
                 return;
             }
             if (p.exhausted) fmt::print("the space is exhausted: every new proposal was a function already tried\n");
-            fmt::print("{} trials finished ({} failed); best: {}\n", p.done + p.failed, p.failed,
+            fmt::print("{} trials finished ({} failed, {} pruned); best: {}\n", p.done + p.failed, p.failed, p.pruned,
                        std::isnan(p.best_fitness) ? std::string("-")
                                                   : fmt::format("{} fitness {:.3f}", p.best_trial, p.best_fitness));
+            print_proxy_correlations(search);
             return;
         }
         // Worker processes, each with its own database connection, coordinating through the database.
@@ -122,6 +143,7 @@ void add_search_command(CLI::App& app) {
         }
         LINARCH_CHECK(failures == 0, "search: {} of {} workers failed (their messages are above)", failures,
                       options->workers);
+        print_proxy_correlations(search);
     });
 }
 

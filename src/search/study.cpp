@@ -122,8 +122,7 @@ public:
         LINARCH_CHECK(options.screen_pool >= 1, "search: --screen-pool must be ≥ 1, got {}", options.screen_pool);
         LINARCH_CHECK(options.target_parameters >= 0, "search: --target-parameters must be ≥ 0, got {}",
                       options.target_parameters);
-        const std::string name =
-            options.study.empty() ? std::filesystem::path(options.space).stem().string() : options.study;
+        const std::string name = study_name(options);
         study_name_ = name;
         study_ = db_->open_study(name, read_file(options.space, "search space"));
         if (options.screen_pool > 1) {
@@ -414,6 +413,10 @@ double improvement_score(double value, double baseline, bool lower_is_better) {
     const double change = lower_is_better ? baseline - value : value - baseline;
     const double relative = std::clamp(change / std::max(0.1 * std::abs(baseline), 1e-12), -1.0, 1.0);
     return 1.0 / (1.0 + std::exp(-6.0 * relative));
+}
+
+std::string study_name(const SearchOptions& options) {
+    return options.study.empty() ? std::filesystem::path(options.space).stem().string() : options.study;
 }
 
 bool promoted_at_rung(double value, std::vector<double> rung_values, int64_t reduction_factor) {

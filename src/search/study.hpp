@@ -74,6 +74,9 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// The study a search records into: options.study, or the space file's stem.
+std::string study_name(const SearchOptions& options);
+
 // Runs the loop until the study has options.trials finished trials, the time is up or the space is
 // exhausted; `on_progress` is called after each round. Returns the final counts.
 SearchProgress run_search(const SearchOptions& options,
