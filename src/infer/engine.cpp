@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "core/error.hpp"
+#include "ops/dense.hpp"
+#include "ops/fused_sampling.hpp"
 
 namespace linarch {
 
@@ -37,11 +39,18 @@ void Engine::cancel(int64_t request) {
 }
 
 TokenEvent Engine::emit(Sequence& s, std::span<float> logits) {
+    penalize_logits(logits, s.generated, s.request.sampling);
+    const int32_t token = sample_token(logits, s.request.sampling, s.rng);
+    std::optional<TokenLogprobs> logprobs;
+    if (s.request.top_logprobs >= 0) logprobs = token_logprobs(logits, token, s.request.top_logprobs);
+    return record(s, token, std::move(logprobs));
+}
+
+TokenEvent Engine::record(Sequence& s, int32_t token, std::optional<TokenLogprobs> logprobs) {
     TokenEvent event;
     event.request = s.id;
-    penalize_logits(logits, s.generated, s.request.sampling);
-    event.token = sample_token(logits, s.request.sampling, s.rng);
-    if (s.request.top_logprobs >= 0) event.logprobs = token_logprobs(logits, event.token, s.request.top_logprobs);
+    event.token = token;
+    event.logprobs = std::move(logprobs);
     s.generated.push_back(event.token);
     if (tokenizer_) {
         // Decoding the whole suffix keeps multi-token characters whole; the event gets the new text.
@@ -60,6 +69,60 @@ TokenEvent Engine::emit(Sequence& s, std::span<float> logits) {
     return event;
 }
 
+namespace {
+// Rows `rows` of hidden [n, d] as a [rows, d] tensor.
+Tensor gather_rows(const Tensor& hidden, const std::vector<size_t>& rows) {
+    Tensor out = Tensor::empty({int64_t(rows.size()), hidden.size(1)}, hidden.dtype());
+    for (size_t i = 0; i < rows.size(); ++i) out.narrow(0, int64_t(i), 1).copy_from(hidden.narrow(0, int64_t(rows[i]), 1));
+    return out;
+}
+}  // namespace
+
+std::vector<TokenEvent> Engine::draw_active(const Tensor& hidden) {
+    const int64_t vocab = model_.spec().vocab_size;
+    const Tensor& weight = model_.lm_head_weight();
+    const size_t n = active_.size();
+    std::vector<int32_t> tokens(n);
+    std::vector<std::optional<TokenLogprobs>> logprobs(n);
+    // Sequences whose penalties or top-n logprobs need the whole row: their logits, one GEMM.
+    std::vector<size_t> plain;
+    // The others, grouped by sampling options (one fused call per group).
+    std::vector<std::pair<SamplingOptions, std::vector<size_t>>> fused;
+    for (size_t b = 0; b < n; ++b) {
+        const GenerationRequest& request = active_[b].request;
+        if (request.sampling.penalized() || request.top_logprobs > 0) {
+            plain.push_back(b);
+            continue;
+        }
+        auto group = std::ranges::find_if(fused, [&](const auto& g) { return g.first == request.sampling; });
+        if (group == fused.end()) group = fused.insert(fused.end(), {request.sampling, {}});
+        group->second.push_back(b);
+    }
+    std::vector<TokenEvent> events(n);
+    if (!plain.empty()) {
+        Tensor logits = Tensor::empty({int64_t(plain.size()), vocab}, hidden.dtype());
+        ops::lm_head_logits(logits, gather_rows(hidden, plain), weight);
+        Tensor rows = logits.to(DType::f32);
+        for (size_t i = 0; i < plain.size(); ++i)
+            events[plain[i]] = emit(active_[plain[i]], std::span(rows.data<float>() + int64_t(i) * vocab, size_t(vocab)));
+    }
+    for (const auto& [options, members] : fused) {
+        std::vector<RngStream> rngs;
+        for (size_t b : members) rngs.push_back(active_[b].rng);
+        std::vector<int32_t> drawn(members.size());
+        Tensor chosen_logprobs = Tensor::empty({int64_t(members.size())}, hidden.dtype());
+        ops::lm_head_sample(drawn, &chosen_logprobs, gather_rows(hidden, members), weight, options, rngs);
+        for (size_t i = 0; i < members.size(); ++i) {
+            Sequence& s = active_[members[i]];
+            s.rng = rngs[i];
+            std::optional<TokenLogprobs> logprob;
+            if (s.request.top_logprobs == 0) logprob = TokenLogprobs{chosen_logprobs.flat(int64_t(i)), {}};
+            events[members[i]] = record(s, drawn[i], std::move(logprob));
+        }
+    }
+    return events;
+}
+
 std::vector<TokenEvent> Engine::step() {
     std::vector<TokenEvent> events;
     const int64_t vocab = model_.spec().vocab_size;
@@ -72,11 +135,9 @@ std::vector<TokenEvent> Engine::step() {
             states.push_back(&s.state);
             tokens.push_back(s.generated.back());
         }
-        Tensor logits = Tensor::empty({n, vocab}, model_.parameters().dtype());
-        model_.step_batch(states, tokens, logits);
-        Tensor row_logits = logits.to(DType::f32);
-        for (int64_t b = 0; b < n; ++b)
-            events.push_back(emit(active_[size_t(b)], std::span(row_logits.data<float>() + b * vocab, size_t(vocab))));
+        Tensor hidden = Tensor::empty({n, model_.spec().d_model}, model_.parameters().dtype());
+        model_.step_batch_hidden(states, tokens, hidden);
+        events = draw_active(hidden);
     }
     // Admit waiting requests: prefill, then their first token.
     std::vector<Sequence> admitted;

@@ -2,7 +2,9 @@
 // (their prompts prefilled in the chunkwise form) and leave (stop token, stop string, max tokens)
 // between steps; every step feeds one token of each active sequence through the model as one batch.
 // Each request samples from its own seeded stream, so its output does not depend on what else runs
-// beside it: a request gives the same tokens alone or in any batch.
+// beside it: a request gives the same tokens alone or in any batch. Decode steps sample fused into the
+// LM head (FlashSampling, ops::lm_head_sample: no [B, V] logits) except for requests whose penalties or
+// top-n logprobs need the whole row; both draw the same token from the same stream.
 // State per sequence is the model's DecodeState: fixed-size for linear layers (a KV cache only in the
 // softmax layers of hybrids), so memory does not grow with the generated length of a pure linear model.
 #pragma once
@@ -68,6 +70,10 @@ private:
     };
     // Samples the next token of `sequence` from its logits row; returns the event (finish set if done).
     TokenEvent emit(Sequence& sequence, std::span<float> logits);
+    // Records a drawn token: text, stop conditions; returns the event.
+    TokenEvent record(Sequence& sequence, int32_t token, std::optional<TokenLogprobs> logprobs);
+    // One draw for each active sequence from its final hidden state [n, d] (below).
+    std::vector<TokenEvent> draw_active(const Tensor& hidden);
 
     const LanguageModel& model_;
     const Tokenizer* tokenizer_;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "ops/fused_sampling.hpp"
 
 namespace linarch {
 
@@ -89,14 +90,22 @@ int32_t sample_token(std::span<const float> logits, const SamplingOptions& optio
         while (cut < keep && weights[cut] >= options.min_p * weights[0]) ++cut;
         keep = cut;
     }
-    total = 0;
-    for (size_t i = 0; i < keep; ++i) total += weights[i];
-    double draw = rng.uniform() * total;
+    // Gumbel-max over the kept tokens with the fused sampler's noise (ops/fused_sampling.hpp): the
+    // argmax of l/T + g samples softmax(l/T) restricted to them, and both paths draw the same token
+    // from the same stream position. Ties go to the lower id, as there.
+    const double inv_temperature = 1.0 / options.temperature;
+    int32_t best = order[0];
+    double best_score = -std::numeric_limits<double>::infinity();
     for (size_t i = 0; i < keep; ++i) {
-        draw -= weights[i];
-        if (draw < 0) return order[i];
+        const int32_t token = order[i];
+        const double score = double(logits[size_t(token)]) * inv_temperature + ops::sampling_gumbel_noise(rng, token);
+        if (score > best_score || (score == best_score && token < best)) {
+            best = token;
+            best_score = score;
+        }
     }
-    return order[keep - 1];
+    ops::advance_past_draw(rng, int64_t(logits.size()));
+    return best;
 }
 
 }  // namespace linarch

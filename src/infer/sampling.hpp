@@ -22,6 +22,9 @@ struct SamplingOptions {
     double repetition_penalty = 1.0;
     double presence_penalty = 0.0;
     double frequency_penalty = 0.0;
+    bool operator==(const SamplingOptions&) const = default;
+    // The penalties need the generated tokens, so the full logits row (not fused sampling).
+    bool penalized() const { return repetition_penalty != 1 || presence_penalty != 0 || frequency_penalty != 0; }
 };
 
 // Checks the options' ranges; the message names the option.
@@ -30,7 +33,9 @@ void check_sampling_options(const SamplingOptions& options);
 // Applies the penalties of `options` for the tokens in `history` to logits (in place).
 void penalize_logits(std::span<float> logits, std::span<const int32_t> history, const SamplingOptions& options);
 
-// Draws one token id from softmax(logits / temperature) restricted by top-k, then top-p, then min-p.
+// Draws one token id from softmax(logits / temperature) restricted by top-k, then top-p, then min-p,
+// by Gumbel-max with the fused sampler's noise (ops::lm_head_sample draws the same token from the
+// same stream and logits); advances the stream past the draw (not at temperature 0).
 int32_t sample_token(std::span<const float> logits, const SamplingOptions& options, RngStream& rng);
 
 // log softmax(logits)[token], and the `top_n` most likely (token, log-probability) pairs, from the

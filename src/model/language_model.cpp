@@ -201,10 +201,14 @@ Tensor LanguageModel::run_blocks(std::span<DecodeState* const> states, std::span
     return x;
 }
 
-void LanguageModel::head(Tensor& logits, const Tensor& x) const {
+Tensor LanguageModel::final_hidden(const Tensor& x) const {
     Tensor h = Tensor::empty(x.shape(), dtype_), rstd = Tensor::empty({x.size(0)}, dtype_);
     ops::rmsnorm_forward(h, rstd, x, final_norm_.value, spec_.norm_eps);
-    ops::lm_head_logits(logits, h, embedding_.value);
+    return h;
+}
+
+void LanguageModel::head(Tensor& logits, const Tensor& x) const {
+    ops::lm_head_logits(logits, final_hidden(x), embedding_.value);
 }
 
 void LanguageModel::step(DecodeState& state, std::span<const int32_t> tokens, Tensor& logits) const {
@@ -239,6 +243,15 @@ void LanguageModel::step_batch(std::span<DecodeState* const> states, std::span<c
                   states.size());
     check_shape(logits, {n, spec_.vocab_size}, "model step_batch: logits");
     head(logits, run_blocks(states, tokens));
+}
+
+void LanguageModel::step_batch_hidden(std::span<DecodeState* const> states, std::span<const int32_t> tokens,
+                                      Tensor& hidden) const {
+    const int64_t n = int64_t(tokens.size());
+    LINARCH_CHECK(n >= 1 && int64_t(states.size()) == n, "model step_batch_hidden: {} tokens for {} sequences", n,
+                  states.size());
+    check_shape(hidden, {n, spec_.d_model}, "model step_batch_hidden: hidden");
+    hidden.copy_from(final_hidden(run_blocks(states, tokens)));
 }
 
 void LanguageModel::step_sequences(std::span<DecodeState* const> states, std::span<const int32_t> tokens,

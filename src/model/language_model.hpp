@@ -52,6 +52,11 @@ public:
     void step(DecodeState& state, int32_t token, Tensor& logits) const;
     // One token for each of B sequences (continuous batching: any positions); logits [B,V].
     void step_batch(std::span<DecodeState* const> states, std::span<const int32_t> tokens, Tensor& logits) const;
+    // step_batch without the LM head: hidden [B, d] receives the final normalised hidden states, the
+    // input of the tied head whose weight is lm_head_weight() [V, d] (ops::lm_head_sample's operands:
+    // sampling fused into the head never forms the [B, V] logits).
+    void step_batch_hidden(std::span<DecodeState* const> states, std::span<const int32_t> tokens, Tensor& hidden) const;
+    const Tensor& lm_head_weight() const { return embedding_.value; }
     // T tokens for each of G sequences (tokens[g·T, (g+1)·T) continue states[g]); logits [G·T, V] after
     // every token. Forks of one state (lookahead's verification branches) share the weight reads.
     void step_sequences(std::span<DecodeState* const> states, std::span<const int32_t> tokens, Tensor& logits) const;
@@ -69,6 +74,8 @@ private:
     // The blocks over G sequences' tokens (G·T rows, T each; T = 1 for step_batch); advances the
     // states and returns the residual stream [G·T, d].
     Tensor run_blocks(std::span<DecodeState* const> states, std::span<const int32_t> tokens) const;
+    // The final norm of the residual stream x [rows, d].
+    Tensor final_hidden(const Tensor& x) const;
     // logits [rows, V] from the residual stream x [rows, d]: final norm, tied LM head.
     void head(Tensor& logits, const Tensor& x) const;
     struct Block {

@@ -64,7 +64,11 @@ void lm_head_sample(std::span<int32_t> tokens, Tensor* logprobs, const Tensor& h
                                keys.data(), params, B, D, V);
     });
     if (options.temperature == 0) return;
-    for (RngStream& rng : rngs) rng = RngStream(rng.seed(), rng.stream(), rng.counter() + blocks_per_draw(V));
+    for (RngStream& rng : rngs) advance_past_draw(rng, V);
+}
+
+void advance_past_draw(RngStream& rng, int64_t vocab_size) {
+    rng = RngStream(rng.seed(), rng.stream(), rng.counter() + blocks_per_draw(vocab_size));
 }
 
 double sampling_gumbel_noise(const RngStream& rng, int64_t vocab_index) {

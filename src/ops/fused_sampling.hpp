@@ -67,6 +67,9 @@ void lm_head_sample(std::span<int32_t> tokens, Tensor* logprobs, const Tensor& h
                     const SamplingOptions& options, std::span<RngStream> rngs, const FusedSamplingTiling& tiling = {});
 
 // g_v of the header comment for a stream at its current position (the noise the next draw uses).
+// sample_token draws with it too.
 double sampling_gumbel_noise(const RngStream& rng, int64_t vocab_index);
+// Moves a stream past one draw over a vocabulary of V entries (the ⌈V/4⌉ Philox blocks its noise uses).
+void advance_past_draw(RngStream& rng, int64_t vocab_size);
 
 }  // namespace linarch::ops

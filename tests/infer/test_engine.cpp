@@ -79,6 +79,45 @@ TEST(Engine, ARequestGivesTheSameTokensAloneOrInAnyBatch) {
     }
 }
 
+// Decode steps sample fused into the LM head unless a request needs the whole logits row (top-n
+// logprobs, penalties); the two paths draw the same tokens from the same seed, in one batch or apart,
+// and the fused path's chosen-token logprob is the row's log-softmax.
+TEST(Engine, FusedAndFullRowSamplingDrawTheSameTokens) {
+    LanguageModel model(tiny_language_model(), DType::f32);
+    model.initialize(test_seed());
+    std::vector<GenerationRequest> requests;
+    for (uint64_t seed : {11, 12, 13}) {
+        GenerationRequest fused = request(6, 20, seed, seed);
+        fused.sampling.top_p = 0.9;
+        fused.top_logprobs = 0;        // the chosen token's logprob: available from the fused path
+        GenerationRequest row = fused;
+        row.top_logprobs = 2;          // top-n logprobs: the full row
+        GenerationRequest penalized = fused;
+        penalized.sampling.repetition_penalty = 1.0 + 1e-12;  // a penalty (numerically nothing): the full row
+        requests.insert(requests.end(), {fused, row, penalized});
+    }
+    Engine engine(model, nullptr, 16);
+    std::map<int64_t, std::vector<TokenEvent>> events;
+    for (const GenerationRequest& r : requests) engine.submit(r);
+    while (!engine.idle())
+        for (TokenEvent& e : engine.step()) events[e.request].push_back(std::move(e));
+    for (int64_t seed = 0; seed < 3; ++seed) {
+        const auto& fused = events[3 * seed];
+        const auto& row = events[3 * seed + 1];
+        const auto& penalized = events[3 * seed + 2];
+        ASSERT_EQ(fused.size(), 20u);
+        ASSERT_EQ(row.size(), fused.size());
+        ASSERT_EQ(penalized.size(), fused.size());
+        for (size_t t = 0; t < fused.size(); ++t) {
+            EXPECT_EQ(fused[t].token, row[t].token) << "seed " << seed << " token " << t;
+            EXPECT_EQ(fused[t].token, penalized[t].token) << "seed " << seed << " token " << t;
+            ASSERT_TRUE(fused[t].logprobs && row[t].logprobs);
+            EXPECT_NEAR(fused[t].logprobs->logprob, row[t].logprobs->logprob, 1e-4);
+            EXPECT_EQ(row[t].logprobs->top.size(), 2u);
+        }
+    }
+}
+
 TEST(Engine, StopTokensAndStringsEndARequest) {
     LanguageModel model(tiny_language_model(), DType::f64);
     model.initialize(test_seed() + 1);

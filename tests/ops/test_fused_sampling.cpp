@@ -370,9 +370,17 @@ TEST(FusedSampling, DrawIsTheFullRowGumbelMax) {
                 const std::vector<int32_t> tokens = fused_tokens(hidden, weight, options,
                                                                  {.vocab_tile = 64, .candidates = candidates}, seed);
                 const std::vector<RngStream> rngs = streams(hidden.size(0), seed);
-                int64_t mismatches = 0;
-                for (int64_t b = 0; b < hidden.size(0); ++b)
+                int64_t mismatches = 0, plain_mismatches = 0;
+                for (int64_t b = 0; b < hidden.size(0); ++b) {
                     mismatches += tokens[size_t(b)] != full_row_draw(logits, b, options, rngs[size_t(b)]);
+                    if (dtype != DType::f32) continue;
+                    // The plain sampler draws the same token from the same stream position.
+                    RngStream rng = rngs[size_t(b)];
+                    const std::span<const float> row(logits.data<float>() + b * logits.size(1), size_t(logits.size(1)));
+                    plain_mismatches += tokens[size_t(b)] != sample_token(row, options, rng);
+                }
+                EXPECT_EQ(plain_mismatches, 0) << "sample_token, T " << options.temperature << " top_k "
+                                               << options.top_k << " top_p " << options.top_p;
                 EXPECT_EQ(mismatches, 0) << dtype_name(dtype) << " T " << options.temperature << " top_k "
                                          << options.top_k << " top_p " << options.top_p << " min_p " << options.min_p
                                          << " candidates " << candidates;
