@@ -68,7 +68,10 @@ int32_t sample_token(std::span<const float> logits, const SamplingOptions& optio
     // probability mass reaches p (always at least one token).
     std::vector<int32_t> order(logits.size());
     std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
+    // Equal logits in id order, as the fused sampler orders them: the same top-k set on ties.
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+    });
     size_t keep = order.size();
     if (options.top_k > 0) keep = std::min(keep, size_t(options.top_k));
     const double max_logit = logits[size_t(order[0])];
