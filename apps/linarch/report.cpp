@@ -15,7 +15,8 @@ void add_report_command(CLI::App& app) {
     CLI::App* cmd = app.add_subcommand("report", "Write a search study's report: one self-contained HTML page "
                                                  "(leaderboard, Pareto fronts, lineage, learning curves, proxy "
                                                  "rank correlations)");
-    cmd->add_option("--db", options->database, "Experiment database URL: sqlite:///file.db")->required();
+    cmd->add_option("--db", options->database, "Experiment database URL: sqlite:///file.db or postgresql://user@host/db")
+        ->required();
     cmd->add_option("--study", options->study, "Study name (default: the database's only study)");
     cmd->add_option("--out", options->out, "HTML file to write")->required();
     cmd->add_option("--json", options->json, "Also write the numbers as JSON to this file (\"-\": to stdout)");

@@ -3,9 +3,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
 
 #include <fmt/core.h>
 
@@ -33,6 +38,105 @@ void print_proxy_correlations(const SearchOptions& search) {
     for (const nlohmann::json& row : proxies)
         fmt::print("  {:<26} {:>9} {:>14} {:>4}\n", row["proxy"].get<std::string>(), cell(row, "kendall_tau_val_bpb"),
                    cell(row, "kendall_tau_mqar_accuracy"), row.value("n_val_bpb", 0));
+}
+volatile std::sig_atomic_t interrupted = 0;
+void on_interrupt(int) { interrupted = 1; }
+
+std::string worker_name(pid_t pid) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    return fmt::format("{}:{}", host, pid);
+}
+
+// Signals that mean the process itself crashed (not that something killed it).
+bool is_crash(int signal) {
+    return signal == SIGSEGV || signal == SIGABRT || signal == SIGBUS || signal == SIGFPE || signal == SIGILL;
+}
+
+// Fails the trial a crashed worker held: the crash is most likely the trial's own doing.
+void fail_crashed_trial(const SearchOptions& search, pid_t pid, int signal) {
+    try {
+        auto db = open_database(search.database);
+        for (const Trial& t : db->trials(find_study(*db, study_name(search))))
+            if (t.status == TrialStatus::running && t.worker == worker_name(pid)) {
+                const std::string error = fmt::format("the worker training it crashed with {} (signal {})",
+                                                      strsignal(signal), signal);
+                db->fail_trial({t.id, t.worker, t.attempts, 0}, error);
+                fmt::print(stderr, "search: trial {} failed: {}\n", t.number, error);
+            }
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "search: cannot record the crash of worker {}: {}\n", worker_name(pid), e.what());
+    }
+}
+
+pid_t start_worker(SearchOptions search, uint64_t index, int workers,
+                   const std::function<void(const SearchProgress&)>& report) {
+    const pid_t pid = fork();
+    LINARCH_CHECK(pid >= 0, "search: cannot start a worker process: {}", strerror(errno));
+    if (pid != 0) return pid;
+    std::signal(SIGINT, SIG_DFL);  // the trainer takes Ctrl-C over while a trial trains
+    omp_set_num_threads(std::max(1, omp_get_num_procs() / workers));  // the cores are shared
+    search.worker = worker_name(getpid());
+    search.worker_index = index;
+    try {
+        const SearchProgress p = run_search(search, report);
+        if (p.exhausted) fmt::print("the space is exhausted: every new proposal was a function already tried\n");
+        std::_Exit(0);
+    } catch (const SearchInterrupted& e) {
+        fmt::print(stderr, "search worker {}: interrupted: {}\n", search.worker, e.what());
+        std::_Exit(0);
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "error: search worker {}: {}\n", search.worker, e.what());
+        std::_Exit(1);
+    }
+}
+
+struct SupervisorResult {
+    int failed_workers = 0;
+    bool interrupted = false;
+};
+
+// Runs the search in worker processes, forked before this process uses OpenMP (whose thread pool does
+// not survive a fork), and keeps it going: a worker that crashes (SIGSEGV, SIGABRT, …) fails the trial
+// it held with the signal's name, and one killed (SIGKILL: the OOM killer, a user) leaves its trial to
+// be re-queued when its lease runs out; either way a new worker takes its place. Ctrl-C reaches every
+// worker, which saves its trial's checkpoint and gives the trial back.
+SupervisorResult supervise_workers(const SearchOptions& search, int workers,
+                                   const std::function<void(const SearchProgress&)>& report) {
+    const auto previous = std::signal(SIGINT, on_interrupt);
+    std::map<pid_t, uint64_t> running;  // pid → worker index (its proposals' random stream)
+    uint64_t next_index = 0;
+    for (; next_index < uint64_t(workers); ++next_index)
+        running[start_worker(search, next_index, workers, report)] = next_index;
+    SupervisorResult result;
+    int restarts = 0;
+    while (!running.empty()) {
+        int status = 0;
+        const pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0) {
+            if (errno == EINTR) continue;  // Ctrl-C: the workers got it too (one process group)
+            break;
+        }
+        running.erase(pid);
+        if (WIFEXITED(status)) {
+            result.failed_workers += WEXITSTATUS(status) != 0;
+            continue;
+        }
+        const int signal = WTERMSIG(status);
+        if (interrupted || signal == SIGINT) continue;
+        fmt::print(stderr, "search: worker {} died with {}\n", worker_name(pid), strsignal(signal));
+        if (is_crash(signal)) fail_crashed_trial(search, pid, signal);
+        if (++restarts > 3 * workers) {
+            fmt::print(stderr, "search: {} workers died; not starting another\n", restarts);
+            ++result.failed_workers;
+            continue;
+        }
+        running[start_worker(search, next_index, workers, report)] = next_index;
+        ++next_index;
+    }
+    std::signal(SIGINT, previous);
+    result.interrupted = interrupted != 0;
+    return result;
 }
 }  // namespace
 
@@ -97,52 +201,20 @@ void add_search_command(CLI::App& app) {
                                                   : fmt::format("fitness {:.3f}: {}", p.best_fitness, p.best_trial),
                        eta);
         };
-        if (options->workers == 1) {
-            SearchProgress p;
-            try {
-                p = run_search(search, report);
-            } catch (const SearchInterrupted& e) {
-                fmt::print("search interrupted: {}; run the same command again to continue (it resumes the "
-                           "trial from its checkpoint)\n", e.what());
-                return;
-            }
-            if (p.exhausted) fmt::print("the space is exhausted: every new proposal was a function already tried\n");
-            fmt::print("{} trials finished ({} failed, {} pruned); best: {}\n", p.done + p.failed, p.failed, p.pruned,
-                       std::isnan(p.best_fitness) ? std::string("-")
-                                                  : fmt::format("{} fitness {:.3f}", p.best_trial, p.best_fitness));
-            print_proxy_correlations(search);
+        check_search(search);  // a bad option, space file or database: one clear error, before any worker
+        const SupervisorResult result = supervise_workers(search, options->workers, report);
+        if (result.interrupted) {
+            fmt::print("search interrupted; run the same command again to continue (it resumes the trials from "
+                       "their checkpoints)\n");
             return;
         }
-        // Worker processes, each with its own database connection, coordinating through the database.
-        std::vector<pid_t> children;
-        for (int w = 0; w < options->workers; ++w) {
-            const pid_t pid = fork();
-            LINARCH_CHECK(pid >= 0, "search: cannot start worker {}", w);
-            if (pid == 0) {
-                // The cores are shared among the workers.
-                omp_set_num_threads(std::max(1, omp_get_num_procs() / options->workers));
-                search.worker_index = uint64_t(w);
-                try {
-                    run_search(search, report);
-                    std::_Exit(0);
-                } catch (const SearchInterrupted& e) {
-                    fmt::print(stderr, "search worker {} interrupted: {}\n", w, e.what());
-                    std::_Exit(0);
-                } catch (const std::exception& e) {
-                    fmt::print(stderr, "error: search worker {}: {}\n", w, e.what());
-                    std::_Exit(1);
-                }
-            }
-            children.push_back(pid);
-        }
-        int failures = 0;
-        for (const pid_t pid : children) {
-            int status = 0;
-            waitpid(pid, &status, 0);
-            failures += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        }
-        LINARCH_CHECK(failures == 0, "search: {} of {} workers failed (their messages are above)", failures,
-                      options->workers);
+        LINARCH_CHECK(result.failed_workers == 0, "search: {} worker(s) stopped with an error (their messages are "
+                      "above)", result.failed_workers);
+        auto db = open_database(search.database);
+        const StudyCounts counts = db->counts(find_study(*db, study_name(search)));
+        fmt::print("{} trials finished ({} failed), {} running, {} queued; the report: linarch report --db {} --out "
+                   "report.html\n", counts.done + counts.failed, counts.failed, counts.running, counts.queued,
+                   search.database);
         print_proxy_correlations(search);
     });
 }

@@ -1,6 +1,7 @@
 #include "search/database.hpp"
 
 #include "core/error.hpp"
+#include "search/postgres_database.hpp"
 #include "search/sqlite_database.hpp"
 
 namespace linarch {
@@ -23,8 +24,9 @@ std::unique_ptr<ExperimentDatabase> open_database(const std::string& url) {
                       "sqlite:////absolute/file.db", url);
         return open_sqlite_database(url, path);
     }
-    fail("database URL {}: expected sqlite:///relative/file.db or sqlite:////absolute/file.db (the only back end "
-         "so far)", url);
+    if (url.starts_with("postgresql://") || url.starts_with("postgres://")) return open_postgres_database(url);
+    fail("database URL {}: expected sqlite:///relative/file.db, sqlite:////absolute/file.db or "
+         "postgresql://user@host:port/dbname", url_without_password(url));
 }
 
 }  // namespace linarch

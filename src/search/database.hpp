@@ -8,8 +8,9 @@
 // `max_attempts` leases is marked failed instead (it likely kills its workers).
 //
 // The URL picks the back end: `sqlite:///relative/file.db` or `sqlite:////absolute/file.db`
-// (SQLAlchemy's and Optuna's form: the path is everything after "sqlite:///"). One object is one
-// connection: give each thread its own.
+// (SQLAlchemy's and Optuna's form: the path is everything after "sqlite:///"), or
+// `postgresql://user:password@host:port/dbname` (any libpq URI) for workers on many machines. One object
+// is one connection: give each thread its own.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -80,7 +81,7 @@ struct EnqueueResult {
     bool inserted = false;  // false: a trial with the same functional hash existed; trial_id is that one
 };
 
-// The interface every back end implements (SQLite now; PostgreSQL later with the same schema).
+// The interface every back end implements (SQLite and PostgreSQL, with the same schema).
 // Errors are linarch::Error naming the database URL and the operation.
 class ExperimentDatabase {
 public:

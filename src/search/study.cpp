@@ -105,6 +105,22 @@ private:
     std::thread thread_;  // last: starts after the members it uses
 };
 
+void check_search_options(const SearchOptions& options) {
+    LINARCH_CHECK(options.steps >= 1, "search: --steps must be ≥ 1, got {}", options.steps);
+    LINARCH_CHECK(options.trials >= 1, "search: --trials must be ≥ 1, got {}", options.trials);
+    LINARCH_CHECK(options.min_steps >= 0 && options.min_steps < std::max<int64_t>(options.steps, 1),
+                  "search: --min-steps must be in [0, --steps = {}), got {}", options.steps, options.min_steps);
+    LINARCH_CHECK(options.reduction_factor >= 2, "search: --reduction-factor must be ≥ 2, got {}",
+                  options.reduction_factor);
+    LINARCH_CHECK(options.screen_pool >= 1, "search: --screen-pool must be ≥ 1, got {}", options.screen_pool);
+    const std::vector<std::string>& proxies = zero_cost_proxy_names();
+    LINARCH_CHECK(std::ranges::find(proxies, options.screen_proxy) != proxies.end(),
+                  "search: --screen-proxy {}: not a proxy; expected one of {}", options.screen_proxy,
+                  fmt::join(proxies, ", "));
+    LINARCH_CHECK(options.target_parameters >= 0, "search: --target-parameters must be ≥ 0, got {}",
+                  options.target_parameters);
+}
+
 class Searcher {
 public:
     explicit Searcher(const SearchOptions& options)
@@ -113,23 +129,10 @@ public:
           db_(open_database(options.database)),
           worker_(options.worker.empty() ? default_worker() : options.worker),
           rng_(options.seed, stream_id("search") + options.worker_index) {
-        LINARCH_CHECK(options.steps >= 1, "search: --steps must be ≥ 1, got {}", options.steps);
-        LINARCH_CHECK(options.trials >= 1, "search: --trials must be ≥ 1, got {}", options.trials);
-        LINARCH_CHECK(options.min_steps >= 0 && options.min_steps < std::max<int64_t>(options.steps, 1),
-                      "search: --min-steps must be in [0, --steps = {}), got {}", options.steps, options.min_steps);
-        LINARCH_CHECK(options.reduction_factor >= 2, "search: --reduction-factor must be ≥ 2, got {}",
-                      options.reduction_factor);
-        LINARCH_CHECK(options.screen_pool >= 1, "search: --screen-pool must be ≥ 1, got {}", options.screen_pool);
-        LINARCH_CHECK(options.target_parameters >= 0, "search: --target-parameters must be ≥ 0, got {}",
-                      options.target_parameters);
+        check_search_options(options);
         const std::string name = study_name(options);
         study_name_ = name;
         study_ = db_->open_study(name, read_file(options.space, "search space"));
-        if (options.screen_pool > 1) {
-            const auto names = zero_cost_proxies(space_.base(), proxy_batch(space_.base(), 1, 8));
-            LINARCH_CHECK(names.contains(options.screen_proxy), "search: --screen-proxy {}: not a proxy; expected one "
-                          "of {}", options.screen_proxy, fmt::join(std::views::keys(names), ", "));
-        }
     }
 
     SearchProgress run(const std::function<void(const SearchProgress&)>& on_progress) {
@@ -413,6 +416,12 @@ double improvement_score(double value, double baseline, bool lower_is_better) {
     const double change = lower_is_better ? baseline - value : value - baseline;
     const double relative = std::clamp(change / std::max(0.1 * std::abs(baseline), 1e-12), -1.0, 1.0);
     return 1.0 / (1.0 + std::exp(-6.0 * relative));
+}
+
+void check_search(const SearchOptions& options) {
+    check_search_options(options);
+    SearchSpace::load(options.space);
+    open_database(options.database);
 }
 
 std::string study_name(const SearchOptions& options) {

@@ -74,6 +74,10 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// Checks what a search needs before any worker starts: the options, the search-space file (and its
+// base spec), and that the database opens. Throws an Error naming what is wrong.
+void check_search(const SearchOptions& options);
+
 // The study a search records into: options.study, or the space file's stem.
 std::string study_name(const SearchOptions& options);
 

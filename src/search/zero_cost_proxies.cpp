@@ -111,6 +111,13 @@ Batch proxy_batch(const Spec& spec, int64_t batch_size, int64_t seq_len) {
     return batch;
 }
 
+const std::vector<std::string>& zero_cost_proxy_names() {
+    static const std::vector<std::string> names = {"grad_norm", "naswot", "non_embedding_parameters", "parameters",
+                                                   "pca_dimension", "snip", "synflow", "train_flops_per_token",
+                                                   "w_pca"};
+    return names;
+}
+
 std::map<std::string, double> zero_cost_proxies(const Spec& spec, const Batch& batch) {
     std::map<std::string, double> proxies;
     const ModelSize size = model_size(spec.model);

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "core/spec.hpp"
 #include "data/loader.hpp"
@@ -30,6 +31,9 @@ namespace linarch {
 // The batch a study scores its candidates on: batch_size windows of seq_len tokens from the start of
 // the spec's training data (the corpus's train split, or the synthetic task's first batch).
 Batch proxy_batch(const Spec& spec, int64_t batch_size = 8, int64_t seq_len = 128);
+
+// The names zero_cost_proxies returns.
+const std::vector<std::string>& zero_cost_proxy_names();
 
 // Every proxy above, by name, for the spec's model initialised from spec.run.seed.
 std::map<std::string, double> zero_cost_proxies(const Spec& spec, const Batch& batch);

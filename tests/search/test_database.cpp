@@ -4,8 +4,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 #include <thread>
@@ -13,6 +15,8 @@
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "search/database.hpp"
+#include "search/postgres_database.hpp"
+#include "support/postgres_server.hpp"
 #include "support/process.hpp"
 #include "support/testkit.hpp"
 
@@ -61,9 +65,32 @@ NewTrial trial_with_hash(const std::string& hash, std::vector<int64_t> parents =
 
 }  // namespace
 
-TEST(Database, RecordsATrialsWholeLife) {
+// Every behaviour of the interface, on each back end: "sqlite" (a file in a temp directory) and
+// "postgresql" (a database of its own on the test process's throwaway server).
+class Database : public testing::TestWithParam<std::string> {
+protected:
+    void SetUp() override {
+        if (GetParam() != "postgresql") return;
+        std::string why_not;
+        server = testkit::PostgresServer::shared(why_not);
+        if (server == nullptr) GTEST_SKIP() << why_not;
+    }
+    // A new, empty database.
+    std::string new_url() {
+        if (server != nullptr) return server->url(server->create_database());
+        return url_of(dir / fmt::format("search-{}.db", sqlite_files++));
+    }
+
     testkit::TempDir dir;
-    const std::string url = url_of(dir / "search.db");
+    testkit::PostgresServer* server = nullptr;
+    int sqlite_files = 0;
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, Database, testing::Values("sqlite", "postgresql"),
+                         [](const testing::TestParamInfo<std::string>& info) { return info.param; });
+
+TEST_P(Database, RecordsATrialsWholeLife) {
+    const std::string url = new_url();
     RngStream rng(testkit::test_seed(), 1);
     const double loss = 1 + rng.uniform(), proxy = rng.normal(), bpb = 1 + rng.uniform();
 
@@ -128,9 +155,8 @@ TEST(Database, RecordsATrialsWholeLife) {
     EXPECT_EQ(counts.queued + counts.running, 0);
 }
 
-TEST(Database, ConcurrentWorkerProcessesNeverClaimATrialTwice) {
-    testkit::TempDir dir;
-    const std::string url = url_of(dir / "search.db");
+TEST_P(Database, ConcurrentWorkerProcessesNeverClaimATrialTwice) {
+    const std::string url = new_url();
     const int trials = 48, workers = 4;
     int64_t study = 0;
     {
@@ -165,9 +191,8 @@ TEST(Database, ConcurrentWorkerProcessesNeverClaimATrialTwice) {
     EXPECT_EQ(db->counts(study).done, trials);
 }
 
-TEST(Database, RacingProposersMakeOneTrialPerFunction) {
-    testkit::TempDir dir;
-    const std::string url = url_of(dir / "search.db");
+TEST_P(Database, RacingProposersMakeOneTrialPerFunction) {
+    const std::string url = new_url();
     const int64_t study = open_database(url)->open_study("dedup", "");
     const int functions = 24, proposers = 4;
     RngStream rng(testkit::test_seed(), 4);
@@ -196,9 +221,8 @@ TEST(Database, RacingProposersMakeOneTrialPerFunction) {
     EXPECT_EQ(open_database(url)->counts(study).queued, functions);
 }
 
-TEST(Database, KilledWorkersTrialIsRequeuedAfterItsLease) {
-    testkit::TempDir dir;
-    const std::string url = url_of(dir / "search.db");
+TEST_P(Database, KilledWorkersTrialIsRequeuedAfterItsLease) {
+    const std::string url = new_url();
     const double lease_seconds = 2;
     int64_t study = 0, trial_id = 0;
     {
@@ -238,9 +262,8 @@ TEST(Database, KilledWorkersTrialIsRequeuedAfterItsLease) {
     EXPECT_EQ(db->trial(trial_id).status, TrialStatus::done);
 }
 
-TEST(Database, RenewedLeasesHoldAndExhaustedOnesFail) {
-    testkit::TempDir dir;
-    auto db = open_database(url_of(dir / "search.db"));
+TEST_P(Database, RenewedLeasesHoldAndExhaustedOnesFail) {
+    auto db = open_database(new_url());
     const int64_t study = db->open_study("leases", "");
     const int64_t held = db->enqueue(study, trial_with_hash("held")).trial_id;
     const int64_t hung = db->enqueue(study, trial_with_hash("hung")).trial_id;
@@ -268,9 +291,8 @@ TEST(Database, RenewedLeasesHoldAndExhaustedOnesFail) {
     EXPECT_EQ(db->trial(held).status, TrialStatus::done);
 }
 
-TEST(Database, ReleasedTrialsAreClaimedAgainAtOnceAndStudiesAreListed) {
-    testkit::TempDir dir;
-    auto db = open_database(url_of(dir / "search.db"));
+TEST_P(Database, ReleasedTrialsAreClaimedAgainAtOnceAndStudiesAreListed) {
+    auto db = open_database(new_url());
     const int64_t first = db->open_study("first", "a");
     const int64_t second = db->open_study("second", "b");
     const std::vector<StudyInfo> studies = db->studies();
@@ -296,15 +318,53 @@ TEST(Database, ReleasedTrialsAreClaimedAgainAtOnceAndStudiesAreListed) {
     EXPECT_EQ(db->trial(trial_id).status, TrialStatus::done);
 }
 
-TEST(Database, BadUrlsAndFilesAreClearErrors) {
+TEST_P(Database, NonFiniteValuesReadBackAsSqliteStoresThem) {
+    auto db = open_database(new_url());
+    const int64_t study = db->open_study("nan", "");
+    const int64_t trial_id = db->enqueue(study, trial_with_hash("nan")).trial_id;
+    std::optional<Claim> claim = db->claim_next(study, "w", 60);
+    ASSERT_TRUE(claim);
+    const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+    db->record_proxies(trial_id, {{"grad_norm", inf}, {"snip", -inf}, {"synflow", nan}});
+    db->complete(claim->lease, {{"val_bpb", nan}, {"tiny", 5e-324}, {"third", 1.0 / 3}});
+    const Trial done = db->trial(trial_id);
+    EXPECT_EQ(done.proxies.at("grad_norm"), inf);
+    EXPECT_EQ(done.proxies.at("snip"), -inf);
+    EXPECT_TRUE(std::isnan(done.proxies.at("synflow")));  // stored as NULL
+    EXPECT_TRUE(std::isnan(done.final_metrics.at("val_bpb")));
+    EXPECT_EQ(done.final_metrics.at("tiny"), 5e-324);
+    EXPECT_EQ(done.final_metrics.at("third"), 1.0 / 3);
+}
+
+// Workers starting together on a fresh database: one creates the tables, the others wait and use them.
+TEST_P(Database, WorkersOpeningAFreshDatabaseAtOnceAllSucceed) {
+    const std::string url = new_url();
+    const int workers = 4;
+    std::vector<std::string> errors(workers);
+    std::vector<std::thread> threads;
+    for (int w = 0; w < workers; ++w)
+        threads.emplace_back([&, w] {
+            try {
+                open_database(url)->open_study("fresh", "");
+            } catch (const Error& e) {
+                errors[size_t(w)] = e.what();
+            }
+        });
+    for (std::thread& thread : threads) thread.join();
+    for (const std::string& error : errors) EXPECT_EQ(error, "");
+    EXPECT_EQ(open_database(url)->studies().size(), 1u);
+}
+
+TEST(SqliteDatabase, BadUrlsAndFilesAreClearErrors) {
     testkit::TempDir dir;
     const std::string missing = url_of(dir / "no-such-dir" / "search.db");
     std::string message = error_of([&] { open_database(missing); });
     EXPECT_NE(message.find(missing), std::string::npos) << message;
     EXPECT_NE(message.find("does not exist"), std::string::npos) << message;
 
-    message = error_of([] { open_database("postgresql://localhost/search"); });
-    EXPECT_NE(message.find("postgresql://localhost/search: expected sqlite:///"), std::string::npos) << message;
+    message = error_of([] { open_database("mysql://root:hunter2@localhost/search"); });
+    EXPECT_NE(message.find("mysql://root:***@localhost/search: expected sqlite:///"), std::string::npos) << message;
+    EXPECT_NE(message.find("postgresql://"), std::string::npos) << message;
     message = error_of([] { open_database("sqlite:///"); });
     EXPECT_NE(message.find("missing the file"), std::string::npos) << message;
 
@@ -315,7 +375,7 @@ TEST(Database, BadUrlsAndFilesAreClearErrors) {
     EXPECT_NE(message.find("not a database"), std::string::npos) << message;
 }
 
-TEST(Database, ReadOnlyFileIsAClearError) {
+TEST(SqliteDatabase, ReadOnlyFileIsAClearError) {
     if (::geteuid() == 0) GTEST_SKIP() << "root writes to read-only files; run as a user to test this";
     testkit::TempDir dir;
     const std::string url = url_of(dir / "search.db");
@@ -324,4 +384,70 @@ TEST(Database, ReadOnlyFileIsAClearError) {
     const std::string message = error_of([&] { open_database(url); });
     EXPECT_NE(message.find(url + ": the database file"), std::string::npos) << message;
     EXPECT_NE(message.find("is read-only"), std::string::npos) << message;
+}
+
+TEST(PostgresDatabase, PasswordsAreMaskedInMessages) {
+    EXPECT_EQ(url_without_password("postgresql://search:s3cret@db.lab:5432/runs"),
+              "postgresql://search:***@db.lab:5432/runs");
+    EXPECT_EQ(url_without_password("postgres://db.lab/runs?user=search&password=s3cret&sslmode=require"),
+              "postgres://db.lab/runs?user=search&password=***&sslmode=require");
+    EXPECT_EQ(url_without_password("postgresql://search@db.lab/runs"), "postgresql://search@db.lab/runs");
+    // Nothing listens on the port: an error naming the URL (without its password) and what to check.
+    const std::string url = fmt::format("postgresql://search:s3cret@127.0.0.1:{}/runs", testkit::free_local_port());
+    const std::string message = error_of([&] { open_database(url); });
+    EXPECT_NE(message.find(url_without_password(url) + ": cannot connect to the database"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("check that the server runs"), std::string::npos) << message;
+    EXPECT_EQ(message.find("s3cret"), std::string::npos) << message;
+}
+
+// Failures only a server can have: unknown database or user, read-only database or user, a schema
+// from another linarch.
+class PostgresServerDatabase : public testing::Test {
+protected:
+    void SetUp() override {
+        std::string why_not;
+        server = testkit::PostgresServer::shared(why_not);
+        if (server == nullptr) GTEST_SKIP() << why_not;
+    }
+    testkit::PostgresServer* server = nullptr;
+};
+
+TEST_F(PostgresServerDatabase, UnknownDatabaseOrUserIsAClearError) {
+    const std::string no_database = server->url("no_such_database");
+    std::string message = error_of([&] { open_database(no_database); });
+    EXPECT_NE(message.find(no_database + ": cannot connect"), std::string::npos) << message;
+    EXPECT_NE(message.find("\"no_such_database\" does not exist"), std::string::npos) << message;
+    const std::string no_user = server->url(server->create_database(), "nobody");
+    message = error_of([&] { open_database(no_user); });
+    EXPECT_NE(message.find(no_user + ": cannot connect"), std::string::npos) << message;
+    EXPECT_NE(message.find("\"nobody\" does not exist"), std::string::npos) << message;
+}
+
+TEST_F(PostgresServerDatabase, UrlShowsNoPassword) {
+    const std::string url = server->url(server->create_database(), "postgres:s3cret");  // trust: accepted
+    EXPECT_EQ(open_database(url)->url(), url_without_password(url));
+}
+
+TEST_F(PostgresServerDatabase, ReadOnlyDatabaseOrUserIsAClearError) {
+    const std::string database = server->create_database();
+    open_database(server->url(database))->open_study("s", "");
+
+    server->run_sql(database, "CREATE ROLE reader LOGIN");
+    server->run_sql(database, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader");
+    std::string message = error_of([&] { open_database(server->url(database, "reader")); });
+    EXPECT_NE(message.find(server->url(database, "reader") + ": user reader may not write table studies"),
+              std::string::npos) << message;
+
+    server->run_sql("postgres", fmt::format("ALTER DATABASE {} SET default_transaction_read_only = on", database));
+    message = error_of([&] { open_database(server->url(database)); });
+    EXPECT_NE(message.find(server->url(database) + ": the database is read-only"), std::string::npos) << message;
+}
+
+TEST_F(PostgresServerDatabase, OtherSchemaVersionIsRefused) {
+    const std::string database = server->create_database();
+    open_database(server->url(database));
+    server->run_sql(database, "UPDATE schema_version SET version = 99");
+    const std::string message = error_of([&] { open_database(server->url(database)); });
+    EXPECT_NE(message.find("schema version 99; this linarch reads version 1"), std::string::npos) << message;
 }

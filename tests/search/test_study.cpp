@@ -1,8 +1,13 @@
 // The search loop end to end on a tiny model and corpus: the baseline first, random candidates,
 // then evolved ones with their parents; every trial recorded with its metrics; the same call
 // continues a study; failing trials are recorded and the study goes on.
+#include <signal.h>
+
+#include <chrono>
 #include <cmath>
+#include <optional>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -246,6 +251,61 @@ esac
         EXPECT_NE(std::string(e.what()).find("exit status 3"), std::string::npos) << e.what();
         EXPECT_NE(std::string(e.what()).find("out of tokens"), std::string::npos) << e.what();
     }
+}
+
+// `linarch search` runs its workers as child processes and keeps the study going when one crashes: the
+// trial it held fails with the signal's name, a new worker takes its place, and the search finishes.
+TEST_F(Study, ACrashingWorkerFailsItsTrialAndTheSearchGoesOn) {
+    const std::string url = options(4).database;
+    const pid_t search = start_command({LINARCH_CLI, "search", "--space", (dir / "space.toml").string(), "--db", url,
+                                        "--runs", (dir / "runs").string(), "--trials", "4", "--steps", "1000",
+                                        "--initial-random", "2", "--seed", "3"},
+                                       dir / "search.log");
+    // Wait for a trial to be training, then crash its worker as a segfault would.
+    std::optional<Trial> victim;
+    for (int poll = 0; poll < 3000 && !victim; ++poll) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        try {
+            auto db = open_database(url);
+            for (const Trial& t : db->trials(db->open_study("space", "")))
+                if (t.status == TrialStatus::running && !db->intermediate_values(t.id).empty()) victim = t;
+        } catch (const Error&) {
+            // The database may not exist yet.
+        }
+    }
+    ASSERT_TRUE(victim) << read_text(dir / "search.log");
+    const pid_t worker = static_cast<pid_t>(std::stol(victim->worker.substr(victim->worker.rfind(':') + 1)));
+    ASSERT_EQ(kill(worker, SIGSEGV), 0);
+    EXPECT_EQ(wait_command(search), 0) << read_text(dir / "search.log");
+
+    auto db = open_database(url);
+    const std::vector<Trial> trials = db->trials(db->open_study("space", ""));
+    const Trial crashed = db->trial(victim->id);
+    EXPECT_EQ(crashed.status, TrialStatus::failed);
+    EXPECT_NE(crashed.error.find("crashed with Segmentation fault"), std::string::npos) << crashed.error;
+    int64_t done = 0, failed = 0;
+    for (const Trial& t : trials) {
+        done += t.status == TrialStatus::done;
+        failed += t.status == TrialStatus::failed;
+    }
+    EXPECT_EQ(failed, 1);
+    EXPECT_EQ(done, 3);  // the study went on to its 4 finished trials
+    EXPECT_NE(read_text(dir / "search.log").find("died with Segmentation fault"), std::string::npos);
+}
+
+TEST_F(Study, BadSearchInputIsOneClearErrorBeforeAnyWorker) {
+    write_text(dir / "bad.toml", "base = \"base.toml\"\n[vary]\nmodel.mixer.decay = [\"sideways\"]\n");
+    const CommandResult bad_space = run_command({LINARCH_CLI, "search", "--space", (dir / "bad.toml").string(), "--db",
+                                                 options(1).database});
+    EXPECT_NE(bad_space.exit_code, 0);
+    EXPECT_NE(bad_space.output.find("sideways"), std::string::npos) << bad_space.output;
+    EXPECT_EQ(bad_space.output.find("worker"), std::string::npos) << bad_space.output;  // refused before forking
+    const CommandResult bad_proxy =
+        run_command({LINARCH_CLI, "search", "--space", (dir / "space.toml").string(), "--db", options(1).database,
+                     "--screen-pool", "4", "--screen-proxy", "vibes"});
+    EXPECT_NE(bad_proxy.exit_code, 0);
+    EXPECT_NE(bad_proxy.output.find("--screen-proxy vibes: not a proxy; expected one of grad_norm"), std::string::npos)
+        << bad_proxy.output;
 }
 
 TEST(SuccessiveHalving, PromotesTheBestFractionOfEachRung) {
