@@ -131,7 +131,7 @@ TEST_F(ReportPage, RendersThePlotsWithoutConsoleMessages) {
     for (size_t at = run.dom.find("<svg class=\"chart\""); at != std::string::npos;
          at = run.dom.find("<svg class=\"chart\"", at + 1))
         ++charts;
-    EXPECT_EQ(charts, 3u + 2u + 2u * 2u);  // Pareto, learning curves, two proxies against two results
+    EXPECT_EQ(charts, 3u + 2u + 2u * 3u);  // Pareto, learning curves, two proxies against three results
     EXPECT_NE(run.dom.find("<svg class=\"lineage\""), std::string::npos);
 
     // Keep the screenshot (and the page) where the test ran, for a person to look at.
