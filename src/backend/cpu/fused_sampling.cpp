@@ -16,8 +16,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "core/rng.hpp"
-
 namespace linarch::cpu {
 namespace {
 
@@ -35,7 +33,8 @@ constexpr int64_t kParallelMinWork = int64_t(1) << 18;
 constexpr int64_t kParallelMinEntries = int64_t(1) << 14;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kTwo32Plus1 = 4294967297.0;
+using noise::gumbel_from_word;
+using noise::kTwo32Plus1;
 
 // c[m,n] = a[m,k] · b[n,k]ᵀ with c's leading dimension ldc. Inside our parallel region the OpenMP
 // build of OpenBLAS runs single-threaded; outside one it may use its pool.
@@ -77,15 +76,6 @@ inline double exp_nonpositive(double x) {
 // The weight exp((l − max)/T) of a logit, relative to the row's largest (max).
 inline double relative_weight(double logit, double max, double inv_temperature) {
     return exp_nonpositive((logit - max) * inv_temperature);
-}
-
-// g = −log E with E = −log u ~ Exp(1), u = (r + 1)/(2³² + 1). For u ≥ 1/2, E = −log1p(−(1 − u)) with
-// 1 − u = (~r + 1)/(2³² + 1) formed exactly: subtracting u from 1 would lose E's leading digits when E is
-// tiny, which is where the largest noises come from.
-double gumbel_from_word(uint32_t r) {
-    const double exponential = r >= 0x80000000u ? -std::log1p(-(double(~r) + 1.0) / kTwo32Plus1)
-                                                : -std::log((double(r) + 1.0) / kTwo32Plus1);
-    return -std::log(exponential);
 }
 
 // An upper bound of gumbel_from_word(r) for the price of a bit count: −log(−log u) ≤ −log(1 − u)
@@ -554,11 +544,6 @@ void sample_row_block(int32_t* tokens, T* logprobs, const T* hidden, const T* we
 }
 
 }  // namespace
-
-double gumbel_noise(const NoiseKey& key, int64_t vocab_index) {
-    const auto block = philox4x32(key.seed, key.stream, key.counter + uint64_t(vocab_index) / 4);
-    return gumbel_from_word(block[size_t(vocab_index % 4)]);
-}
 
 template <typename T>
 void lm_head_sample(int32_t* tokens, T* logprobs, const T* hidden, const T* weight, const NoiseKey* keys,

@@ -5,13 +5,13 @@
 #pragma once
 #include <cstdint>
 
+#include "backend/gumbel_noise.hpp"
+
 namespace linarch::cpu {
 
 // Where a row's noise comes from: vocabulary entry v draws word v mod 4 of
 // philox4x32(seed, stream, counter + v/4) (an RngStream's position, see core/rng.hpp).
-struct NoiseKey {
-    uint64_t seed, stream, counter;
-};
+using noise::NoiseKey;
 
 struct FusedSamplingParams {
     double temperature;   // 0 = greedy
@@ -22,9 +22,8 @@ struct FusedSamplingParams {
     int64_t candidates;   // largest top-k kept in the tile pass; the top-p pass keeps this many logits
 };
 
-// The Gumbel(0,1) noise of `vocab_index` under `key`: g = −log(−log u), u = (r + 1)/(2³² + 1) ∈ (0, 1)
-// from the 32-bit Philox word r, so g is finite (−3.1 ≤ g ≤ 22.2).
-double gumbel_noise(const NoiseKey& key, int64_t vocab_index);
+// The Gumbel(0,1) noise of `vocab_index` under `key` (backend/gumbel_noise.hpp, shared with CUDA).
+using noise::gumbel_noise;
 
 // tokens[b] = one draw from row b's distribution; logprobs (null = not wanted) [b] = log_softmax(logits)
 // of the chosen token, at temperature 1 (the model's own probability).
