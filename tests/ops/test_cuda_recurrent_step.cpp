@@ -40,17 +40,6 @@ const Kind kKinds[] = {{false, Gate::none, "additive, no decay"},
                        {true, Gate::none, "delta rule"},
                        {true, Gate::scalar, "gated delta rule"}};
 
-Tensor unit_rows(const Shape& shape, DType dtype, uint64_t stream) {
-    Tensor x = testkit::random_normal(shape, DType::f64, stream);
-    const int64_t d = shape.back();
-    double* p = x.data<double>();
-    for (int64_t r = 0; r < x.numel() / d; ++r) {
-        double norm = 0;
-        for (int64_t c = 0; c < d; ++c) norm += p[r * d + c] * p[r * d + c];
-        for (int64_t c = 0; c < d; ++c) p[r * d + c] /= std::sqrt(norm);
-    }
-    return x.to(dtype);
-}
 
 // One token per sequence, on the CPU: q, k [N,H,Dk] of unit rows and v [N,H,Dv] ~ N(0,1) in the io dtype;
 // fp32 β ∈ [0,1) and Mamba-2 style log gates −a·softplus(x − 1), a ∈ [1/16, 1].
@@ -58,8 +47,8 @@ struct Token {
     Tensor q, k, v, beta, log_gate;
 
     Token(int64_t N, int64_t H, int64_t Dk, int64_t Dv, const Kind& kind, DType io, uint64_t stream) {
-        q = unit_rows({N, H, Dk}, io, stream);
-        k = unit_rows({N, H, Dk}, io, stream + 1);
+        q = testkit::random_unit_rows({N, H, Dk}, io, stream);
+        k = testkit::random_unit_rows({N, H, Dk}, io, stream + 1);
         v = testkit::random_normal({N, H, Dv}, io, stream + 2);
         beta = testkit::random_uniform({N, H}, DType::f32, stream + 3, 0.0, 1.0);
         if (kind.gate != Gate::none) {

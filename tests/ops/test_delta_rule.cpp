@@ -40,18 +40,6 @@ std::string describe(const Problem& p, const Gate& gate, bool with_initial_state
                        with_initial_state);
 }
 
-// x [.., D] with every row scaled to unit L2 norm, as the DeltaNet layer does before the op.
-Tensor l2_normalised(const Shape& shape, DType dtype, uint64_t stream) {
-    Tensor x = testkit::random_normal(shape, DType::f64, stream);
-    const int64_t D = shape.back();
-    double* p = x.data<double>();
-    for (int64_t row = 0; row < x.numel() / D; ++row) {
-        double norm = 0;
-        for (int64_t c = 0; c < D; ++c) norm += p[row * D + c] * p[row * D + c];
-        for (int64_t c = 0; c < D; ++c) p[row * D + c] /= std::sqrt(norm);
-    }
-    return x.to(dtype);
-}
 
 struct Inputs {
     Tensor q, k, v, beta, initial_state;  // initial_state undefined when not used
@@ -62,8 +50,8 @@ struct Inputs {
            std::vector<int64_t> cu_seqlens = {}) {
         const int64_t B = p.batch, T = p.seq_len, H = p.heads;
         sequences = cu_seqlens.empty() ? B : int64_t(cu_seqlens.size()) - 1;
-        q = l2_normalised({B, T, H, p.key_dim}, dtype, stream);
-        k = l2_normalised({B, T, H, p.key_dim}, dtype, stream + 1);
+        q = testkit::random_unit_rows({B, T, H, p.key_dim}, dtype, stream);
+        k = testkit::random_unit_rows({B, T, H, p.key_dim}, dtype, stream + 1);
         v = testkit::random_normal({B, T, H, p.value_dim}, dtype, stream + 2);
         beta = testkit::random_uniform({B, T, H}, dtype, stream + 3, 0.01, 0.99);
         if (with_initial_state) initial_state = testkit::random_normal(state_shape(p), dtype, stream + 4, 0.5);

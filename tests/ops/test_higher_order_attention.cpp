@@ -44,18 +44,6 @@ Tensor log_of(Tensor alpha) {
     return alpha;
 }
 
-// x [.., D] with every row scaled to unit L2 norm.
-Tensor l2_normalised(const Shape& shape, DType dtype, uint64_t stream) {
-    Tensor x = testkit::random_normal(shape, DType::f64, stream);
-    const int64_t D = shape.back();
-    double* p = x.data<double>();
-    for (int64_t row = 0; row < x.numel() / D; ++row) {
-        double norm = 0;
-        for (int64_t c = 0; c < D; ++c) norm += p[row * D + c] * p[row * D + c];
-        for (int64_t c = 0; c < D; ++c) p[row * D + c] /= std::sqrt(norm);
-    }
-    return x.to(dtype);
-}
 
 // The moments of a state, by name, with their shapes.
 using Moment = Tensor ops::HigherOrderState::*;
@@ -78,8 +66,8 @@ struct Inputs {
            std::vector<int64_t> cu_seqlens = {}, Decay decay = Decay::none)
         : p(problem) {
         sequences = cu_seqlens.empty() ? p.batch : int64_t(cu_seqlens.size()) - 1;
-        q = l2_normalised({p.batch, p.seq_len, p.heads, p.key_dim}, dtype, stream);
-        k = l2_normalised({p.batch, p.seq_len, p.heads, p.key_dim}, dtype, stream + 1);
+        q = testkit::random_unit_rows({p.batch, p.seq_len, p.heads, p.key_dim}, dtype, stream);
+        k = testkit::random_unit_rows({p.batch, p.seq_len, p.heads, p.key_dim}, dtype, stream + 1);
         v = testkit::random_normal({p.batch, p.seq_len, p.heads, p.value_dim}, dtype, stream + 2);
         args.masked = masked;
         args.scale = 1.0 / std::sqrt(double(p.key_dim));

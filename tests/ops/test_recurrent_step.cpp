@@ -30,18 +30,6 @@ const Kind kKinds[] = {{false, Gate::none, "additive, no decay"},
                        {true, Gate::none, "delta rule"},
                        {true, Gate::scalar, "gated delta rule"}};
 
-// x with every row (last axis) of unit L2 norm, as the layers normalise q and k.
-Tensor unit_rows(const Shape& shape, DType dtype, uint64_t stream) {
-    Tensor x = testkit::random_normal(shape, DType::f64, stream);
-    const int64_t d = shape.back();
-    double* p = x.data<double>();
-    for (int64_t r = 0; r < x.numel() / d; ++r) {
-        double norm = 0;
-        for (int64_t c = 0; c < d; ++c) norm += p[r * d + c] * p[r * d + c];
-        for (int64_t c = 0; c < d; ++c) p[r * d + c] /= std::sqrt(norm);
-    }
-    return x.to(dtype);
-}
 
 // A sequence of T tokens for N sequences: q,k [N,T,H,Dk], v [N,T,H,Dv], beta [N,T,H] ∈ [0,1),
 // log_gate [N,T,H] or [N,T,H,Dk] ≤ 0, initial state ~ N(0, 0.5²).
@@ -49,8 +37,8 @@ struct Tokens {
     Tensor q, k, v, beta, log_gate, state;
 
     Tokens(int64_t N, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const Kind& kind, DType dtype, uint64_t stream) {
-        q = unit_rows({N, T, H, Dk}, dtype, stream);
-        k = unit_rows({N, T, H, Dk}, dtype, stream + 1);
+        q = testkit::random_unit_rows({N, T, H, Dk}, dtype, stream);
+        k = testkit::random_unit_rows({N, T, H, Dk}, dtype, stream + 1);
         v = testkit::random_normal({N, T, H, Dv}, dtype, stream + 2);
         beta = testkit::random_uniform({N, T, H}, dtype, stream + 3, 0.0, 1.0);
         if (kind.gate == Gate::scalar) log_gate = testkit::random_uniform({N, T, H}, dtype, stream + 4, -1.0, 0.0);

@@ -40,6 +40,18 @@ Tensor random_uniform(const Shape& shape, DType dtype, uint64_t stream, double l
     return dtype == DType::f64 ? t : t.to(dtype);
 }
 
+Tensor random_unit_rows(const Shape& shape, DType dtype, uint64_t stream) {
+    Tensor x = random_normal(shape, DType::f64, stream);
+    const int64_t d = shape.back();
+    double* p = x.data<double>();
+    for (int64_t r = 0; r < x.numel() / d; ++r) {
+        double norm = 0;
+        for (int64_t c = 0; c < d; ++c) norm += p[r * d + c] * p[r * d + c];
+        for (int64_t c = 0; c < d; ++c) p[r * d + c] /= std::sqrt(norm);
+    }
+    return x.to(dtype);
+}
+
 std::vector<int32_t> random_ids(int64_t count, int32_t n, uint64_t stream) {
     RngStream rng(test_seed(), stream);
     std::vector<int32_t> ids(static_cast<size_t>(count));

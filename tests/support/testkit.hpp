@@ -17,6 +17,8 @@ uint64_t test_seed();
 Tensor random_normal(const Shape& shape, DType dtype, uint64_t stream, double std = 1.0);
 // Uniform draws in [low, high).
 Tensor random_uniform(const Shape& shape, DType dtype, uint64_t stream, double low, double high);
+// Normal draws with every row (last axis) scaled to unit L2 norm, as layers normalise q and k.
+Tensor random_unit_rows(const Shape& shape, DType dtype, uint64_t stream);
 // Integers uniform in [0, n).
 std::vector<int32_t> random_ids(int64_t count, int32_t n, uint64_t stream);
 
