@@ -368,6 +368,8 @@ TEST(LanguageModel, GradientAccumulationEqualsOneLargeBatch) {
         model.forward(std::span(inputs).subspan(offset, count), std::span(targets).subspan(offset, count), 2, seq_len);
         model.backward(1.0 / double(4 * seq_len));
     }
+    // float32 sums in a different order differ by ~1e-5 on small gradients (1.2e-5 seen on k_proj); a
+    // micro-batch dropped, counted twice or scaled wrongly is off by O(1).
     size_t i = 0;
-    for (auto& p : params.all()) EXPECT_LT(relative_error(p.grad, whole[i++]), 1e-5) << p.name;
+    for (auto& p : params.all()) EXPECT_LT(relative_error(p.grad, whole[i++]), 1e-4) << p.name;
 }
