@@ -158,6 +158,11 @@ void add_search_command(CLI::App& app) {
     cmd->add_option("--steps", s.steps, "Training steps per trial")->capture_default_str();
     cmd->add_option("--mqar-steps", s.mqar_steps, "Also train each candidate on MQAR for this many steps (0: off)")
         ->capture_default_str();
+    cmd->add_option("--mqar-seq-len", s.mqar_seq_len, "MQAR copy: sequence length")->capture_default_str();
+    cmd->add_option("--mqar-kv-pairs", s.mqar_kv_pairs, "MQAR copy: key-value pairs per sequence")
+        ->capture_default_str();
+    cmd->add_option("--mqar-vocab", s.mqar_vocab, "MQAR copy: token ids its keys and values are drawn from "
+                                                  "(at most the model's vocabulary)")->capture_default_str();
     cmd->add_option("--initial-random", s.initial_random, "Trials (baseline included) before evolution starts")
         ->capture_default_str();
     cmd->add_option("--population", s.population, "Regularised evolution: the newest trials that can be parents")

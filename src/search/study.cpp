@@ -119,6 +119,20 @@ void check_search_options(const SearchOptions& options) {
                   fmt::join(proxies, ", "));
     LINARCH_CHECK(options.target_parameters >= 0, "search: --target-parameters must be ≥ 0, got {}",
                   options.target_parameters);
+    LINARCH_CHECK(options.mqar_steps >= 0, "search: --mqar-steps must be ≥ 0, got {}", options.mqar_steps);
+    if (options.mqar_steps > 0) {
+        DataSpec mqar;
+        mqar.task = "mqar";
+        mqar.seq_len = options.mqar_seq_len;
+        mqar.num_kv_pairs = options.mqar_kv_pairs;
+        mqar.task_vocab_size = options.mqar_vocab;
+        try {
+            check_synthetic_task(mqar);
+        } catch (const std::exception& e) {
+            throw Error(fmt::format("search: --mqar-seq-len {} --mqar-kv-pairs {} --mqar-vocab {}: {}",
+                                    options.mqar_seq_len, options.mqar_kv_pairs, options.mqar_vocab, e.what()));
+        }
+    }
 }
 
 class Searcher {
@@ -320,9 +334,9 @@ private:
             if (options_.mqar_steps > 0) {
                 Spec mqar = spec;
                 mqar.data.task = "mqar";
-                mqar.data.seq_len = 64;
-                mqar.data.task_vocab_size = std::min<int64_t>(spec.model.vocab_size, 256);
-                mqar.data.num_kv_pairs = 8;
+                mqar.data.seq_len = options_.mqar_seq_len;
+                mqar.data.task_vocab_size = std::min(spec.model.vocab_size, options_.mqar_vocab);
+                mqar.data.num_kv_pairs = options_.mqar_kv_pairs;
                 mqar.run.steps = options_.mqar_steps;
                 check_synthetic_task(mqar.data);
                 metrics["mqar_accuracy"] = train_resuming(mqar, dir / "mqar", {}).val_accuracy;

@@ -45,6 +45,8 @@ struct SearchOptions {
     double minutes = 0;                // also stop after this much wall time (0: no limit)
     int64_t steps = 100;               // training steps per trial (overrides run.steps)
     int64_t mqar_steps = 0;            // > 0: also train each candidate on MQAR for this many steps
+    int64_t mqar_seq_len = 64, mqar_kv_pairs = 8;  // the MQAR copy's sequences and key-value pairs in each
+    int64_t mqar_vocab = 256;          // its keys and values come from this many token ids (at most the model's)
     int64_t initial_random = 4;        // trials (the baseline included) before evolution starts
     int64_t population = 8, tournament = 3;
     uint64_t seed = 1;

@@ -307,6 +307,14 @@ TEST_F(Study, BadSearchInputIsOneClearErrorBeforeAnyWorker) {
     EXPECT_NE(bad_proxy.exit_code, 0);
     EXPECT_NE(bad_proxy.output.find("--screen-proxy vibes: not a proxy; expected one of grad_norm"), std::string::npos)
         << bad_proxy.output;
+    const CommandResult bad_mqar =
+        run_command({LINARCH_CLI, "search", "--space", (dir / "space.toml").string(), "--db", options(1).database,
+                     "--mqar-steps", "10", "--mqar-seq-len", "20", "--mqar-kv-pairs", "8"});
+    EXPECT_NE(bad_mqar.exit_code, 0);
+    EXPECT_NE(bad_mqar.output.find("--mqar-seq-len 20 --mqar-kv-pairs 8 --mqar-vocab 256: data.seq_len = 20 is too "
+                                   "short"),
+              std::string::npos)
+        << bad_mqar.output;
 }
 
 TEST(SuccessiveHalving, PromotesTheBestFractionOfEachRung) {
