@@ -1,31 +1,46 @@
 // Entry points of the dense ops: check everything a backend takes on trust (device, dtype,
-// contiguity, shapes, id ranges), then dispatch on the dtype to the CPU backend.
+// contiguity, shapes, id ranges), then dispatch on the device and dtype to the CPU backend (f32, f64)
+// or the CUDA one (f32 device tensors).
 #include "ops/dense.hpp"
 
 #include <string>
 
 #include "backend/cpu/dense.hpp"
+#if LINARCH_HAS_CUDA
+#include "backend/cuda/dense.hpp"
+#include "backend/cuda/device.hpp"
+#include "backend/cuda/gemm.hpp"
+#endif
 
 namespace linarch::ops {
 namespace {
 
-// The checks every op makes on its tensors. The first tensor checked fixes the call's dtype;
-// every message starts with the op and the tensor's name ("rmsnorm_forward: weight: ...").
+// Whether an op has a CUDA implementation: without one, CUDA tensors are refused by name.
+enum class Cuda { implemented, missing };
+
+// The checks every op makes on its tensors. The first tensor checked fixes the call's device and
+// dtype; every message starts with the op and the tensor's name ("rmsnorm_forward: weight: ...").
 class OpChecks {
 public:
-    explicit OpChecks(const char* op) : op_(op) {}
+    explicit OpChecks(const char* op, Cuda cuda = Cuda::missing) : op_(op), cuda_(cuda) {}
 
-    // CPU, contiguous, f32/f64, and the same dtype as the tensors checked before it.
+    // Contiguous; on the CPU f32/f64, on CUDA f32; the same device and dtype as the tensors before it.
     void tensor(const Tensor& t, const char* name) {
         LINARCH_CHECK(t.defined(), "{}: {} is an undefined tensor", op_, name);
-        LINARCH_CHECK(t.device() == Device::cpu, "{}: {} is a CUDA tensor, but {} has no CUDA implementation yet",
-                      op_, name, op_);
+        LINARCH_CHECK(t.device() == Device::cpu || cuda_ == Cuda::implemented,
+                      "{}: {} is a CUDA tensor, but {} has no CUDA implementation yet", op_, name, op_);
+        if (t.device() == Device::cuda)
+            LINARCH_CHECK(t.dtype() == DType::f32, "{}: {} has dtype {}; dense ops on CUDA take F32", op_, name,
+                          dtype_name(t.dtype()));
         LINARCH_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64,
                       "{}: {} has dtype {}; dense ops take F32 or F64", op_, name, dtype_name(t.dtype()));
         if (first_ == nullptr) {
             first_ = name;
             dtype_ = t.dtype();
+            device_ = t.device();
         }
+        LINARCH_CHECK(t.device() == device_, "{}: {} is on {} but {} is on {} (one device per call)", op_, name,
+                      device_name(t.device()), first_, device_name(device_));
         LINARCH_CHECK(t.dtype() == dtype_, "{}: {} has dtype {} but {} has dtype {} (one dtype per call)", op_, name,
                       dtype_name(t.dtype()), first_, dtype_name(dtype_));
         LINARCH_CHECK(t.is_contiguous(), "{}: {} must be contiguous (shape {}, strides {})", op_, name,
@@ -54,11 +69,14 @@ public:
         }
     }
     DType dtype() const { return dtype_; }
+    bool on_cuda() const { return device_ == Device::cuda; }
 
 private:
     const char* op_;
+    Cuda cuda_;
     const char* first_ = nullptr;
     DType dtype_ = DType::f32;
+    Device device_ = Device::cpu;
 };
 
 // Calls fn(T{}) with T the C++ type of `dtype` (checked to be f32 or f64 by OpChecks).
@@ -71,16 +89,44 @@ template <typename T> T* ptr(Tensor& t) { return t.data<T>(); }
 template <typename T> const T* ptr(const Tensor& t) { return t.data<T>(); }
 template <typename T> T* ptr_or_null(Tensor* t) { return t ? t->data<T>() : nullptr; }
 
+#if LINARCH_HAS_CUDA
+float* f32(Tensor& t) { return static_cast<float*>(t.raw_data()); }
+const float* f32(const Tensor& t) { return static_cast<const float*>(t.raw_data()); }
+float* f32_or_null(Tensor* t) { return t ? f32(*t) : nullptr; }
+
+// Token ids copied to the GPU for one call (the op checked their range on the host).
+class DeviceIds {
+public:
+    explicit DeviceIds(std::span<const int32_t> ids)
+        : bytes_(ids.size_bytes()), ptr_(static_cast<int32_t*>(cuda::allocate(bytes_))) {
+        cuda::copy_to_device(ptr_, ids.data(), bytes_);
+    }
+    ~DeviceIds() { cuda::release(ptr_, bytes_); }
+    DeviceIds(const DeviceIds&) = delete;
+    DeviceIds& operator=(const DeviceIds&) = delete;
+    const int32_t* get() const { return ptr_; }
+
+private:
+    size_t bytes_;
+    int32_t* ptr_;
+};
+#endif
+
 }  // namespace
 
 // out[M,N] = inp[M,K] · weight[N,K]ᵀ
 void matmul_forward(Tensor& out, const Tensor& inp, const Tensor& weight, bool accumulate) {
-    OpChecks c("matmul_forward");
+    OpChecks c("matmul_forward", Cuda::implemented);
     c.matrix(inp, "inp");
     c.matrix(weight, "weight");
     const int64_t M = inp.size(0), K = inp.size(1), N = weight.size(0);
     c.tensor(weight, "weight", {N, K});
     c.tensor(out, "out", {M, N});
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda())
+        return cuda::gemm({.a = f32(inp), .b = f32(weight), .c = f32(out), .m = M, .n = N, .k = K, .trans_b = true,
+                           .beta = accumulate ? 1.f : 0.f});
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::matmul_forward<T>(ptr<T>(out), ptr<T>(inp), ptr<T>(weight), M, K, N, accumulate);
@@ -89,7 +135,7 @@ void matmul_forward(Tensor& out, const Tensor& inp, const Tensor& weight, bool a
 
 // dinp[M,K] += dout[M,N] · weight[N,K];   dweight[N,K] += dout[M,N]ᵀ · inp[M,K]
 void matmul_backward(Tensor* dinp, Tensor* dweight, const Tensor& dout, const Tensor& inp, const Tensor& weight) {
-    OpChecks c("matmul_backward");
+    OpChecks c("matmul_backward", Cuda::implemented);
     c.matrix(inp, "inp");
     c.matrix(weight, "weight");
     const int64_t M = inp.size(0), K = inp.size(1), N = weight.size(0);
@@ -97,6 +143,16 @@ void matmul_backward(Tensor* dinp, Tensor* dweight, const Tensor& dout, const Te
     c.tensor(dout, "dout", {M, N});
     if (dinp) c.tensor(*dinp, "dinp", {M, K});
     if (dweight) c.tensor(*dweight, "dweight", {N, K});
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) {
+        // dinp[M,K] += dout[M,N] · weight[N,K];   dweight[N,K] += dout[M,N]ᵀ · inp[M,K]
+        if (dinp) cuda::gemm({.a = f32(dout), .b = f32(weight), .c = f32(*dinp), .m = M, .n = K, .k = N, .beta = 1.f});
+        if (dweight)
+            cuda::gemm({.a = f32(dout), .b = f32(inp), .c = f32(*dweight), .m = N, .n = K, .k = M, .trans_a = true,
+                        .beta = 1.f});
+        return;
+    }
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::matmul_backward<T>(ptr_or_null<T>(dinp), ptr_or_null<T>(dweight), ptr<T>(dout), ptr<T>(inp),
@@ -106,11 +162,14 @@ void matmul_backward(Tensor* dinp, Tensor* dweight, const Tensor& dout, const Te
 
 // out[N,D] = table[ids[n], :]
 void embedding_forward(Tensor& out, std::span<const int32_t> ids, const Tensor& table) {
-    OpChecks c("embedding_forward");
+    OpChecks c("embedding_forward", Cuda::implemented);
     c.matrix(table, "table");
     const int64_t N = int64_t(ids.size()), V = table.size(0), D = table.size(1);
     c.tensor(out, "out", {N, D});
     c.ids(ids, "ids", N, V, false);
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::embedding_forward(f32(out), DeviceIds(ids).get(), f32(table), N, D);
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::embedding_forward<T>(ptr<T>(out), ids.data(), ptr<T>(table), N, D);
@@ -119,11 +178,14 @@ void embedding_forward(Tensor& out, std::span<const int32_t> ids, const Tensor& 
 
 // dtable[ids[n], :] += dout[n, :]
 void embedding_backward(Tensor& dtable, std::span<const int32_t> ids, const Tensor& dout) {
-    OpChecks c("embedding_backward");
+    OpChecks c("embedding_backward", Cuda::implemented);
     c.matrix(dtable, "dtable");
     const int64_t N = int64_t(ids.size()), V = dtable.size(0), D = dtable.size(1);
     c.tensor(dout, "dout", {N, D});
     c.ids(ids, "ids", N, V, false);
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::embedding_backward(f32(dtable), DeviceIds(ids).get(), f32(dout), N, D);
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::embedding_backward<T>(ptr<T>(dtable), ids.data(), ptr<T>(dout), N, D);
@@ -132,7 +194,7 @@ void embedding_backward(Tensor& dtable, std::span<const int32_t> ids, const Tens
 
 // out[N,D] = x[N,D] · rstd · weight[D];   rstd[N]
 void rmsnorm_forward(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& weight, double eps) {
-    OpChecks c("rmsnorm_forward");
+    OpChecks c("rmsnorm_forward", Cuda::implemented);
     c.matrix(x, "x");
     const int64_t N = x.size(0), D = x.size(1);
     LINARCH_CHECK(D > 0, "rmsnorm_forward: x: rows are empty (shape {})", shape_string(x.shape()));
@@ -140,6 +202,9 @@ void rmsnorm_forward(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w
     c.tensor(weight, "weight", {D});
     c.tensor(out, "out", {N, D});
     c.tensor(rstd, "rstd", {N});
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::rmsnorm_forward(f32(out), f32(rstd), f32(x), f32(weight), N, D, eps);
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::rmsnorm_forward<T>(ptr<T>(out), ptr<T>(rstd), ptr<T>(x), ptr<T>(weight), N, D, eps);
@@ -149,7 +214,7 @@ void rmsnorm_forward(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w
 // dx[N,D] += ...;   dweight[D] += Σ_n dout · x · rstd
 void rmsnorm_backward(Tensor* dx, Tensor* dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
                       const Tensor& rstd) {
-    OpChecks c("rmsnorm_backward");
+    OpChecks c("rmsnorm_backward", Cuda::implemented);
     c.matrix(x, "x");
     const int64_t N = x.size(0), D = x.size(1);
     c.tensor(weight, "weight", {D});
@@ -157,6 +222,11 @@ void rmsnorm_backward(Tensor* dx, Tensor* dweight, const Tensor& dout, const Ten
     c.tensor(dout, "dout", {N, D});
     if (dx) c.tensor(*dx, "dx", {N, D});
     if (dweight) c.tensor(*dweight, "dweight", {D});
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda())
+        return cuda::rmsnorm_backward(f32_or_null(dx), f32_or_null(dweight), f32(dout), f32(x), f32(weight),
+                                      f32(rstd), N, D);
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::rmsnorm_backward<T>(ptr_or_null<T>(dx), ptr_or_null<T>(dweight), ptr<T>(dout), ptr<T>(x),
@@ -207,10 +277,13 @@ void group_norm_backward(Tensor& dx, Tensor& dweight, Tensor& dbias, const Tenso
 
 // out[N,F] = silu(gate) · up   (elementwise: any shape, the same for all three)
 void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up) {
-    OpChecks c("swiglu_forward");
+    OpChecks c("swiglu_forward", Cuda::implemented);
     c.tensor(gate, "gate");
     c.tensor(up, "up", gate.shape());
     c.tensor(out, "out", gate.shape());
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::swiglu_forward(f32(out), f32(gate), f32(up), gate.numel());
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::swiglu_forward<T>(ptr<T>(out), ptr<T>(gate), ptr<T>(up), gate.numel());
@@ -219,12 +292,15 @@ void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up) {
 
 // dgate[N,F] += dout · up · silu'(gate);   dup[N,F] += dout · silu(gate)
 void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up) {
-    OpChecks c("swiglu_backward");
+    OpChecks c("swiglu_backward", Cuda::implemented);
     c.tensor(gate, "gate");
     c.tensor(up, "up", gate.shape());
     c.tensor(dout, "dout", gate.shape());
     c.tensor(dgate, "dgate", gate.shape());
     c.tensor(dup, "dup", gate.shape());
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::swiglu_backward(f32(dgate), f32(dup), f32(dout), f32(gate), f32(up), gate.numel());
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::swiglu_backward<T>(ptr<T>(dgate), ptr<T>(dup), ptr<T>(dout), ptr<T>(gate), ptr<T>(up), gate.numel());
@@ -233,10 +309,13 @@ void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tenso
 
 // out = a + b   (any equal shapes; out may alias a)
 void add_forward(Tensor& out, const Tensor& a, const Tensor& b) {
-    OpChecks c("add_forward");
+    OpChecks c("add_forward", Cuda::implemented);
     c.tensor(a, "a");
     c.tensor(b, "b", a.shape());
     c.tensor(out, "out", a.shape());
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::add(f32(out), f32(a), f32(b), a.numel());
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::add_forward<T>(ptr<T>(out), ptr<T>(a), ptr<T>(b), a.numel());
@@ -245,9 +324,12 @@ void add_forward(Tensor& out, const Tensor& a, const Tensor& b) {
 
 // dst += src
 void add_into(Tensor& dst, const Tensor& src) {
-    OpChecks c("add_into");
+    OpChecks c("add_into", Cuda::implemented);
     c.tensor(dst, "dst");
     c.tensor(src, "src", dst.shape());
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::add_into(f32(dst), f32(src), dst.numel());
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::add_into<T>(ptr<T>(dst), ptr<T>(src), dst.numel());

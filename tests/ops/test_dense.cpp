@@ -727,8 +727,10 @@ TEST(AdamW, BadInputsAreErrors) {
 
 TEST(DenseOps, CudaTensorsAreRejectedUntilImplemented) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no GPU: " << cuda::describe_device();
-    const Tensor inp = random_normal({4, 6}, DType::f32, 801).to(Device::cuda);
-    const Tensor weight = random_normal({5, 6}, DType::f32, 802);
-    Tensor out = Tensor::zeros({4, 5});
-    EXPECT_ERROR_MENTIONING(ops::matmul_forward(out, inp, weight), "matmul_forward", "inp", "no CUDA implementation");
+    // (The ops with a CUDA path are checked against these CPU ones in test_cuda_dense.cpp.)
+    const Tensor x = random_normal({4, 6}, DType::f32, 801).to(Device::cuda);
+    const Tensor weight = random_normal({6}, DType::f32, 802), bias = random_normal({6}, DType::f32, 803);
+    Tensor out = Tensor::zeros({4, 6}), mean = Tensor::zeros({8}), rstd = Tensor::zeros({8});
+    EXPECT_ERROR_MENTIONING(ops::group_norm_forward(out, mean, rstd, x, weight, bias, 2, 1e-5), "group_norm_forward",
+                            "x", "no CUDA implementation");
 }

@@ -1,0 +1,157 @@
+#include "backend/cuda/dense.hpp"
+
+#include <algorithm>
+
+#include "backend/cuda/check.cuh"
+
+namespace linarch::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned blocks_for(int64_t n) { return unsigned(std::max<int64_t>((n + kThreads - 1) / kThreads, 1)); }
+
+// Sum over the block (kThreads threads); every thread gets the total.
+__device__ float block_sum(float value) {
+    __shared__ float warp_sums[kThreads / 32];
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+    __syncthreads();  // warp_sums may still be read by a previous call
+    if (lane == 0) warp_sums[warp] = value;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+    return total;
+}
+
+__global__ void embedding_forward_kernel(float* out, const int32_t* ids, const float* table, int64_t D) {
+    const int64_t row = blockIdx.x;
+    const float* src = table + int64_t(ids[row]) * D;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) out[row * D + d] = src[d];
+}
+
+__global__ void embedding_backward_kernel(float* dtable, const int32_t* ids, const float* dout, int64_t D) {
+    const int64_t row = blockIdx.x;
+    float* dst = dtable + int64_t(ids[row]) * D;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) atomicAdd(dst + d, dout[row * D + d]);
+}
+
+// One block per row.
+__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* weight, int64_t D,
+                                       float eps) {
+    const int64_t row = blockIdx.x;
+    const float* xr = x + row * D;
+    float squares = 0.f;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) squares += xr[d] * xr[d];
+    const float r = rsqrtf(block_sum(squares) / float(D) + eps);
+    if (threadIdx.x == 0) rstd[row] = r;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) out[row * D + d] = xr[d] * r * weight[d];
+}
+
+// dx = rstd · (w·dout − x̂ · mean(w·dout·x̂)),  x̂ = x · rstd. One block per row.
+__global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* weight,
+                                           const float* rstd, int64_t D) {
+    const int64_t row = blockIdx.x;
+    const float* xr = x + row * D;
+    const float* gr = dout + row * D;
+    const float r = rstd[row];
+    float dot = 0.f;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dot += weight[d] * gr[d] * xr[d] * r;
+    const float mean = block_sum(dot) / float(D);
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dx[row * D + d] += r * (weight[d] * gr[d] - xr[d] * r * mean);
+}
+
+// dweight[d] += Σ_rows dout·x·rstd: a thread per column sums a slab of rows, then one atomic per slab.
+constexpr int64_t kRowsPerSlab = 64;
+__global__ void rmsnorm_backward_dweight_kernel(float* dweight, const float* dout, const float* x, const float* rstd,
+                                                int64_t N, int64_t D) {
+    const int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    const int64_t begin = int64_t(blockIdx.y) * kRowsPerSlab, end = min(begin + kRowsPerSlab, N);
+    float sum = 0.f;
+    for (int64_t row = begin; row < end; ++row) sum += dout[row * D + d] * x[row * D + d] * rstd[row];
+    atomicAdd(dweight + d, sum);
+}
+
+__device__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+
+__global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+}
+
+// silu'(g) = σ(g) · (1 + g · (1 − σ(g)))
+__global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                                       int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = gate[i], s = sigmoid(g);
+    dgate[i] += dout[i] * up[i] * s * (1.f + g * (1.f - s));
+    dup[i] += dout[i] * g * s;
+}
+
+__global__ void add_kernel(float* out, const float* a, const float* b, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = a[i] + b[i];
+}
+
+__global__ void add_into_kernel(float* dst, const float* src, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] += src[i];
+}
+
+}  // namespace
+
+void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t D) {
+    if (N == 0) return;
+    embedding_forward_kernel<<<unsigned(N), kThreads, 0, cudaStreamPerThread>>>(out, ids, table, D);
+    check_launch("embedding_forward_kernel");
+}
+
+void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t N, int64_t D) {
+    if (N == 0) return;
+    embedding_backward_kernel<<<unsigned(N), kThreads, 0, cudaStreamPerThread>>>(dtable, ids, dout, D);
+    check_launch("embedding_backward_kernel");
+}
+
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t N, int64_t D, double eps) {
+    if (N == 0) return;
+    rmsnorm_forward_kernel<<<unsigned(N), kThreads, 0, cudaStreamPerThread>>>(out, rstd, x, weight, D, float(eps));
+    check_launch("rmsnorm_forward_kernel");
+}
+
+void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
+                      const float* rstd, int64_t N, int64_t D) {
+    if (N == 0) return;
+    if (dx) {
+        rmsnorm_backward_dx_kernel<<<unsigned(N), kThreads, 0, cudaStreamPerThread>>>(dx, dout, x, weight, rstd, D);
+        check_launch("rmsnorm_backward_dx_kernel");
+    }
+    if (dweight) {
+        const dim3 grid(blocks_for(D), unsigned((N + kRowsPerSlab - 1) / kRowsPerSlab));
+        rmsnorm_backward_dweight_kernel<<<grid, kThreads, 0, cudaStreamPerThread>>>(dweight, dout, x, rstd, N, D);
+        check_launch("rmsnorm_backward_dweight_kernel");
+    }
+}
+
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
+    swiglu_forward_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(out, gate, up, n);
+    check_launch("swiglu_forward_kernel");
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
+    swiglu_backward_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(dgate, dup, dout, gate, up, n);
+    check_launch("swiglu_backward_kernel");
+}
+
+void add(float* out, const float* a, const float* b, int64_t n) {
+    add_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(out, a, b, n);
+    check_launch("add_kernel");
+}
+
+void add_into(float* dst, const float* src, int64_t n) {
+    add_into_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(dst, src, n);
+    check_launch("add_into_kernel");
+}
+
+}  // namespace linarch::cuda

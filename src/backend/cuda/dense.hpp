@@ -1,0 +1,26 @@
+// CUDA kernels of the dense ops (ops/dense.hpp says what each computes; that file checks the operands
+// and calls these with contiguous fp32 device arrays). Matrix products go through gemm.hpp. Backward
+// kernels add into their gradients, as every op's backward does. All run on cudaStreamPerThread.
+#pragma once
+#include <cstdint>
+
+namespace linarch::cuda {
+
+// ids: N device ints, each in [0, V) (checked on the host by the op).
+void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t D);
+// Rows that share an id add with atomics, so the order of their sums varies from run to run.
+void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t N, int64_t D);
+
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t N, int64_t D, double eps);
+// dx, dweight may be null.
+void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
+                      const float* rstd, int64_t N, int64_t D);
+
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+
+// out = a + b (out may alias a);  dst += src.
+void add(float* out, const float* a, const float* b, int64_t n);
+void add_into(float* dst, const float* src, int64_t n);
+
+}  // namespace linarch::cuda

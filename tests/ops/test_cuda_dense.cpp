@@ -1,0 +1,153 @@
+// The CUDA dense ops (ops/dense.hpp on fp32 device tensors: cuBLASLt GEMMs and the kernels of
+// backend/cuda/dense.cu) against the same ops on the CPU in float64, on fresh random inputs of odd and
+// larger shapes, backward passes adding into nonzero gradients; and the device and dtype checks.
+// Skipped (not passed) where no GPU is usable.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "backend/cuda/device.hpp"
+#include "core/error.hpp"
+#include "core/tensor.hpp"
+#include "ops/dense.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+using testkit::random_normal;
+using testkit::relative_error;
+
+#define SKIP_WITHOUT_GPU() \
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device()
+
+namespace {
+
+// fp32 sums of a few hundred terms in another order: ~1e-6; a wrong index or transpose is O(1).
+constexpr double kTolerance = 1e-5;
+
+Tensor gpu(const Tensor& t) { return t.to(Device::cuda); }
+Tensor f64(const Tensor& t) { return t.to(DType::f64); }
+Tensor host(const Tensor& t) { return t.to(Device::cpu); }
+
+struct MatmulShape {
+    int64_t M, K, N;
+};
+
+}  // namespace
+
+TEST(CudaDense, MatmulForwardAndBackwardMatchF64) {
+    SKIP_WITHOUT_GPU();
+    uint64_t stream = 1000;
+    for (const MatmulShape s : {MatmulShape{37, 29, 53}, MatmulShape{256, 130, 300}, MatmulShape{1, 64, 3}}) {
+        SCOPED_TRACE(::testing::Message() << "M=" << s.M << " K=" << s.K << " N=" << s.N);
+        const Tensor inp = random_normal({s.M, s.K}, DType::f32, stream++);
+        const Tensor weight = random_normal({s.N, s.K}, DType::f32, stream++);
+        const Tensor prior = random_normal({s.M, s.N}, DType::f32, stream++);
+        const Tensor dout = random_normal({s.M, s.N}, DType::f32, stream++);
+        const Tensor dinp0 = random_normal({s.M, s.K}, DType::f32, stream++);
+        const Tensor dweight0 = random_normal({s.N, s.K}, DType::f32, stream++);
+        for (bool accumulate : {false, true}) {
+            Tensor ref = f64(prior), out = gpu(prior);
+            ops::matmul_forward(ref, f64(inp), f64(weight), accumulate);
+            ops::matmul_forward(out, gpu(inp), gpu(weight), accumulate);
+            EXPECT_LT(relative_error(host(out), ref), kTolerance) << "accumulate " << accumulate;
+        }
+        Tensor dinp_ref = f64(dinp0), dweight_ref = f64(dweight0), dinp = gpu(dinp0), dweight = gpu(dweight0);
+        ops::matmul_backward(&dinp_ref, &dweight_ref, f64(dout), f64(inp), f64(weight));
+        ops::matmul_backward(&dinp, &dweight, gpu(dout), gpu(inp), gpu(weight));
+        EXPECT_LT(relative_error(host(dinp), dinp_ref), kTolerance);
+        EXPECT_LT(relative_error(host(dweight), dweight_ref), kTolerance);
+        Tensor dweight_only = gpu(dweight0);  // a null dinp skips that product
+        ops::matmul_backward(nullptr, &dweight_only, gpu(dout), gpu(inp), gpu(weight));
+        EXPECT_LT(relative_error(host(dweight_only), dweight_ref), kTolerance);
+    }
+}
+
+TEST(CudaDense, EmbeddingGathersAndScattersRepeatedIds) {
+    SKIP_WITHOUT_GPU();
+    const int64_t V = 300, D = 77, N = 1000;  // ids repeat ~3 times each on average
+    const std::vector<int32_t> ids = testkit::random_ids(N, int32_t(V), 1100);
+    const Tensor table = random_normal({V, D}, DType::f32, 1101);
+    Tensor ref = Tensor::zeros({N, D}, DType::f64), out = gpu(Tensor::zeros({N, D}));
+    ops::embedding_forward(ref, ids, f64(table));
+    ops::embedding_forward(out, ids, gpu(table));
+    EXPECT_EQ(relative_error(host(out), ref), 0.0);  // a gather is exact
+    const Tensor dout = random_normal({N, D}, DType::f32, 1102), dtable0 = random_normal({V, D}, DType::f32, 1103);
+    Tensor dref = f64(dtable0), dtable = gpu(dtable0);
+    ops::embedding_backward(dref, ids, f64(dout));
+    ops::embedding_backward(dtable, ids, gpu(dout));
+    EXPECT_LT(relative_error(host(dtable), dref), kTolerance);
+}
+
+TEST(CudaDense, RmsNormForwardAndBackwardMatchF64) {
+    SKIP_WITHOUT_GPU();
+    uint64_t stream = 1200;
+    for (const auto& [N, D] : {std::pair<int64_t, int64_t>{37, 200}, {5, 1000}, {300, 64}}) {
+        SCOPED_TRACE(::testing::Message() << "N=" << N << " D=" << D);
+        const Tensor x = random_normal({N, D}, DType::f32, stream++, 2.0);
+        const Tensor weight = testkit::random_uniform({D}, DType::f32, stream++, 0.5, 1.5);
+        Tensor ref = Tensor::zeros({N, D}, DType::f64), rstd_ref = Tensor::zeros({N}, DType::f64);
+        Tensor out = gpu(Tensor::zeros({N, D})), rstd = gpu(Tensor::zeros({N}));
+        ops::rmsnorm_forward(ref, rstd_ref, f64(x), f64(weight), 1e-5);
+        ops::rmsnorm_forward(out, rstd, gpu(x), gpu(weight), 1e-5);
+        EXPECT_LT(relative_error(host(out), ref), kTolerance);
+        EXPECT_LT(relative_error(host(rstd), rstd_ref), kTolerance);
+        const Tensor dout = random_normal({N, D}, DType::f32, stream++);
+        const Tensor dx0 = random_normal({N, D}, DType::f32, stream++), dw0 = random_normal({D}, DType::f32, stream++);
+        Tensor dx_ref = f64(dx0), dw_ref = f64(dw0), dx = gpu(dx0), dw = gpu(dw0);
+        ops::rmsnorm_backward(&dx_ref, &dw_ref, f64(dout), f64(x), f64(weight), rstd_ref);
+        ops::rmsnorm_backward(&dx, &dw, gpu(dout), gpu(x), gpu(weight), rstd);
+        EXPECT_LT(relative_error(host(dx), dx_ref), kTolerance);
+        EXPECT_LT(relative_error(host(dw), dw_ref), kTolerance);
+    }
+}
+
+TEST(CudaDense, ElementwiseOpsMatchF64) {
+    SKIP_WITHOUT_GPU();
+    const Shape shape = {41, 173};  // not a multiple of the block size
+    const Tensor gate = random_normal(shape, DType::f32, 1300, 3.0), up = random_normal(shape, DType::f32, 1301);
+    Tensor ref = Tensor::zeros(shape, DType::f64), out = gpu(Tensor::zeros(shape));
+    ops::swiglu_forward(ref, f64(gate), f64(up));
+    ops::swiglu_forward(out, gpu(gate), gpu(up));
+    EXPECT_LT(relative_error(host(out), ref), kTolerance);
+    const Tensor dout = random_normal(shape, DType::f32, 1302);
+    const Tensor dgate0 = random_normal(shape, DType::f32, 1303), dup0 = random_normal(shape, DType::f32, 1304);
+    Tensor dgate_ref = f64(dgate0), dup_ref = f64(dup0), dgate = gpu(dgate0), dup = gpu(dup0);
+    ops::swiglu_backward(dgate_ref, dup_ref, f64(dout), f64(gate), f64(up));
+    ops::swiglu_backward(dgate, dup, gpu(dout), gpu(gate), gpu(up));
+    EXPECT_LT(relative_error(host(dgate), dgate_ref), kTolerance);
+    EXPECT_LT(relative_error(host(dup), dup_ref), kTolerance);
+
+    Tensor sum = gpu(gate);
+    ops::add_forward(sum, sum, gpu(up));  // out aliasing a
+    Tensor sum_ref = f64(gate);
+    ops::add_forward(sum_ref, sum_ref, f64(up));
+    EXPECT_LT(relative_error(host(sum), sum_ref), kTolerance);
+    ops::add_into(sum, gpu(dout));
+    ops::add_into(sum_ref, f64(dout));
+    EXPECT_LT(relative_error(host(sum), sum_ref), kTolerance);
+}
+
+TEST(CudaDense, MixedDevicesAndDtypesAreClearErrors) {
+    SKIP_WITHOUT_GPU();
+    const Tensor inp = gpu(random_normal({4, 6}, DType::f32, 1400));
+    const Tensor weight_on_cpu = random_normal({5, 6}, DType::f32, 1401);
+    Tensor out = gpu(Tensor::zeros({4, 5}));
+    try {
+        ops::matmul_forward(out, inp, weight_on_cpu);
+        ADD_FAILURE() << "a CPU weight with a CUDA input was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("matmul_forward: weight is on cpu but inp is on cuda"), std::string::npos)
+            << e.what();
+    }
+    const Tensor x64 = gpu(random_normal({4, 6}, DType::f64, 1402));
+    Tensor y64 = gpu(Tensor::zeros({4, 6}, DType::f64));
+    try {
+        ops::add_into(y64, x64);
+        ADD_FAILURE() << "f64 on CUDA was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("add_into: dst has dtype F64; dense ops on CUDA take F32"),
+                  std::string::npos)
+            << e.what();
+    }
+}
