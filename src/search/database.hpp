@@ -113,6 +113,9 @@ public:
     // resumes it without waiting for the lease to expire; the interrupted attempt does not count
     // towards max_attempts.
     virtual void release(const Lease& lease) = 0;
+    // Metrics derived after a trial is done (its fitness, once the baseline it is scored against is in):
+    // added to or replacing its final metrics; needs no lease. The trial must be done.
+    virtual void record_final_metrics(int64_t trial_id, const std::map<std::string, double>& metrics) = 0;
 
     virtual Trial trial(int64_t trial_id) = 0;
     virtual std::vector<Trial> trials(int64_t study) = 0;  // in enqueue order

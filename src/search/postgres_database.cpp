@@ -288,6 +288,14 @@ public:
         });
     }
 
+    void record_final_metrics(int64_t trial_id, const std::map<std::string, double>& metrics) override {
+        transact("record final metrics", [&](pqxx::work& tx) {
+            LINARCH_CHECK(!tx.exec_params("SELECT 1 FROM trials WHERE id = $1 AND status = 'done'", trial_id).empty(),
+                          "{}: record final metrics: no done trial with id {}", url_, trial_id);
+            write_values(tx, "final_metrics", trial_id, metrics);
+        });
+    }
+
     void complete(const Lease& lease, const std::map<std::string, double>& final_metrics) override {
         transact("complete a trial", [&](pqxx::work& tx) {
             check_lease(tx, lease, "complete");

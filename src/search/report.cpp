@@ -112,6 +112,10 @@ std::optional<std::map<std::string, std::string>> flatten_spec(const std::string
                 self(self, *sub, name);
                 continue;
             }
+            if (const auto* number = node.as_floating_point()) {
+                flat[name] = fmt::format("{}", number->get());  // shortest round trip: 0.003, not 0.0030000000000000001
+                continue;
+            }
             std::ostringstream value;
             node.visit([&value](auto&& v) { value << v; });
             flat[name] = value.str();

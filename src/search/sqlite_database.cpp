@@ -288,6 +288,14 @@ public:
         transaction.commit();
     }
 
+    void record_final_metrics(int64_t trial_id, const std::map<std::string, double>& metrics) override {
+        Transaction transaction(*this);
+        LINARCH_CHECK(first_integer("SELECT 1 FROM trials WHERE id = ? AND status = 'done'", trial_id),
+                      "{}: record final metrics: no done trial with id {}", url_, trial_id);
+        write_values("final_metrics", trial_id, metrics);
+        transaction.commit();
+    }
+
     void complete(const Lease& lease, const std::map<std::string, double>& final_metrics) override {
         Transaction transaction(*this);
         check_lease(lease, "complete");

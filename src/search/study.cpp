@@ -156,6 +156,7 @@ public:
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >
                        options_.minutes * 60;
         };
+        score_fitness(*db_, study_);  // a study resumed from a run that stopped between the two completions
         SearchProgress progress = summarise();
         while (progress.done + progress.failed < options_.trials && !out_of_time()) {
             const bool proposed = db_->counts(study_).queued > 0 || propose();
@@ -348,14 +349,8 @@ private:
             db_->fail_trial(claim.lease, e.what());
             return;
         }
-        const std::vector<Trial> trials = db_->trials(study_);
-        Trial finished = trial;
-        finished.status = TrialStatus::done;
-        finished.final_metrics = metrics;
-        // The baseline scores itself 0.5 once its own metrics are in.
-        const Trial* baseline = trial.number == 0 ? &finished : baseline_of(trials);
-        if (const double f = fitness(finished, baseline); !std::isnan(f)) metrics["fitness"] = f;
         db_->complete(claim.lease, metrics);
+        score_fitness(*db_, study_);
     }
 
     // The corpus run's validations: learning-curve points reported as intermediate values, and the
@@ -440,6 +435,14 @@ void check_search(const SearchOptions& options) {
 
 std::string study_name(const SearchOptions& options) {
     return options.study.empty() ? std::filesystem::path(options.space).stem().string() : options.study;
+}
+
+void score_fitness(ExperimentDatabase& db, int64_t study) {
+    const std::vector<Trial> trials = db.trials(study);
+    const Trial* baseline = baseline_of(trials);
+    for (const Trial& t : trials)
+        if (!t.final_metrics.contains("fitness"))
+            if (const double f = fitness(t, baseline); !std::isnan(f)) db.record_final_metrics(t.id, {{"fitness", f}});
 }
 
 bool promoted_at_rung(double value, std::vector<double> rung_values, int64_t reduction_factor) {

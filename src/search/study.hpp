@@ -36,6 +36,8 @@
 
 namespace linarch {
 
+class ExperimentDatabase;
+
 struct SearchOptions {
     std::string space;                 // search-space file (search_space.hpp)
     std::string database;              // sqlite:///file.db
@@ -92,6 +94,12 @@ SearchProgress run_search(const SearchOptions& options,
 // the baseline relative to 10% of it, positive when better, clamped to [−1, 1], then σ(6 · that).
 // 0.5: as good as the baseline; only the range ±10% matters.
 double improvement_score(double value, double baseline, bool lower_is_better);
+
+// Records `fitness` (the mean improvement_score of val_bpb and mqar_accuracy against the baseline, trial
+// 0; the baseline gets 0.5) for every done trial of the study that has none yet. Called after each
+// completion: a trial done before the baseline is scored once the baseline is done, by whichever of the
+// two completes second. Pruned trials and trials without a shared component get no fitness.
+void score_fitness(ExperimentDatabase& db, int64_t study);
 
 // Successive halving's promotion rule as ASHA applies it asynchronously (Li et al., "A System for
 // Massively Parallel Hyperparameter Tuning", arXiv 1810.05934; Optuna's SuccessiveHalvingPruner):

@@ -45,7 +45,7 @@ int64_t write_synthetic_study(ExperimentDatabase& db, const std::string& name) {
         {"d_model = 128\nn_layers = 2", {}, metrics(0.7, 1.8, 0.6, 4e5), {{"synflow", 40}, {"grad_norm", 3}}},
         {"d_model = 64\nn_layers = 4", {}, {}, {}, true},
         {"d_model = 128\nn_layers = 3", {1}, metrics(0.8, 1.7, 0.55, 1e6), {{"synflow", 50}, {"grad_norm", 1}}},
-        {"d_model = 32\nn_layers = 3", {3, 0}, metrics(0.6, 1.9, 0.4, 5e4), {{"synflow", 20}, {"grad_norm", 5}}},
+        {"d_model = 32\nn_layers = 3\ninit_std = 0.003", {3, 0}, metrics(0.6, 1.9, 0.4, 5e4), {{"synflow", 20}, {"grad_norm", 5}}},
         {"d_model = 256\nn_layers = 3", {4}, metrics(kNaN, 2.2, 0.3, 3e6), {{"grad_norm", 6}}},
         {"d_model = 96\nn_layers = 2", {1}, metrics(0.6, 1.85, 0.45, 2e5), {{"synflow", 30}, {"grad_norm", 2}}},
     };

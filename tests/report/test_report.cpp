@@ -138,6 +138,7 @@ TEST(Report, ShowsTheSyntheticStudy) {
     EXPECT_NE(row_4.find("#3, #0"), std::string::npos) << row_4;
     EXPECT_NE(row_4.find("model.d_model = 32"), std::string::npos) << row_4;
     EXPECT_NE(row_4.find("model.n_layers = 3"), std::string::npos) << row_4;
+    EXPECT_NE(row_4.find("model.init_std = 0.003<"), std::string::npos) << row_4;  // as written, not 0.0030000000000000001
     EXPECT_EQ(row_4.find("<code>model.mixer"), std::string::npos) << "unchanged keys are not listed";
     EXPECT_NE(row_4.find("50k"), std::string::npos) << row_4;  // parameters
     EXPECT_NE(element_after(html, "<tr id=\"trial-0\"", "</tr>").find("baseline"), std::string::npos);

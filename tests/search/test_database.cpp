@@ -16,6 +16,7 @@
 #include "core/rng.hpp"
 #include "search/database.hpp"
 #include "search/postgres_database.hpp"
+#include "search/study.hpp"
 #include "support/postgres_server.hpp"
 #include "support/process.hpp"
 #include "support/testkit.hpp"
@@ -316,6 +317,34 @@ TEST_P(Database, ReleasedTrialsAreClaimedAgainAtOnceAndStudiesAreListed) {
     EXPECT_EQ(again->trial.attempts, 1);  // the interrupted attempt does not count
     db->complete(again->lease, {{"val_bpb", 2.0}});
     EXPECT_EQ(db->trial(trial_id).status, TrialStatus::done);
+}
+
+// Two workers: trial 1 finishes before the baseline (trial 0), so it is scored when the baseline is done.
+TEST_P(Database, FitnessIsScoredOnceTheBaselineIsDone) {
+    auto db = open_database(new_url());
+    const int64_t study = db->open_study("fitness", "c");
+    const int64_t baseline = db->enqueue(study, trial_with_hash("baseline")).trial_id;
+    const int64_t early = db->enqueue(study, trial_with_hash("early")).trial_id;
+    const int64_t waiting = db->enqueue(study, trial_with_hash("waiting")).trial_id;
+    EXPECT_NE(error_of([&] { db->record_final_metrics(waiting, {{"fitness", 1.0}}); }).find("no done trial"),
+              std::string::npos);
+    std::optional<Claim> first = db->claim_next(study, "a", 300), second = db->claim_next(study, "b", 300);
+    ASSERT_TRUE(first && second);
+    ASSERT_EQ(second->trial.id, early);
+    RngStream rng(testkit::test_seed(), 77);
+    const double base_bpb = 2 + rng.uniform(), base_mqar = 0.3 + 0.2 * rng.uniform();
+    const double bpb = base_bpb * (0.9 + 0.2 * rng.uniform()), mqar = base_mqar * (0.8 + 0.4 * rng.uniform());
+    db->complete(second->lease, {{"val_bpb", bpb}, {"mqar_accuracy", mqar}});
+    score_fitness(*db, study);
+    EXPECT_FALSE(db->trial(early).final_metrics.contains("fitness"));  // nothing to compare with yet
+    db->complete(first->lease, {{"val_bpb", base_bpb}, {"mqar_accuracy", base_mqar}});
+    score_fitness(*db, study);
+    EXPECT_DOUBLE_EQ(db->trial(baseline).final_metrics.at("fitness"), 0.5);
+    const double expected =
+        (improvement_score(bpb, base_bpb, true) + improvement_score(mqar, base_mqar, false)) / 2;
+    EXPECT_NEAR(db->trial(early).final_metrics.at("fitness"), expected, 1e-12);
+    EXPECT_EQ(db->trial(early).final_metrics.at("val_bpb"), bpb);  // the other metrics stay
+    EXPECT_FALSE(db->trial(waiting).final_metrics.contains("fitness"));
 }
 
 TEST_P(Database, NonFiniteValuesReadBackAsSqliteStoresThem) {
