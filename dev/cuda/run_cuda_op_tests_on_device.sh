@@ -17,6 +17,6 @@ export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee $OUT/gpu.txt
 timeout 300 $C/test_ops --gtest_filter='Cuda*:DenseOps.*' 2>&1 | tee $OUT/tests.log | grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|PASSED|FAILED TEST"
 for tool in memcheck racecheck; do
-    timeout 120 compute-sanitizer --tool $tool $C/test_ops --gtest_filter='CudaDense.*' 2>&1 | tail -n 8 \
+    timeout 280 compute-sanitizer --tool $tool $C/test_ops --gtest_filter='CudaDense.*' 2>&1 | tail -n 8 \
         | tee $OUT/$tool.log | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED"
 done

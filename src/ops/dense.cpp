@@ -4,6 +4,7 @@
 #include "ops/dense.hpp"
 
 #include <string>
+#include <vector>
 
 #include "backend/cpu/dense.hpp"
 #if LINARCH_HAS_CUDA
@@ -340,7 +341,7 @@ void add_into(Tensor& dst, const Tensor& src) {
 // rows whose target is ≥ 0 (0 when every row is ignored: such a batch contributes nothing).
 double lm_head_cross_entropy_forward(Tensor& losses, Tensor& logsumexp, const Tensor& hidden, const Tensor& weight,
                                      std::span<const int32_t> targets) {
-    OpChecks c("lm_head_cross_entropy_forward");
+    OpChecks c("lm_head_cross_entropy_forward", Cuda::implemented);
     c.matrix(hidden, "hidden");
     c.matrix(weight, "weight");
     const int64_t N = hidden.size(0), D = hidden.size(1), V = weight.size(0);
@@ -351,6 +352,20 @@ double lm_head_cross_entropy_forward(Tensor& losses, Tensor& logsumexp, const Te
     c.tensor(logsumexp, "logsumexp", {N});
     c.ids(targets, "targets", N, V, true);
     int64_t counted = 0;
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) {
+        cuda::lm_head_cross_entropy_forward(f32(losses), f32(logsumexp), f32(hidden), f32(weight),
+                                            DeviceIds(targets).get(), N, D, V);
+        const std::vector<double> row_losses = losses.to(Device::cpu).to_vector();
+        double total = 0;
+        for (size_t n = 0; n < row_losses.size(); ++n)
+            if (targets[n] >= 0) {
+                total += row_losses[n];
+                ++counted;
+            }
+        return counted > 0 ? total / double(counted) : 0.0;
+    }
+#endif
     const double total = dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         return cpu::lm_head_cross_entropy_forward<T>(ptr<T>(losses), ptr<T>(logsumexp), ptr<T>(hidden),
@@ -362,7 +377,7 @@ double lm_head_cross_entropy_forward(Tensor& losses, Tensor& logsumexp, const Te
 // dhidden[N,D] += ...;  dweight[V,D] += ...  for the loss loss_scale · Σ_n losses[n]
 void lm_head_cross_entropy_backward(Tensor* dhidden, Tensor* dweight, const Tensor& hidden, const Tensor& weight,
                                     std::span<const int32_t> targets, const Tensor& logsumexp, double loss_scale) {
-    OpChecks c("lm_head_cross_entropy_backward");
+    OpChecks c("lm_head_cross_entropy_backward", Cuda::implemented);
     c.matrix(hidden, "hidden");
     c.matrix(weight, "weight");
     const int64_t N = hidden.size(0), D = hidden.size(1), V = weight.size(0);
@@ -373,6 +388,12 @@ void lm_head_cross_entropy_backward(Tensor* dhidden, Tensor* dweight, const Tens
     if (dhidden) c.tensor(*dhidden, "dhidden", {N, D});
     if (dweight) c.tensor(*dweight, "dweight", {V, D});
     c.ids(targets, "targets", N, V, true);
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda())
+        return cuda::lm_head_cross_entropy_backward(f32_or_null(dhidden), f32_or_null(dweight), f32(hidden),
+                                                    f32(weight), DeviceIds(targets).get(), f32(logsumexp),
+                                                    loss_scale, N, D, V);
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::lm_head_cross_entropy_backward<T>(ptr_or_null<T>(dhidden), ptr_or_null<T>(dweight), ptr<T>(hidden),
@@ -383,12 +404,16 @@ void lm_head_cross_entropy_backward(Tensor* dhidden, Tensor* dweight, const Tens
 
 // logits[N,V] = hidden[N,D] · weight[V,D]ᵀ
 void lm_head_logits(Tensor& logits, const Tensor& hidden, const Tensor& weight) {
-    OpChecks c("lm_head_logits");
+    OpChecks c("lm_head_logits", Cuda::implemented);
     c.matrix(hidden, "hidden");
     c.matrix(weight, "weight");
     const int64_t N = hidden.size(0), D = hidden.size(1), V = weight.size(0);
     c.tensor(weight, "weight", {V, D});
     c.tensor(logits, "logits", {N, V});
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::gemm({.a = f32(hidden), .b = f32(weight), .c = f32(logits), .m = N, .n = V, .k = D,
+                                        .trans_b = true});
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::matmul_forward<T>(ptr<T>(logits), ptr<T>(hidden), ptr<T>(weight), N, D, V, false);
@@ -397,8 +422,11 @@ void lm_head_logits(Tensor& logits, const Tensor& hidden, const Tensor& weight) 
 
 // Σ x² over all elements, in double
 double sum_squares(const Tensor& x) {
-    OpChecks c("sum_squares");
+    OpChecks c("sum_squares", Cuda::implemented);
     c.tensor(x, "x");
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::sum_squares(f32(x), x.numel());
+#endif
     return dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         return cpu::sum_squares<T>(ptr<T>(x), x.numel());
@@ -407,8 +435,11 @@ double sum_squares(const Tensor& x) {
 
 // x *= factor
 void scale_inplace(Tensor& x, double factor) {
-    OpChecks c("scale_inplace");
+    OpChecks c("scale_inplace", Cuda::implemented);
     c.tensor(x, "x");
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda()) return cuda::scale(f32(x), x.numel(), factor);
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::scale_inplace<T>(ptr<T>(x), x.numel(), factor);
@@ -417,7 +448,7 @@ void scale_inplace(Tensor& x, double factor) {
 
 // param, grad, m, v: one shape; updated in place (grad read only)
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& hp) {
-    OpChecks c("adamw_update");
+    OpChecks c("adamw_update", Cuda::implemented);
     c.tensor(param, "param");
     c.tensor(grad, "grad", param.shape());
     c.tensor(m, "m", param.shape());
@@ -425,6 +456,11 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
     LINARCH_CHECK(hp.step >= 1, "adamw_update: step is counted from 1, got {}", hp.step);
     LINARCH_CHECK(hp.beta1 >= 0 && hp.beta1 < 1 && hp.beta2 >= 0 && hp.beta2 < 1,
                   "adamw_update: betas must lie in [0, 1), got beta1 = {}, beta2 = {}", hp.beta1, hp.beta2);
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda())
+        return cuda::adamw_update(f32(param), f32(grad), f32(m), f32(v), param.numel(), hp.lr, hp.beta1, hp.beta2,
+                                  hp.eps, hp.weight_decay, hp.step);
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::adamw_update<T>(ptr<T>(param), ptr<T>(grad), ptr<T>(m), ptr<T>(v), param.numel(), hp.lr, hp.beta1,

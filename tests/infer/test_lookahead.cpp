@@ -78,13 +78,28 @@ TEST(Lookahead, StopsAtAStopTokenLikePlainDecoding) {
 
 TEST(Lookahead, RepetitiveGreedyOutputTakesFewerSteps) {
     // With small weights the residual stream is mostly the input token's embedding, so a greedy model
-    // soon repeats itself (the tied LM head favours the token it just read); the pool predicts that.
+    // usually falls into a cycle (the tied LM head favours the token it just read); the pool predicts it.
+    // Not every initialisation cycles (one seed in CI wandered for 200 tokens), so the test takes the
+    // first of a few initialisations whose plain greedy output ends in a cycle of at most 20 tokens.
     LanguageModel model(tiny_language_model({"model.init_std=0.02"}), DType::f32);
-    model.initialize(test_seed() + 2);
     GenerationRequest r;
     r.prompt = repetitive_prompt(30);
     r.max_tokens = 200;
     r.sampling.temperature = 0;
+    const auto cycles = [](const std::vector<int32_t>& out) {
+        for (size_t period = 1; period <= 20; ++period) {
+            bool periodic = true;
+            for (size_t t = out.size() - 150; t < out.size() && periodic; ++t) periodic = out[t] == out[t - period];
+            if (periodic) return true;
+        }
+        return false;
+    };
+    bool found = false;
+    for (uint64_t attempt = 0; attempt < 20 && !found; ++attempt) {
+        model.initialize(test_seed() + 2 + attempt);
+        found = cycles(plain(model, r));
+    }
+    ASSERT_TRUE(found) << "no initialisation of 20 gave a cycling greedy output";
     LookaheadStats stats;
     lookahead_generate(model, r, {0, 4, 4}, &stats);
     EXPECT_GT(stats.tokens_per_step(), 1.25) << stats.steps << " steps for " << stats.tokens << " tokens";

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/cuda/device.hpp"
@@ -126,6 +127,62 @@ TEST(CudaDense, ElementwiseOpsMatchF64) {
     ops::add_into(sum, gpu(dout));
     ops::add_into(sum_ref, f64(dout));
     EXPECT_LT(relative_error(host(sum), sum_ref), kTolerance);
+}
+
+// V·N over the kernel's 64M-float logits buffer, so the vocabulary is folded in four blocks (the last one
+// partial); some targets are ignored (< 0).
+TEST(CudaDense, LmHeadCrossEntropyMatchesF64AcrossVocabularyBlocks) {
+    SKIP_WITHOUT_GPU();
+    for (const auto& [N, D, V] : {std::tuple<int64_t, int64_t, int64_t>{37, 64, 1000}, {4096, 32, 50000}}) {
+        SCOPED_TRACE(::testing::Message() << "N=" << N << " D=" << D << " V=" << V);
+        const Tensor hidden = random_normal({N, D}, DType::f32, 1500 + uint64_t(N));
+        const Tensor weight = random_normal({V, D}, DType::f32, 1501 + uint64_t(N), 0.3);
+        std::vector<int32_t> targets = testkit::random_ids(N, int32_t(V), 1502 + uint64_t(N));
+        for (int64_t n = 0; n < N; n += 7) targets[size_t(n)] = -1;
+        Tensor losses_ref = Tensor::zeros({N}, DType::f64), lse_ref = Tensor::zeros({N}, DType::f64);
+        Tensor losses = gpu(Tensor::zeros({N})), lse = gpu(Tensor::zeros({N}));
+        const double mean_ref = ops::lm_head_cross_entropy_forward(losses_ref, lse_ref, f64(hidden), f64(weight), targets);
+        const double mean = ops::lm_head_cross_entropy_forward(losses, lse, gpu(hidden), gpu(weight), targets);
+        EXPECT_NEAR(mean, mean_ref, kTolerance * mean_ref);
+        EXPECT_LT(relative_error(host(losses), losses_ref), kTolerance);
+        EXPECT_LT(relative_error(host(lse), lse_ref), kTolerance);
+        const Tensor dhidden0 = random_normal({N, D}, DType::f32, 1503, 1e-3);
+        const Tensor dweight0 = random_normal({V, D}, DType::f32, 1504, 1e-3);
+        Tensor dhidden_ref = f64(dhidden0), dweight_ref = f64(dweight0), dhidden = gpu(dhidden0), dweight = gpu(dweight0);
+        const double scale = 1.0 / double(N);
+        ops::lm_head_cross_entropy_backward(&dhidden_ref, &dweight_ref, f64(hidden), f64(weight), targets, lse_ref, scale);
+        ops::lm_head_cross_entropy_backward(&dhidden, &dweight, gpu(hidden), gpu(weight), targets, lse, scale);
+        EXPECT_LT(relative_error(host(dhidden), dhidden_ref), kTolerance);
+        EXPECT_LT(relative_error(host(dweight), dweight_ref), kTolerance);
+        Tensor logits_ref = Tensor::zeros({N, V}, DType::f64), logits = gpu(Tensor::zeros({N, V}));
+        ops::lm_head_logits(logits_ref, f64(hidden), f64(weight));
+        ops::lm_head_logits(logits, gpu(hidden), gpu(weight));
+        EXPECT_LT(relative_error(host(logits), logits_ref), kTolerance);
+    }
+}
+
+TEST(CudaDense, NormScaleAndAdamWMatchF64) {
+    SKIP_WITHOUT_GPU();
+    const int64_t n = 1000003;  // more elements than the reduction's grid covers in one sweep
+    const Tensor x = random_normal({n}, DType::f32, 1600);
+    EXPECT_NEAR(ops::sum_squares(gpu(x)), ops::sum_squares(f64(x)), 1e-9 * ops::sum_squares(f64(x)));
+    Tensor scaled = gpu(x), scaled_ref = f64(x);
+    ops::scale_inplace(scaled, 0.37);
+    ops::scale_inplace(scaled_ref, 0.37);
+    EXPECT_LT(relative_error(host(scaled), scaled_ref), kTolerance);
+
+    const Shape shape = {301, 7};
+    Tensor param = gpu(random_normal(shape, DType::f32, 1601)), m = gpu(Tensor::zeros(shape)), v = gpu(Tensor::zeros(shape));
+    Tensor param_ref = f64(host(param)), m_ref = Tensor::zeros(shape, DType::f64), v_ref = Tensor::zeros(shape, DType::f64);
+    for (int64_t step = 1; step <= 3; ++step) {
+        const Tensor grad = random_normal(shape, DType::f32, 1601 + uint64_t(step));
+        const ops::AdamWParams hp{1e-2, 0.9, 0.95, 1e-8, 0.1, step};
+        ops::adamw_update(param, gpu(grad), m, v, hp);
+        ops::adamw_update(param_ref, f64(grad), m_ref, v_ref, hp);
+    }
+    EXPECT_LT(relative_error(host(param), param_ref), kTolerance);
+    EXPECT_LT(relative_error(host(m), m_ref), kTolerance);
+    EXPECT_LT(relative_error(host(v), v_ref), kTolerance);
 }
 
 TEST(CudaDense, MixedDevicesAndDtypesAreClearErrors) {

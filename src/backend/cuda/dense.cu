@@ -1,8 +1,10 @@
 #include "backend/cuda/dense.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/device.hpp"
 
 namespace linarch::cuda {
 namespace {
@@ -100,6 +102,43 @@ __global__ void add_into_kernel(float* dst, const float* src, int64_t n) {
     if (i < n) dst[i] += src[i];
 }
 
+// Grid-stride squares in double per thread, a block sum, one atomic per block.
+__global__ void sum_squares_kernel(double* total, const float* x, int64_t n) {
+    double sum = 0;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        sum += double(x[i]) * double(x[i]);
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    __shared__ double warp_sums[kThreads / 32];
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double block = 0;
+        for (int w = 0; w < kThreads / 32; ++w) block += warp_sums[w];
+        atomicAdd(total, block);
+    }
+}
+
+__global__ void scale_kernel(float* x, int64_t n, float factor) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= factor;
+}
+
+struct AdamW {
+    float b1, b2, one_minus_b1, one_minus_b2, inv_bias1, inv_bias2, lr, eps, wd;
+};
+
+__global__ void adamw_kernel(float* param, const float* grad, float* m, float* v, int64_t n, AdamW h) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = grad[i];
+    const float mi = h.b1 * m[i] + h.one_minus_b1 * g;
+    const float vi = h.b2 * v[i] + h.one_minus_b2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const float m_hat = mi * h.inv_bias1, v_hat = vi * h.inv_bias2;
+    param[i] -= h.lr * (m_hat / (sqrtf(v_hat) + h.eps) + h.wd * param[i]);
+}
+
 }  // namespace
 
 void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t D) {
@@ -152,6 +191,39 @@ void add(float* out, const float* a, const float* b, int64_t n) {
 void add_into(float* dst, const float* src, int64_t n) {
     add_into_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(dst, src, n);
     check_launch("add_into_kernel");
+}
+
+double sum_squares(const float* x, int64_t n) {
+    double* total = static_cast<double*>(allocate(sizeof(double)));
+    check_cuda(cudaMemsetAsync(total, 0, sizeof(double), cudaStreamPerThread), "cudaMemsetAsync");
+    const unsigned blocks = unsigned(std::min<int64_t>(blocks_for(n), 1024));
+    sum_squares_kernel<<<blocks, kThreads, 0, cudaStreamPerThread>>>(total, x, n);
+    check_launch("sum_squares_kernel");
+    double result = 0;
+    copy_to_host(&result, total, sizeof(double));
+    release(total, sizeof(double));
+    return result;
+}
+
+void scale(float* x, int64_t n, double factor) {
+    scale_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(x, n, float(factor));
+    check_launch("scale_kernel");
+}
+
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, double lr, double beta1,
+                  double beta2, double eps, double weight_decay, int64_t step) {
+    // Bias corrections in double: 1 − β^step loses most of its digits in f32 when β is near 1.
+    const AdamW h{float(beta1),
+                  float(beta2),
+                  float(1.0 - beta1),
+                  float(1.0 - beta2),
+                  float(1.0 / (1.0 - std::pow(beta1, double(step)))),
+                  float(1.0 / (1.0 - std::pow(beta2, double(step)))),
+                  float(lr),
+                  float(eps),
+                  float(weight_decay)};
+    adamw_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(param, grad, m, v, n, h);
+    check_launch("adamw_kernel");
 }
 
 }  // namespace linarch::cuda

@@ -23,4 +23,21 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 void add(float* out, const float* a, const float* b, int64_t n);
 void add_into(float* dst, const float* src, int64_t n);
 
+// Σ x², accumulated in double (one synchronisation: the result comes back to the host).
+double sum_squares(const float* x, int64_t n);
+void scale(float* x, int64_t n, double factor);
+// One AdamW step as cpu::adamw_update computes it (bias corrections formed in double on the host).
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, double lr, double beta1,
+                  double beta2, double eps, double weight_decay, int64_t step);
+
+// The tied LM head with softmax cross-entropy (lm_head_cross_entropy.cu): logits are made one block of
+// vocabulary columns at a time by cuBLASLt into a reused fp32 buffer, never whole. targets: N device
+// ints, < 0 for ignored rows. The forward writes losses[N] (0 where ignored) and logsumexp[N]; the
+// backward recomputes each block and adds loss_scale · (softmax − onehot) through two GEMMs.
+void lm_head_cross_entropy_forward(float* losses, float* logsumexp, const float* hidden, const float* weight,
+                                   const int32_t* targets, int64_t N, int64_t D, int64_t V);
+void lm_head_cross_entropy_backward(float* dhidden, float* dweight, const float* hidden, const float* weight,
+                                    const int32_t* targets, const float* logsumexp, double loss_scale, int64_t N,
+                                    int64_t D, int64_t V);
+
 }  // namespace linarch::cuda
