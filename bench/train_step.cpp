@@ -1,6 +1,7 @@
-// One training step (forward + backward + AdamW) of a spec'd model on the CPU, next to OpenBLAS
-// sgemm's rate on the model's own largest matmul shape, measured in the same run.
-//   build/bin/train_step [--config configs/demo.toml] [--d-model 512 --layers 4 --seq-len 512 ...]
+// One training step (forward + backward + AdamW) of a spec'd model on the CPU or the GPU, next to the
+// device's fp32 GEMM rate on the model's own largest matmul shape (OpenBLAS sgemm, or cuBLASLt through
+// ops::matmul_forward), measured in the same run.
+//   build/bin/train_step [--config configs/demo.toml] [--device cpu|cuda]
 // Prints a human-readable table and one JSON line per model (for bench/NOTES.md).
 #include <cblas.h>
 #include <omp.h>
@@ -13,9 +14,11 @@
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
+#include "backend/cuda/device.hpp"
 #include "core/rng.hpp"
 #include "core/spec.hpp"
 #include "model/language_model.hpp"
+#include "ops/dense.hpp"
 #include "train/optimizer.hpp"
 
 using namespace linarch;
@@ -51,8 +54,19 @@ double sgemm_gflops(int64_t m, int64_t n, int64_t k) {
     return 2.0 * double(m * n * k) / seconds / 1e9;
 }
 
-void bench(const std::string& label, const Spec& spec) {
-    LanguageModel model(spec.model);
+// fp32 GEMM on the GPU through the op the model uses (cuBLASLt, no TF32).
+double gpu_gemm_gflops(int64_t m, int64_t n, int64_t k) {
+    const Tensor a = Tensor::zeros({m, k}, DType::f32, Device::cuda), b = Tensor::zeros({n, k}, DType::f32, Device::cuda);
+    Tensor c = Tensor::empty({m, n}, DType::f32, Device::cuda);
+    const double seconds = median_seconds(5, [&] {
+        ops::matmul_forward(c, a, b);
+        cuda::synchronize();
+    });
+    return 2.0 * double(m * n * k) / seconds / 1e9;
+}
+
+void bench(const std::string& label, const Spec& spec, Device device) {
+    LanguageModel model(spec.model, DType::f32, device);
     model.initialize(1);
     AdamW adam(spec.optim, model.parameters());
     const int64_t batch = spec.data.batch_size, seq_len = spec.data.seq_len, tokens = batch * seq_len;
@@ -71,19 +85,24 @@ void bench(const std::string& label, const Spec& spec) {
         backward_s = seconds_since(start);
         clip_grad_norm(model.parameters(), 1.0);
         adam.step(model.parameters(), 1e-3);
+        cuda::synchronize();
     });
     const double flops = model.train_flops_per_token() * double(tokens);
     const double achieved = flops / step_s / 1e9;
-    const double peak = sgemm_gflops(tokens, model.mlp_hidden(), spec.model.d_model);
-    fmt::print("{:<28} params {:>6.2f}M  B×T {}×{}  step {:7.1f} ms (fwd {:.1f}, bwd {:.1f})  {:8.0f} tok/s  "
-               "{:6.1f} GFLOP/s = {:4.1f}% of sgemm {:.1f} GFLOP/s [{}×{}×{}], {} threads\n",
-               label, double(model.parameters().count()) / 1e6, batch, seq_len, step_s * 1e3, forward_s * 1e3,
-               backward_s * 1e3, double(tokens) / step_s, achieved, 100 * achieved / peak, peak, tokens,
-               model.mlp_hidden(), spec.model.d_model, omp_get_max_threads());
-    const nlohmann::json record = {{"model", label},          {"params", model.parameters().count()},
+    const bool gpu = device == Device::cuda;
+    const double peak = gpu ? gpu_gemm_gflops(tokens, model.mlp_hidden(), spec.model.d_model)
+                            : sgemm_gflops(tokens, model.mlp_hidden(), spec.model.d_model);
+    fmt::print("{:<28} {} params {:>6.2f}M  B×T {}×{}  step {:7.1f} ms (fwd {:.1f}, bwd {:.1f})  {:8.0f} tok/s  "
+               "{:6.1f} GFLOP/s = {:4.1f}% of {} {:.1f} GFLOP/s [{}×{}×{}], {} threads\n",
+               label, device_name(device), double(model.parameters().count()) / 1e6, batch, seq_len, step_s * 1e3,
+               forward_s * 1e3, backward_s * 1e3, double(tokens) / step_s, achieved, 100 * achieved / peak,
+               gpu ? "cuBLASLt fp32 GEMM" : "sgemm", peak, tokens, model.mlp_hidden(), spec.model.d_model,
+               omp_get_max_threads());
+    const nlohmann::json record = {{"model", label},          {"device", device_name(device)},
+                                   {"params", model.parameters().count()},
                                    {"batch", batch},          {"seq_len", seq_len},
                                    {"step_ms", step_s * 1e3}, {"tokens_per_s", double(tokens) / step_s},
-                                   {"gflops", achieved},      {"sgemm_gflops", peak},
+                                   {"gflops", achieved},      {"gemm_gflops", peak},
                                    {"threads", omp_get_max_threads()}};
     fmt::print("{}\n", record.dump());
 }
@@ -91,17 +110,26 @@ void bench(const std::string& label, const Spec& spec) {
 
 int main(int argc, char** argv) {
     std::string config = "configs/demo.toml";
-    if (argc == 3 && std::string(argv[1]) == "--config") config = argv[2];
-    else if (argc != 1) {
-        fmt::print(stderr, "usage: train_step [--config FILE]\n");
-        return 2;
+    Device device = Device::cpu;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--config" && i + 1 < argc) {
+            config = argv[++i];
+        } else if (arg == "--device" && i + 1 < argc && (std::string(argv[i + 1]) == "cpu" ||
+                                                          std::string(argv[i + 1]) == "cuda")) {
+            device = std::string(argv[++i]) == "cuda" ? Device::cuda : Device::cpu;
+        } else {
+            fmt::print(stderr, "usage: train_step [--config FILE] [--device cpu|cuda]\n");
+            return 2;
+        }
     }
     try {
-        bench(config, load_spec(config));
+        if (device == Device::cuda) cuda::require_device("train_step --device cuda");
+        bench(config, load_spec(config), device);
         // The second shape: 4 layers, d=512, T=512.
         bench("4-layer d512 T512", load_spec(config, {"model.d_model=512", "model.n_layers=4", "model.n_heads=8",
                                                       "model.head_dim=64", "model.mlp_hidden=1408",
-                                                      "data.seq_len=512", "data.batch_size=8"}));
+                                                      "data.seq_len=512", "data.batch_size=8"}), device);
     } catch (const std::exception& e) {
         fmt::print(stderr, "error: {}\n", e.what());
         return 1;

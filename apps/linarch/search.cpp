@@ -14,6 +14,7 @@
 
 #include <fmt/core.h>
 
+#include "backend/cuda/device.hpp"
 #include "commands.hpp"
 #include "core/error.hpp"
 #include "search/database.hpp"
@@ -67,6 +68,20 @@ void fail_crashed_trial(const SearchOptions& search, pid_t pid, int signal) {
     } catch (const std::exception& e) {
         fmt::print(stderr, "search: cannot record the crash of worker {}: {}\n", worker_name(pid), e.what());
     }
+}
+
+// `--device cuda` without a usable GPU is one clear error before any worker starts. The probe runs in a
+// child process: a CUDA runtime initialised here would be unusable in the workers forked from this one.
+void require_gpu_for_workers() {
+    if (!cuda::built_with_cuda()) cuda::require_device("search --device cuda");  // says how to build with CUDA
+    const pid_t pid = fork();
+    LINARCH_CHECK(pid >= 0, "search: cannot start the GPU probe: {}", strerror(errno));
+    if (pid == 0) std::_Exit(cuda::device_count() > 0 ? 0 : 1);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    LINARCH_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "search --device cuda needs a CUDA GPU, but none is usable here (no device visible to the CUDA "
+                  "runtime); run without --device cuda to train the trials on the CPU");
 }
 
 pid_t start_worker(SearchOptions search, uint64_t index, int workers,
@@ -144,6 +159,7 @@ void add_search_command(CLI::App& app) {
     struct Options {
         SearchOptions search;
         std::string runs_dir = "runs/search";
+        std::string device = "cpu";
         int workers = 1;
     };
     auto options = std::make_shared<Options>();
@@ -182,6 +198,10 @@ void add_search_command(CLI::App& app) {
     cmd->add_option("--proposer-command", s.proposer_command, "External proposer: a shell command that reads the "
                                                               "study as JSON on stdin and writes candidates as JSON "
                                                               "lines (docs/search.md)");
+    cmd->add_option("--device", options->device, "Where trials train: cpu, or cuda (fp32 on the first GPU; the "
+                                                 "zero-cost proxies stay on the CPU)")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
+        ->capture_default_str();
     cmd->add_option("--runs", options->runs_dir, "Directory of the trials' run directories")->capture_default_str();
     cmd->add_option("--seed", s.seed, "Seed of the proposals")->capture_default_str();
     cmd->add_option("--workers", options->workers, "Worker processes on this machine (each claims trials)")
@@ -190,6 +210,7 @@ void add_search_command(CLI::App& app) {
         LINARCH_CHECK(options->workers >= 1, "search: --workers must be ≥ 1, got {}", options->workers);
         SearchOptions search = options->search;
         search.runs_dir = options->runs_dir;
+        search.device = options->device == "cuda" ? Device::cuda : Device::cpu;
         const auto start = std::chrono::steady_clock::now();
         int64_t finished_at_start = -1;
         const auto report = [&](const SearchProgress& p) {
@@ -207,6 +228,7 @@ void add_search_command(CLI::App& app) {
                        eta);
         };
         check_search(search);  // a bad option, space file or database: one clear error, before any worker
+        if (search.device == Device::cuda) require_gpu_for_workers();
         const SupervisorResult result = supervise_workers(search, options->workers, report);
         if (result.interrupted) {
             fmt::print("search interrupted; run the same command again to continue (it resumes the trials from "

@@ -12,6 +12,7 @@ void add_train_command(CLI::App& app) {
         std::vector<std::string> overrides;
         int64_t steps = 0;
         bool resume = false;
+        std::string device = "cpu";
     };
     auto options = std::make_shared<Options>();
     CLI::App* cmd = app.add_subcommand("train", "Train a model from a TOML spec");
@@ -20,6 +21,9 @@ void add_train_command(CLI::App& app) {
     cmd->add_option("--set", options->overrides, "Override a spec field: dotted.key=value (repeatable)");
     cmd->add_option("--out,-o", options->out, "Run directory (checkpoints, metrics.jsonl); default runs/<config name>");
     cmd->add_flag("--resume", options->resume, "Continue the run in --out from its latest checkpoint");
+    cmd->add_option("--device", options->device,
+                    "Where to train: cpu, or cuda (the first GPU; parameters, activations and optimizer state there)")
+        ->check(CLI::IsMember({"cpu", "cuda"}));
     cmd->callback([options] {
         std::vector<std::string> overrides = options->overrides;
         if (options->steps > 0) overrides.push_back(fmt::format("run.steps={}", options->steps));
@@ -29,6 +33,7 @@ void add_train_command(CLI::App& app) {
                                     ? std::filesystem::path("runs") / std::filesystem::path(options->config).stem()
                                     : std::filesystem::path(options->out);
         train_options.resume = options->resume;
+        train_options.device = options->device == "cuda" ? Device::cuda : Device::cpu;
         const TrainResult result = train(spec, train_options);
         if (result.interrupted) {
             fmt::print("interrupted at step {}; resume with --resume --out {}\n", result.steps_done,

@@ -1,22 +1,38 @@
 #!/bin/bash
-# One device call that runs every CUDA op test (test_ops' Cuda* suites, and the CPU DenseOps ones as a
-# control), then compute-sanitizer memcheck and racecheck on the dense ops. Logs go under $OUT.
+# One device call that runs every CUDA test (test_ops' Cuda* suites with the CPU DenseOps ones as a
+# control, test_train's CudaTraining: 50-step fp32 runs against the CPU), compute-sanitizer memcheck on
+# the op suites and racecheck on the mixer ops (the scan's backward shares memory across warps). Logs go
+# under $OUT.
 #
-# Expects build-cuda-sample/carry/ (carried with the call): test_ops and lib/ with its shared libraries
-# but glibc's, libcuda and the CUDA toolkit's (the device has CUDA 13 in /usr/local/cuda):
+# Expects build-cuda-sample/carry.tar.xz (carried with the call; the device takes at most 64 MiB and the
+# binaries link liblinarch statically, so the directory is compressed): test_ops, test_train, train_step
+# and lib/ with their shared libraries but glibc's, libcuda and the CUDA toolkit's (the device has CUDA 13
+# in /usr/local/cuda):
 #   cmake -S . -B build-cuda-sample -G Ninja -DLINARCH_CUDA=ON -DCMAKE_BUILD_TYPE=Release
-#   nice ninja -C build-cuda-sample test_ops
-#   mkdir -p build-cuda-sample/carry/lib && cp build-cuda-sample/tests/test_ops build-cuda-sample/carry/
-#   ldd build-cuda-sample/carry/test_ops | awk '/=> \// {print $3}' | grep -v -E 'libc\.|libm\.|libdl|libpthread|librt|ld-linux|libcuda\.|libcublas|libcudart' \
-#       | xargs -I{} cp -L {} build-cuda-sample/carry/lib/
+#   nice ninja -C build-cuda-sample test_ops test_train train_step
+#   C=build-cuda-sample/carry; rm -rf $C; mkdir -p $C/lib
+#   cp build-cuda-sample/tests/test_ops build-cuda-sample/tests/test_train build-cuda-sample/bin/train_step $C/
+#   strip $C/test_ops $C/test_train $C/train_step
+#   ldd $C/test_* $C/train_step | awk '/=> \// {print $3}' | sort -u \
+#       | grep -v -E 'libc\.|libm\.|libdl|libpthread|librt|ld-linux|libcuda\.|libcublas|libcudart' \
+#       | xargs -I{} cp -L {} $C/lib/
+#   (cd build-cuda-sample && tar -cf - carry | xz -T2 -6 > carry.tar.xz)
 # Device call (the `run` tool): command `bash dev/cuda/run_cuda_op_tests_on_device.sh`,
-# carry ["build-cuda-sample/carry"].
+# carry ["build-cuda-sample/carry.tar.xz"].
 set -o pipefail
+(cd build-cuda-sample && tar -xJf carry.tar.xz)
 C=build-cuda-sample/carry
 export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
+export LINARCH_SOURCE_DIR=$PWD  # the presets test_train reads
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee $OUT/gpu.txt
-timeout 300 $C/test_ops --gtest_filter='Cuda*:DenseOps.*' 2>&1 | tee $OUT/tests.log | grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|PASSED|FAILED TEST"
-for tool in memcheck racecheck; do
-    timeout 280 compute-sanitizer --tool $tool $C/test_ops --gtest_filter='CudaDense.*' 2>&1 | tail -n 8 \
-        | tee $OUT/$tool.log | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED"
+summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST"; }
+timeout 150 $C/test_ops --gtest_filter='Cuda*:DenseOps.*:*.MixedDevicesAreRefused' 2>&1 | tee $OUT/test_ops.log | summary
+timeout 120 $C/test_train --gtest_filter='CudaTraining.*' 2>&1 | tee $OUT/test_train.log | summary
+timeout 120 compute-sanitizer --tool memcheck $C/test_ops --gtest_filter='CudaMixerOps.*:CudaDense.*' 2>&1 \
+    | tail -n 8 | tee $OUT/memcheck.log | grep -E "ERROR SUMMARY|PASSED|FAILED"
+timeout 120 compute-sanitizer --tool racecheck $C/test_ops --gtest_filter='CudaMixerOps.*' 2>&1 | tail -n 8 \
+    | tee $OUT/racecheck.log | grep -E "RACECHECK SUMMARY|PASSED|FAILED"
+# One training step, GPU (fp32) and CPU (16 threads), of the demo model and a 13M one (bench/NOTES.md).
+for device in cuda cpu; do
+    timeout 60 $C/train_step --device $device 2>&1 | tee $OUT/train_step_$device.log | grep -v "^{"
 done

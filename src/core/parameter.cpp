@@ -4,7 +4,7 @@ namespace linarch {
 
 Parameter& ParameterStore::add(const std::string& name, const Shape& shape, bool decay) {
     LINARCH_CHECK(find(name) == nullptr, "parameter \"{}\" defined twice", name);
-    params_.push_back({name, Tensor::zeros(shape, dtype_), Tensor::zeros(shape, dtype_), decay});
+    params_.push_back({name, Tensor::zeros(shape, dtype_, device_), Tensor::zeros(shape, dtype_, device_), decay});
     return params_.back();
 }
 

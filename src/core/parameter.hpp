@@ -18,8 +18,11 @@ struct Parameter {
 // Owns every parameter of a model in creation order (the order checkpoints and optimisers use).
 class ParameterStore {
 public:
-    explicit ParameterStore(DType dtype = DType::f32) : dtype_(dtype) {}
+    explicit ParameterStore(DType dtype = DType::f32, Device device = Device::cpu)
+        : dtype_(dtype), device_(device) {}
     DType dtype() const { return dtype_; }
+    // Where values, gradients and (by the layers' convention) their activations live.
+    Device device() const { return device_; }
     Parameter& add(const std::string& name, const Shape& shape, bool decay = true);
     Parameter& get(const std::string& name);
     const Parameter* find(const std::string& name) const;
@@ -30,6 +33,7 @@ public:
 
 private:
     DType dtype_;
+    Device device_;
     std::deque<Parameter> params_;  // deque: layers keep references to their parameters
 };
 

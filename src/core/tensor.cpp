@@ -172,8 +172,21 @@ int64_t Tensor::offset_of_linear(int64_t linear_index) const {
 void Tensor::copy_from(const Tensor& source) {
     LINARCH_CHECK(source.shape_ == shape_, "copy_from: shape {} into {}", shape_string(source.shape_),
                   shape_string(shape_));
-    LINARCH_CHECK(device() == Device::cpu && source.device() == Device::cpu,
-                  "copy_from between devices: use to(Device)");
+    if (device() != Device::cpu || source.device() != Device::cpu) {
+        // Between devices or on the GPU: whole contiguous arrays of one dtype; anything else goes
+        // through a host copy converted there.
+        LINARCH_CHECK(is_contiguous(), "copy_from into a non-contiguous {} tensor", device_name(device()));
+        if (dtype_ != source.dtype_ || !source.is_contiguous()) {
+            Tensor host = empty(shape_, dtype_);
+            host.copy_from(source.to(Device::cpu));
+            return copy_from(host);
+        }
+        if (nbytes() == 0) return;
+        if (device() == Device::cpu) cuda::copy_to_host(raw_data(), source.raw_data(), nbytes());
+        else if (source.device() == Device::cpu) cuda::copy_to_device(raw_data(), source.raw_data(), nbytes());
+        else cuda::copy_on_device(raw_data(), source.raw_data(), nbytes());
+        return;
+    }
     if (dtype_ == source.dtype_ && is_contiguous() && source.is_contiguous()) {
         std::memcpy(raw_data(), source.raw_data(), nbytes());
         return;
@@ -191,18 +204,12 @@ Tensor Tensor::contiguous() const {
 
 Tensor Tensor::clone() const {
     Tensor t = empty(shape_, dtype_, device());
-    if (device() == Device::cpu) {
-        t.copy_from(*this);
-    } else {
-        LINARCH_CHECK(is_contiguous(), "clone of a non-contiguous GPU tensor");
-        Tensor host = to(Device::cpu);
-        t = host.to(Device::cuda);
-    }
+    t.copy_from(*this);
     return t;
 }
 
 Tensor Tensor::to(DType dtype) const {
-    Tensor t = empty(shape_, dtype);
+    Tensor t = empty(shape_, dtype, device());
     t.copy_from(*this);
     return t;
 }
@@ -218,7 +225,11 @@ Tensor Tensor::to(Device target) const {
 }
 
 void Tensor::fill(double value) {
-    LINARCH_CHECK(device() == Device::cpu, "fill on a GPU tensor");
+    if (device() != Device::cpu) {
+        Tensor host = empty(shape_, dtype_);
+        host.fill(value);
+        return copy_from(host);
+    }
     const int64_t n = numel();
     if (is_contiguous() && dtype_ == DType::f32) {
         float* p = static_cast<float*>(raw_data());
@@ -229,10 +240,9 @@ void Tensor::fill(double value) {
 }
 
 void Tensor::zero() {
-    if (is_contiguous() && device() == Device::cpu) {
-        std::memset(raw_data(), 0, nbytes());  // all-zero bits are 0.0 in every dtype here
-        return;
-    }
+    // All-zero bits are 0.0 in every dtype here.
+    if (is_contiguous() && device() == Device::cpu) return (void)std::memset(raw_data(), 0, nbytes());
+    if (is_contiguous() && nbytes() > 0) return cuda::fill_zero(raw_data(), nbytes());
     fill(0.0);
 }
 

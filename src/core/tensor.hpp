@@ -65,12 +65,13 @@ public:
     Tensor select(int64_t axis, int64_t index) const;  // drops the axis
     Tensor transpose(int64_t axis0, int64_t axis1) const;
 
-    // Copies (CPU).
+    // Copies. On the CPU any layout; a GPU tensor must be contiguous (element-wise conversions and
+    // strided reads go through a host copy: fine for initialisation and checkpoints, not hot loops).
     Tensor contiguous() const;
     Tensor clone() const;
     Tensor to(DType dtype) const;
     Tensor to(Device device) const;
-    void copy_from(const Tensor& source);  // same shape, any dtypes, CPU
+    void copy_from(const Tensor& source);  // same shape, any dtypes and devices
     void fill(double value);
     void zero();
 

@@ -40,6 +40,7 @@ std::vector<double> retnet_log_decays(int64_t heads) {
 LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, const MixerSpec& mixer, ParameterStore& params,
                                            const std::string& prefix, int64_t layer)
     : dtype_(params.dtype()),
+      device_(params.device()),
       heads_(spec.n_heads),
       key_dim_(mixer.key_dim(spec.head_dim)),
       value_dim_(mixer.value_dim(spec.head_dim)),
@@ -97,7 +98,7 @@ LinearAttentionMixer::LinearAttentionMixer(const ModelSpec& spec, const MixerSpe
     hla_args_.masked = mixer.hla_masked;
     hla_args_.scale = args_.scale;
     hla_args_.chunk_size = mixer.chunk_size;
-    if (decay_ == "fixed") args_.log_decay = Tensor::from_vector({heads_}, retnet_log_decays(heads_), dtype_);
+    if (decay_ == "fixed") args_.log_decay = Tensor::from_vector({heads_}, retnet_log_decays(heads_), dtype_).to(device_);
     hla_args_.log_decay = args_.log_decay;
 }
 
@@ -182,8 +183,8 @@ ops::SpatialDecayAttentionArgs LinearAttentionMixer::spatial_args() const {
     // column states dominates thin chunks (32 × 64 grid, B=4, H=8, d=64, forward+backward: 1 row
     // 348 ms, 2 rows 222 ms, 4 rows 185 ms, 8 rows 252 ms, the whole grid 918 ms).
     args.chunk_rows = std::max<int64_t>(1, 4 * args_.chunk_size / grid_width_);
-    args.log_decay_row = Tensor::empty({heads_}, dtype_);
-    args.log_decay_col = Tensor::empty({heads_}, dtype_);
+    args.log_decay_row = Tensor::empty({heads_}, dtype_, device_);
+    args.log_decay_col = Tensor::empty({heads_}, dtype_, device_);
     ops::logsigmoid_decay_forward(args.log_decay_row, decay_row_logit_->value, 1.0);
     ops::logsigmoid_decay_forward(args.log_decay_col, decay_col_logit_->value, 1.0);
     return args;
@@ -200,14 +201,14 @@ ops::DeltaRuleArgs LinearAttentionMixer::delta_args(const Activations& a) const 
 void LinearAttentionMixer::make_beta(Activations& a) const {
     if (!delta_) return;
     const int64_t n = a.batch * a.seq_len;
-    Tensor logits = Tensor::empty({n, heads_}, dtype_);
+    Tensor logits = Tensor::empty({n, heads_}, dtype_, device_);
     ops::matmul_forward(logits, a.x, beta_proj_->value);
-    a.beta = Tensor::empty({n, heads_}, dtype_);
+    a.beta = Tensor::empty({n, heads_}, dtype_, device_);
     ops::sigmoid_forward(a.beta, logits);
 }
 
 void LinearAttentionMixer::attend(Activations& a) const {
-    a.o = Tensor::empty(value_shape(a), dtype_);
+    a.o = Tensor::empty(value_shape(a), dtype_, device_);
     if (second_order_)
         ops::higher_order_attention_chunkwise_forward(a.o, nullptr, a.rotated[0], a.rotated[1], a.convolved[2],
                                                       nullptr, hla_args(a));
@@ -229,13 +230,13 @@ void LinearAttentionMixer::project_and_convolve(Activations& a) const {
     for (int i = 0; i < 3; ++i) {
         if (!projects(i)) continue;
         const Shape shape = i < 2 ? key_shape(a) : value_shape(a);
-        a.projected[i] = Tensor::empty({n, width(i)}, dtype_);
+        a.projected[i] = Tensor::empty({n, width(i)}, dtype_, device_);
         ops::matmul_forward(a.projected[i], a.x, proj[i]->value);
         if (conv_size_ == 0) {
             a.convolved[i] = a.projected[i].view(shape);
             continue;
         }
-        a.convolved[i] = Tensor::empty(shape, dtype_);
+        a.convolved[i] = Tensor::empty(shape, dtype_, device_);
         Tensor conv_out = a.convolved[i].view({a.batch, a.seq_len, width(i)});
         ops::short_conv_forward(conv_out, a.projected[i].view({a.batch, a.seq_len, width(i)}), conv[i]->value, true);
     }
@@ -243,7 +244,7 @@ void LinearAttentionMixer::project_and_convolve(Activations& a) const {
 
 void LinearAttentionMixer::derive_key(Activations& a) const {
     if (!key_from_decay_) return;
-    a.convolved[1] = Tensor::empty(key_shape(a), dtype_);
+    a.convolved[1] = Tensor::empty(key_shape(a), dtype_, device_);
     ops::key_from_decay_forward(a.convolved[1], a.log_gate.view(key_shape(a)));
 }
 
@@ -253,19 +254,19 @@ void LinearAttentionMixer::make_queries_and_keys(Activations& a) const {
     for (int i = 0; i < 2; ++i) {
         a.featured[i] = a.convolved[i];
         if (feature_map_ != ops::FeatureMap::identity) {
-            a.featured[i] = Tensor::empty(shape, dtype_);
+            a.featured[i] = Tensor::empty(shape, dtype_, device_);
             ops::feature_map_forward(a.featured[i], a.convolved[i], feature_map_);
         }
         a.normalized[i] = a.featured[i];
         if (l2_qk_) {
-            a.normalized[i] = Tensor::empty(shape, dtype_);
-            a.inv_norm[i] = Tensor::empty({rows}, dtype_);
+            a.normalized[i] = Tensor::empty(shape, dtype_, device_);
+            a.inv_norm[i] = Tensor::empty({rows}, dtype_, device_);
             Tensor out = a.normalized[i].view({rows, key_dim_});
             ops::l2norm_forward(out, a.inv_norm[i], a.featured[i].view({rows, key_dim_}), 1e-6);
         }
         a.rotated[i] = a.normalized[i];
         if (rotation_.active()) {
-            a.rotated[i] = Tensor::empty(shape, dtype_);
+            a.rotated[i] = Tensor::empty(shape, dtype_, device_);
             rotation_.forward(a.rotated[i], a.normalized[i], token_positions(a));
         }
     }
@@ -275,20 +276,20 @@ void LinearAttentionMixer::make_log_gate(Activations& a) const {
     if (decay_ != "scalar" && decay_ != "vector") return;
     const int64_t n = a.batch * a.seq_len;
     const int64_t channels = decay_ == "scalar" ? heads_ : key_width_;
-    a.decay_input = Tensor::zeros({n, channels}, dtype_);  // stays 0 for a constant decay
+    a.decay_input = Tensor::zeros({n, channels}, dtype_, device_);  // stays 0 for a constant decay
     if (decay_down_) {
-        a.decay_hidden = Tensor::empty({n, gate_low_rank_}, dtype_);
+        a.decay_hidden = Tensor::empty({n, gate_low_rank_}, dtype_, device_);
         ops::matmul_forward(a.decay_hidden, a.x, decay_down_->value);
         ops::matmul_forward(a.decay_input, a.decay_hidden, decay_up_->value);
     } else if (decay_proj_) {
         ops::matmul_forward(a.decay_input, a.x, decay_proj_->value);
     }
-    a.log_gate = Tensor::empty({n, channels}, dtype_);
+    a.log_gate = Tensor::empty({n, channels}, dtype_, device_);
     if (a_log_) {
         ops::mamba2_decay_forward(a.log_gate, a.decay_input, a_log_->value, dt_bias_->value);
         return;
     }
-    Tensor biased = Tensor::empty({n, channels}, dtype_);
+    Tensor biased = Tensor::empty({n, channels}, dtype_, device_);
     ops::add_bias_forward(biased, a.decay_input, decay_bias_->value);
     if (decay_parameterization_ == "hgrn2")
         ops::lower_bounded_decay_forward(a.log_gate, biased, lower_bound_);
@@ -299,7 +300,7 @@ void LinearAttentionMixer::make_log_gate(Activations& a) const {
 
 void LinearAttentionMixer::log_gate_backward(Tensor& dx, const Activations& a, const Tensor& d_log_gate) {
     const int64_t n = a.batch * a.seq_len, channels = a.log_gate.size(1);
-    Tensor d_decay_input = Tensor::zeros({n, channels}, dtype_);
+    Tensor d_decay_input = Tensor::zeros({n, channels}, dtype_, device_);
     if (a_log_) {
         ops::mamba2_decay_backward(d_decay_input, a_log_->grad, dt_bias_->grad, d_log_gate, a.decay_input,
                                    a_log_->value, dt_bias_->value);
@@ -312,7 +313,7 @@ void LinearAttentionMixer::log_gate_backward(Tensor& dx, const Activations& a, c
         ops::add_bias_backward(decay_bias_->grad, d_decay_input);
     }
     if (decay_down_) {
-        Tensor d_hidden = Tensor::zeros({n, gate_low_rank_}, dtype_);
+        Tensor d_hidden = Tensor::zeros({n, gate_low_rank_}, dtype_, device_);
         ops::matmul_backward(&d_hidden, &decay_up_->grad, d_decay_input, a.decay_hidden, decay_up_->value);
         ops::matmul_backward(&dx, &decay_down_->grad, d_hidden, a.x, decay_down_->value);
     } else if (decay_proj_) {
@@ -341,12 +342,12 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     const Shape keys = key_shape(a), values = value_shape(a);
     const Tensor d_o = output_->backward(dx, dout, a.output).view(values);
     // Attention core.
-    Tensor d_qk[2] = {Tensor::zeros(keys, dtype_), Tensor::zeros(keys, dtype_)};
+    Tensor d_qk[2] = {Tensor::zeros(keys, dtype_, device_), Tensor::zeros(keys, dtype_, device_)};
     Tensor d_convolved[3];
-    d_convolved[2] = Tensor::zeros(values, dtype_);
+    d_convolved[2] = Tensor::zeros(values, dtype_, device_);
     Tensor d_log_gate, d_log_gate_view;
     if (a.log_gate.defined()) {
-        d_log_gate = Tensor::zeros(a.log_gate.shape(), dtype_);
+        d_log_gate = Tensor::zeros(a.log_gate.shape(), dtype_, device_);
         d_log_gate_view = d_log_gate.view(attention_args(a).log_gate.shape());
     }
     Tensor* d_gate = a.log_gate.defined() ? &d_log_gate_view : nullptr;
@@ -355,18 +356,18 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
                                                        a.rotated[0], a.rotated[1], a.convolved[2], nullptr,
                                                        hla_args(a), d_gate);
     } else if (decay_ == "spatial") {
-        Tensor d_log_row = Tensor::zeros({heads_}, dtype_), d_log_col = Tensor::zeros({heads_}, dtype_);
+        Tensor d_log_row = Tensor::zeros({heads_}, dtype_, device_), d_log_col = Tensor::zeros({heads_}, dtype_, device_);
         ops::spatial_decay_attention_chunkwise_backward(d_qk[0], d_qk[1], d_convolved[2], &d_log_row, &d_log_col, d_o,
                                                         a.rotated[0], a.rotated[1], a.convolved[2], spatial_args());
         ops::logsigmoid_decay_backward(decay_row_logit_->grad, d_log_row, decay_row_logit_->value, 1.0);
         ops::logsigmoid_decay_backward(decay_col_logit_->grad, d_log_col, decay_col_logit_->value, 1.0);
     } else if (delta_) {
         const Shape token_heads{a.batch, a.seq_len, heads_};
-        Tensor d_beta = Tensor::zeros(token_heads, dtype_);
+        Tensor d_beta = Tensor::zeros(token_heads, dtype_, device_);
         ops::delta_rule_chunkwise_backward(d_qk[0], d_qk[1], d_convolved[2], d_beta, d_gate, nullptr, d_o, nullptr,
                                            a.rotated[0], a.rotated[1], a.convolved[2], a.beta.view(token_heads),
                                            nullptr, delta_args(a));
-        Tensor d_logits = Tensor::zeros({n, heads_}, dtype_);
+        Tensor d_logits = Tensor::zeros({n, heads_}, dtype_, device_);
         ops::sigmoid_backward(d_logits, d_beta.view({n, heads_}), a.beta);
         ops::matmul_backward(&dx, &beta_proj_->grad, d_logits, a.x, beta_proj_->value);
     } else {
@@ -381,20 +382,20 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
     for (int i = 0; i < 2; ++i) {
         if (!projects(i)) continue;
         if (rotation_.active()) {
-            Tensor d_normalized = Tensor::zeros(keys, dtype_);
+            Tensor d_normalized = Tensor::zeros(keys, dtype_, device_);
             rotation_.backward(d_normalized, d_qk[i], a.normalized[i], token_positions(a));
             d_qk[i] = d_normalized;
         }
         Tensor d_featured = d_qk[i];
         if (l2_qk_) {
-            d_featured = Tensor::zeros(keys, dtype_);
+            d_featured = Tensor::zeros(keys, dtype_, device_);
             Tensor d_rows = d_featured.view({rows, key_dim_});
             ops::l2norm_backward(d_rows, d_qk[i].view({rows, key_dim_}), a.normalized[i].view({rows, key_dim_}),
                                  a.inv_norm[i]);
         }
         d_convolved[i] = d_featured;
         if (feature_map_ != ops::FeatureMap::identity) {
-            d_convolved[i] = Tensor::zeros(keys, dtype_);
+            d_convolved[i] = Tensor::zeros(keys, dtype_, device_);
             ops::feature_map_backward(d_convolved[i], d_featured, a.convolved[i], feature_map_);
         }
     }
@@ -406,7 +407,7 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
         Tensor d_projected = d_convolved[i].view({n, width(i)});
         if (conv_size_ > 0) {
             const Shape sequences{a.batch, a.seq_len, width(i)};
-            d_projected = Tensor::zeros(sequences, dtype_);
+            d_projected = Tensor::zeros(sequences, dtype_, device_);
             ops::short_conv_backward(d_projected, conv[i]->grad, d_convolved[i].view(sequences),
                                      a.projected[i].view(sequences), conv[i]->value, true);
             d_projected = d_projected.view({n, width(i)});
@@ -417,13 +418,13 @@ void LinearAttentionMixer::backward(Tensor& dx, const Tensor& dout) {
 
 MixerState LinearAttentionMixer::new_state() const {
     MixerState state;
-    if (decay_ != "spatial") state.attention = Tensor::zeros({1, heads_, key_dim_, value_dim_}, dtype_);
+    if (decay_ != "spatial") state.attention = Tensor::zeros({1, heads_, key_dim_, value_dim_}, dtype_, device_);
     if (second_order_) {
-        state.key_moment = Tensor::zeros({1, heads_, key_dim_, key_dim_}, dtype_);
-        if (hla_args_.masked) state.correction = Tensor::zeros({1, heads_, key_dim_, value_dim_}, dtype_);
+        state.key_moment = Tensor::zeros({1, heads_, key_dim_, key_dim_}, dtype_, device_);
+        if (hla_args_.masked) state.correction = Tensor::zeros({1, heads_, key_dim_, value_dim_}, dtype_, device_);
     }
     if (conv_size_ > 0)
-        for (int i = 0; i < 3; ++i) state.conv_window[i] = Tensor::zeros({conv_size_, width(i)}, dtype_);
+        for (int i = 0; i < 3; ++i) state.conv_window[i] = Tensor::zeros({conv_size_, width(i)}, dtype_, device_);
     if (decay_ == "spatial")
         state.spatial = ops::spatial_decay_attention_initial_state(heads_, key_dim_, value_dim_, spatial_args(), dtype_);
     return state;
@@ -440,7 +441,7 @@ Tensor stack_states(std::span<MixerState* const> states, Tensor MixerState::*mem
     const Tensor& first = states[0]->*member;
     Shape shape = first.shape();
     shape[0] = static_cast<int64_t>(states.size());
-    Tensor stacked = Tensor::empty(shape, first.dtype());
+    Tensor stacked = Tensor::empty(shape, first.dtype(), first.device());
     for (size_t g = 0; g < states.size(); ++g) stacked.narrow(0, int64_t(g), 1).copy_from(states[g]->*member);
     return stacked;
 }
@@ -468,7 +469,7 @@ void LinearAttentionMixer::step_sequences(Tensor& out, const Tensor& x, std::spa
     for (int i = 0; i < 3; ++i) {
         if (!projects(i)) continue;
         const Shape shape = i < 2 ? key_shape(a) : value_shape(a);
-        a.projected[i] = Tensor::empty({rows_total, width(i)}, dtype_);
+        a.projected[i] = Tensor::empty({rows_total, width(i)}, dtype_, device_);
         ops::matmul_forward(a.projected[i], x, proj[i]->value);
         if (conv_size_ == 0) {
             a.convolved[i] = a.projected[i].view(shape);
@@ -476,12 +477,12 @@ void LinearAttentionMixer::step_sequences(Tensor& out, const Tensor& x, std::spa
         }
         // The causal conv over [the window's last K rows; the new rows]: its last n output rows are
         // exactly the training-time conv outputs at these positions. The window keeps the last K rows.
-        Tensor rows = Tensor::empty({G, conv_size_ + n, width(i)}, dtype_);
+        Tensor rows = Tensor::empty({G, conv_size_ + n, width(i)}, dtype_, device_);
         for (int64_t g = 0; g < G; ++g) {
             rows.select(0, g).narrow(0, 0, conv_size_).copy_from(states[size_t(g)]->conv_window[i]);
             rows.select(0, g).narrow(0, conv_size_, n).copy_from(a.projected[i].narrow(0, g * n, n));
         }
-        Tensor conv_out = Tensor::empty({G, conv_size_ + n, width(i)}, dtype_);
+        Tensor conv_out = Tensor::empty({G, conv_size_ + n, width(i)}, dtype_, device_);
         ops::short_conv_forward(conv_out, rows, conv[i]->value, true);
         a.convolved[i] = conv_out.narrow(1, conv_size_, n).contiguous().view(shape);
         for (int64_t g = 0; g < G; ++g)
@@ -491,7 +492,7 @@ void LinearAttentionMixer::step_sequences(Tensor& out, const Tensor& x, std::spa
     derive_key(a);
     make_queries_and_keys(a);
     make_beta(a);
-    a.o = Tensor::empty(value_shape(a), dtype_);
+    a.o = Tensor::empty(value_shape(a), dtype_, device_);
     // A few tokens (a decode step, a verification branch) take the recurrent form; a prompt the
     // chunkwise form, the state carried through. Both are exact; the switch is about speed only.
     const bool recurrent = n < std::max<int64_t>(2, args_.chunk_size / 4);
@@ -500,7 +501,7 @@ void LinearAttentionMixer::step_sequences(Tensor& out, const Tensor& x, std::spa
         MixerState& state = *states[0];
         for (int64_t t = 0; t < n; ++t) {
             auto token = [&](const Tensor& v) { return v.narrow(1, t, 1).contiguous(); };
-            Tensor o = Tensor::empty({1, 1, heads_, value_dim_}, dtype_);
+            Tensor o = Tensor::empty({1, 1, heads_, value_dim_}, dtype_, device_);
             ops::spatial_decay_attention_step(o, state.spatial, token(a.rotated[0]), token(a.rotated[1]),
                                               token(a.convolved[2]), state.position + t, spatial_args());
             a.o.narrow(1, t, 1).copy_from(o);
@@ -510,9 +511,9 @@ void LinearAttentionMixer::step_sequences(Tensor& out, const Tensor& x, std::spa
                                             stack_states(states, &MixerState::attention),
                                             hla_args_.masked ? stack_states(states, &MixerState::correction)
                                                              : Tensor()};
-        ops::HigherOrderState next{Tensor::empty(current.key_moment.shape(), dtype_),
-                                   Tensor::empty(current.query_value_moment.shape(), dtype_),
-                                   current.correction.defined() ? Tensor::empty(current.correction.shape(), dtype_)
+        ops::HigherOrderState next{Tensor::empty(current.key_moment.shape(), dtype_, device_),
+                                   Tensor::empty(current.query_value_moment.shape(), dtype_, device_),
+                                   current.correction.defined() ? Tensor::empty(current.correction.shape(), dtype_, device_)
                                                                 : Tensor()};
         if (recurrent)
             ops::higher_order_attention_recurrent_forward(a.o, &next, a.rotated[0], a.rotated[1], a.convolved[2],
@@ -525,7 +526,7 @@ void LinearAttentionMixer::step_sequences(Tensor& out, const Tensor& x, std::spa
         if (next.correction.defined()) unstack_states(states, &MixerState::correction, next.correction);
     } else {
         const Tensor current = stack_states(states, &MixerState::attention);
-        Tensor next_state = Tensor::empty(current.shape(), dtype_);
+        Tensor next_state = Tensor::empty(current.shape(), dtype_, device_);
         if (delta_) {
             const Tensor beta = a.beta.view({G, n, heads_});
             if (recurrent)

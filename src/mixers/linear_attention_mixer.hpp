@@ -75,6 +75,7 @@ private:
     void derive_key(Activations& a) const;
 
     DType dtype_;
+    Device device_;
     int64_t heads_, key_dim_, value_dim_, key_width_, value_width_, conv_size_, gate_low_rank_;
     ops::FeatureMap feature_map_;
     bool l2_qk_, delta_;

@@ -30,7 +30,7 @@ void Mixer::step_sequences(Tensor& out, const Tensor& x, std::span<MixerState* c
     LINARCH_CHECK(G >= 1 && x.size(0) % G == 0, "step_sequences: {} rows for {} sequences", x.size(0), G);
     const int64_t T = x.size(0) / G;
     for (int64_t g = 0; g < G; ++g) {
-        Tensor rows = Tensor::empty({T, out.size(1)}, out.dtype());
+        Tensor rows = Tensor::empty({T, out.size(1)}, out.dtype(), out.device());
         step(rows, x.narrow(0, g * T, T).contiguous(), *states[static_cast<size_t>(g)]);
         out.narrow(0, g * T, T).copy_from(rows);
     }

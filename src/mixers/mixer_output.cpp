@@ -17,6 +17,7 @@ void fill_normal(Parameter& p, uint64_t seed, double std) {
 MixerOutput::MixerOutput(const ModelSpec& model, const MixerSpec& mixer, ParameterStore& params,
                          const std::string& prefix)
     : dtype_(params.dtype()),
+      device_(params.device()),
       heads_(model.n_heads),
       value_dim_(mixer.value_dim(model.head_dim)),
       width_(model.n_heads * value_dim_),
@@ -47,10 +48,10 @@ void MixerOutput::forward(Tensor& out, const Tensor& o, const Tensor& x, Cache& 
     c.o = o.view({n, width_});
     c.o_norm = c.o;
     if (out_norm_) {
-        c.o_norm = Tensor::empty({n, width_}, dtype_);
-        c.o_rstd = Tensor::empty({n * heads_}, dtype_);
+        c.o_norm = Tensor::empty({n, width_}, dtype_, device_);
+        c.o_rstd = Tensor::empty({n * heads_}, dtype_, device_);
         if (out_norm_bias_) {
-            c.o_mean = Tensor::empty({n * heads_}, dtype_);
+            c.o_mean = Tensor::empty({n * heads_}, dtype_, device_);
             ops::group_norm_forward(c.o_norm, c.o_mean, c.o_rstd, c.o, out_norm_->value, out_norm_bias_->value, heads_,
                                     norm_eps_);
         } else {
@@ -60,9 +61,9 @@ void MixerOutput::forward(Tensor& out, const Tensor& o, const Tensor& x, Cache& 
     }
     c.gated = c.o_norm;
     if (gate_proj_) {
-        c.gate_input = Tensor::empty({n, width_}, dtype_);
+        c.gate_input = Tensor::empty({n, width_}, dtype_, device_);
         ops::matmul_forward(c.gate_input, x, gate_proj_->value);
-        c.gated = Tensor::empty({n, width_}, dtype_);
+        c.gated = Tensor::empty({n, width_}, dtype_, device_);
         ops::output_gate_forward(c.gated, c.o_norm, c.gate_input, gate_activation_);
     }
     ops::matmul_forward(out, c.gated, o_proj_.value);
@@ -70,17 +71,17 @@ void MixerOutput::forward(Tensor& out, const Tensor& o, const Tensor& x, Cache& 
 
 Tensor MixerOutput::backward(Tensor& dx, const Tensor& dout, const Cache& c) {
     const int64_t n = c.x.size(0);
-    Tensor d_gated = Tensor::zeros({n, width_}, dtype_);
+    Tensor d_gated = Tensor::zeros({n, width_}, dtype_, device_);
     ops::matmul_backward(&d_gated, &o_proj_.grad, dout, c.gated, o_proj_.value);
     Tensor d_o_norm = d_gated;
     if (gate_proj_) {
-        d_o_norm = Tensor::zeros({n, width_}, dtype_);
-        Tensor d_gate_input = Tensor::zeros({n, width_}, dtype_);
+        d_o_norm = Tensor::zeros({n, width_}, dtype_, device_);
+        Tensor d_gate_input = Tensor::zeros({n, width_}, dtype_, device_);
         ops::output_gate_backward(d_o_norm, d_gate_input, d_gated, c.o_norm, c.gate_input, gate_activation_);
         ops::matmul_backward(&dx, &gate_proj_->grad, d_gate_input, c.x, gate_proj_->value);
     }
     if (!out_norm_) return d_o_norm;
-    Tensor d_o = Tensor::zeros({n, width_}, dtype_);
+    Tensor d_o = Tensor::zeros({n, width_}, dtype_, device_);
     if (out_norm_bias_) {
         ops::group_norm_backward(d_o, out_norm_->grad, out_norm_bias_->grad, d_o_norm, c.o, out_norm_->value, c.o_mean,
                                  c.o_rstd, heads_);

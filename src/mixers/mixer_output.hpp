@@ -25,6 +25,7 @@ public:
 
 private:
     DType dtype_;
+    Device device_;
     int64_t heads_, value_dim_, width_;
     double norm_eps_;
     Parameter& o_proj_;

@@ -13,7 +13,7 @@ PositionRotation::PositionRotation(const MixerSpec& mixer, int64_t key_dim, Para
                   key_dim);
     if (mixer.rotation == "rope") {
         kind_ = Kind::rope;
-        rope_frequencies_ = ops::rope_frequencies(key_dim, mixer.rope_base, params.dtype());
+        rope_frequencies_ = ops::rope_frequencies(key_dim, mixer.rope_base, params.dtype()).to(params.device());
         return;
     }
     const bool planes = mixer.rotation == "grape_planes";

@@ -40,6 +40,7 @@ private:
     void step_token(Tensor& out, const Tensor& x, MixerState& state) const;  // one token x[1,d]
 
     DType dtype_;
+    Device device_;
     int64_t heads_, head_dim_, width_, window_;
     Tensor alibi_slopes_;      // undefined without ALiBi
     Parameter &q_proj_, &k_proj_, &v_proj_;

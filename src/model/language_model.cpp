@@ -24,11 +24,12 @@ void fill_normal(Parameter& p, uint64_t seed, double std) {
 std::string layer_prefix(size_t layer) { return "layers." + std::to_string(layer); }
 }  // namespace
 
-LanguageModel::LanguageModel(const ModelSpec& spec, DType dtype)
+LanguageModel::LanguageModel(const ModelSpec& spec, DType dtype, Device device)
     : spec_(spec),
       dtype_(dtype),
+      device_(device),
       mlp_hidden_(default_mlp_hidden(spec)),
-      params_(dtype),
+      params_(dtype, device),
       embedding_(params_.add("embedding.weight", {spec.vocab_size, spec.d_model})),
       final_norm_([this]() -> Parameter& {
           for (int64_t l = 0; l < spec_.n_layers; ++l) {
@@ -72,36 +73,36 @@ double LanguageModel::forward(std::span<const int32_t> inputs, std::span<const i
     targets_.assign(targets.begin(), targets.end());
     batch_ = batch;
     seq_len_ = seq_len;
-    Tensor x = Tensor::empty({n, d}, dtype_);
+    Tensor x = Tensor::empty({n, d}, dtype_, device_);
     ops::embedding_forward(x, inputs_, embedding_.value);
     for (Block& b : blocks_) {
         b.x_in = x;
-        b.h1 = Tensor::empty({n, d}, dtype_);
-        b.rstd1 = Tensor::empty({n}, dtype_);
+        b.h1 = Tensor::empty({n, d}, dtype_, device_);
+        b.rstd1 = Tensor::empty({n}, dtype_, device_);
         ops::rmsnorm_forward(b.h1, b.rstd1, x, b.attn_norm.value, spec_.norm_eps);
-        Tensor mixed = Tensor::empty({n, d}, dtype_);
+        Tensor mixed = Tensor::empty({n, d}, dtype_, device_);
         b.mixer->forward(mixed, b.h1, batch, seq_len);
-        b.x_mid = Tensor::empty({n, d}, dtype_);
+        b.x_mid = Tensor::empty({n, d}, dtype_, device_);
         ops::add_forward(b.x_mid, x, mixed);
-        b.h2 = Tensor::empty({n, d}, dtype_);
-        b.rstd2 = Tensor::empty({n}, dtype_);
+        b.h2 = Tensor::empty({n, d}, dtype_, device_);
+        b.rstd2 = Tensor::empty({n}, dtype_, device_);
         ops::rmsnorm_forward(b.h2, b.rstd2, b.x_mid, b.mlp_norm.value, spec_.norm_eps);
-        b.gate = Tensor::empty({n, mlp_hidden_}, dtype_);
-        b.up = Tensor::empty({n, mlp_hidden_}, dtype_);
+        b.gate = Tensor::empty({n, mlp_hidden_}, dtype_, device_);
+        b.up = Tensor::empty({n, mlp_hidden_}, dtype_, device_);
         ops::matmul_forward(b.gate, b.h2, b.gate_proj.value);
         ops::matmul_forward(b.up, b.h2, b.up_proj.value);
-        b.act = Tensor::empty({n, mlp_hidden_}, dtype_);
+        b.act = Tensor::empty({n, mlp_hidden_}, dtype_, device_);
         ops::swiglu_forward(b.act, b.gate, b.up);
-        x = Tensor::empty({n, d}, dtype_);
+        x = Tensor::empty({n, d}, dtype_, device_);
         ops::matmul_forward(x, b.act, b.down_proj.value);
         ops::add_forward(x, x, b.x_mid);
     }
     x_final_ = x;
-    h_final_ = Tensor::empty({n, d}, dtype_);
-    rstd_final_ = Tensor::empty({n}, dtype_);
+    h_final_ = Tensor::empty({n, d}, dtype_, device_);
+    rstd_final_ = Tensor::empty({n}, dtype_, device_);
     ops::rmsnorm_forward(h_final_, rstd_final_, x, final_norm_.value, spec_.norm_eps);
-    losses_ = Tensor::empty({n}, dtype_);
-    logsumexp_ = Tensor::empty({n}, dtype_);
+    losses_ = Tensor::empty({n}, dtype_, device_);
+    logsumexp_ = Tensor::empty({n}, dtype_, device_);
     const double mean = ops::lm_head_cross_entropy_forward(losses_, logsumexp_, h_final_, embedding_.value, targets_);
     counted_tokens_ = 0;
     for (int32_t t : targets_) counted_tokens_ += t >= 0;
@@ -110,7 +111,7 @@ double LanguageModel::forward(std::span<const int32_t> inputs, std::span<const i
 
 void LanguageModel::backward(double loss_scale) {
     const int64_t n = batch_ * seq_len_, d = spec_.d_model;
-    Tensor dh = Tensor::zeros({n, d}, dtype_);
+    Tensor dh = Tensor::zeros({n, d}, dtype_, device_);
     ops::lm_head_cross_entropy_backward(&dh, &embedding_.grad, h_final_, embedding_.value, targets_, logsumexp_,
                                         loss_scale);
     backward_from_head(dh);
@@ -139,7 +140,7 @@ void logit_sum_backward(Tensor& dh, Tensor& dembedding, const Tensor& h, const T
 }  // namespace
 
 void LanguageModel::backward_logit_sum() {
-    Tensor dh = Tensor::zeros({batch_ * seq_len_, spec_.d_model}, dtype_);
+    Tensor dh = Tensor::zeros({batch_ * seq_len_, spec_.d_model}, dtype_, device_);
     if (dtype_ == DType::f64)
         logit_sum_backward<double>(dh, embedding_.grad, h_final_, embedding_.value);
     else
@@ -150,19 +151,19 @@ void LanguageModel::backward_logit_sum() {
 void LanguageModel::backward_from_head(const Tensor& dh) {
     const int64_t n = batch_ * seq_len_, d = spec_.d_model;
     // dx carries ∂loss/∂(residual stream); every branch adds into it.
-    Tensor dx = Tensor::zeros({n, d}, dtype_);
+    Tensor dx = Tensor::zeros({n, d}, dtype_, device_);
     ops::rmsnorm_backward(&dx, &final_norm_.grad, dh, x_final_, final_norm_.value, rstd_final_);
     for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
         Block& b = *it;
-        Tensor d_act = Tensor::zeros({n, mlp_hidden_}, dtype_);
+        Tensor d_act = Tensor::zeros({n, mlp_hidden_}, dtype_, device_);
         ops::matmul_backward(&d_act, &b.down_proj.grad, dx, b.act, b.down_proj.value);
-        Tensor d_gate = Tensor::zeros({n, mlp_hidden_}, dtype_), d_up = Tensor::zeros({n, mlp_hidden_}, dtype_);
+        Tensor d_gate = Tensor::zeros({n, mlp_hidden_}, dtype_, device_), d_up = Tensor::zeros({n, mlp_hidden_}, dtype_, device_);
         ops::swiglu_backward(d_gate, d_up, d_act, b.gate, b.up);
-        Tensor dh2 = Tensor::zeros({n, d}, dtype_);
+        Tensor dh2 = Tensor::zeros({n, d}, dtype_, device_);
         ops::matmul_backward(&dh2, &b.gate_proj.grad, d_gate, b.h2, b.gate_proj.value);
         ops::matmul_backward(&dh2, &b.up_proj.grad, d_up, b.h2, b.up_proj.value);
         ops::rmsnorm_backward(&dx, &b.mlp_norm.grad, dh2, b.x_mid, b.mlp_norm.value, b.rstd2);
-        Tensor dh1 = Tensor::zeros({n, d}, dtype_);
+        Tensor dh1 = Tensor::zeros({n, d}, dtype_, device_);
         b.mixer->backward(dh1, dx);
         ops::rmsnorm_backward(&dx, &b.attn_norm.grad, dh1, b.x_in, b.attn_norm.value, b.rstd1);
     }
@@ -178,11 +179,11 @@ LanguageModel::DecodeState LanguageModel::new_decode_state() const {
 Tensor LanguageModel::run_blocks(std::span<DecodeState* const> states, std::span<const int32_t> tokens) const {
     const int64_t n = int64_t(tokens.size()), d = spec_.d_model, G = int64_t(states.size());
     // The dense parts run on all G·T rows at once; each mixer advances its G states.
-    Tensor x = Tensor::empty({n, d}, dtype_);
+    Tensor x = Tensor::empty({n, d}, dtype_, device_);
     ops::embedding_forward(x, tokens, embedding_.value);
-    Tensor h = Tensor::empty({n, d}, dtype_), rstd = Tensor::empty({n}, dtype_), branch = Tensor::empty({n, d}, dtype_);
-    Tensor gate = Tensor::empty({n, mlp_hidden_}, dtype_), up = Tensor::empty({n, mlp_hidden_}, dtype_),
-           act = Tensor::empty({n, mlp_hidden_}, dtype_);
+    Tensor h = Tensor::empty({n, d}, dtype_, device_), rstd = Tensor::empty({n}, dtype_, device_), branch = Tensor::empty({n, d}, dtype_, device_);
+    Tensor gate = Tensor::empty({n, mlp_hidden_}, dtype_, device_), up = Tensor::empty({n, mlp_hidden_}, dtype_, device_),
+           act = Tensor::empty({n, mlp_hidden_}, dtype_, device_);
     std::vector<MixerState*> layer_states(static_cast<size_t>(G));
     for (size_t l = 0; l < blocks_.size(); ++l) {
         const Block& b = blocks_[l];
@@ -202,9 +203,14 @@ Tensor LanguageModel::run_blocks(std::span<DecodeState* const> states, std::span
 }
 
 Tensor LanguageModel::final_hidden(const Tensor& x) const {
-    Tensor h = Tensor::empty(x.shape(), dtype_), rstd = Tensor::empty({x.size(0)}, dtype_);
+    Tensor h = Tensor::empty(x.shape(), dtype_, device_), rstd = Tensor::empty({x.size(0)}, dtype_, device_);
     ops::rmsnorm_forward(h, rstd, x, final_norm_.value, spec_.norm_eps);
     return h;
+}
+
+void LanguageModel::last_logits(Tensor& logits) const {
+    LINARCH_CHECK(h_final_.defined(), "last_logits: no forward has run");
+    ops::lm_head_logits(logits, h_final_, embedding_.value);
 }
 
 void LanguageModel::head(Tensor& logits, const Tensor& x) const {

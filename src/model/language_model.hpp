@@ -16,8 +16,10 @@ namespace linarch {
 
 class LanguageModel {
 public:
-    // dtype f32 trains; f64 gives the float64 reference model that gradient checks use.
-    explicit LanguageModel(const ModelSpec& spec, DType dtype = DType::f32);
+    // dtype f32 trains; f64 gives the float64 reference model that gradient checks use. On CUDA the
+    // parameters, gradients and activations live on the GPU (f32; training only: the decode path
+    // below runs on the CPU).
+    explicit LanguageModel(const ModelSpec& spec, DType dtype = DType::f32, Device device = Device::cpu);
     // Deterministic initialisation: each parameter draws from its own stream named after it.
     void initialize(uint64_t seed);
 
@@ -35,6 +37,8 @@ public:
     const Tensor& mlp_gate(size_t layer) const { return blocks_.at(layer).gate; }
     const Tensor& mlp_hidden(size_t layer) const { return blocks_.at(layer).act; }
     size_t layer_count() const { return blocks_.size(); }
+    // logits [B·T, V] of the last forward (on the model's device).
+    void last_logits(Tensor& logits) const;
     // Tokens the last forward counted (targets ≥ 0).
     int64_t counted_tokens() const { return counted_tokens_; }
 
@@ -86,6 +90,7 @@ private:
     };
     ModelSpec spec_;
     DType dtype_;
+    Device device_;
     int64_t mlp_hidden_;
     ParameterStore params_;
     Parameter& embedding_;

@@ -1,5 +1,6 @@
 // Delta-rule ops: check every tensor (device, dtype, contiguity, shape, value ranges) and cu_seqlens,
-// then dispatch to the backend. Only the CPU backend exists so far.
+// then dispatch to the backend: the CPU one, or for f32 CUDA tensors the exact fp32 recurrent scan
+// (ops/cuda_recurrent_scan.hpp), which stands for every form.
 #include "ops/delta_rule.hpp"
 
 #include <cmath>
@@ -8,11 +9,21 @@
 
 #include "backend/cpu/delta_rule.hpp"
 #include "ops/operand_checks.hpp"
+#if LINARCH_HAS_CUDA
+#include "ops/cuda_recurrent_scan.hpp"
+#endif
 
 namespace linarch::ops {
 namespace {
 
+#if LINARCH_HAS_CUDA
+const Tensor kNoFixedDecay;  // the delta rule has no fixed-decay form
 
+CudaScanInputs scan_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                           const Tensor* initial_state, const DeltaRuleArgs& args) {
+    return {q, k, v, &beta, args.log_gate, kNoFixedDecay, initial_state, args.cu_seqlens, args.scale};
+}
+#endif
 
 // Sizes the inputs agree on, and N, the number of sequences (the states' leading dim).
 struct Checked {
@@ -72,6 +83,10 @@ Shape token_shape(const cpu::DeltaRuleDims& d, int64_t dim) { return {d.batch, d
 template <typename Kernel>
 void forward(const char* op, Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k, const Tensor& v,
              const Tensor& beta, const Tensor* initial_state, const DeltaRuleArgs& args, Kernel&& kernel) {
+#if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda)
+        return cuda_scan_forward(op, o, final_state, scan_inputs(q, k, v, beta, initial_state, args));
+#endif
     const Checked c = check_inputs(op, q, k, v, beta, initial_state, args);
     check_operand(op, "o", o, q.dtype(), token_shape(c.dims, c.dims.value_dim));
     check_state(op, "final_state", final_state, q.dtype(), c);
@@ -122,6 +137,11 @@ void delta_rule_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor& d
                                    const Tensor* initial_state, const DeltaRuleArgs& args) {
     const char* op = "delta_rule_chunkwise_backward";
     check_chunk_size(op, args);
+#if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda)
+        return cuda_scan_backward(op, {dq, dk, dv, &dbeta, dlog_gate, dinitial_state, dout, dfinal_state},
+                                  scan_inputs(q, k, v, beta, initial_state, args));
+#endif
     const Checked c = check_inputs(op, q, k, v, beta, initial_state, args);
     const cpu::DeltaRuleDims& d = c.dims;
     const DType dtype = q.dtype();

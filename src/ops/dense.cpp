@@ -237,7 +237,7 @@ void rmsnorm_backward(Tensor* dx, Tensor* dweight, const Tensor& dout, const Ten
 
 void group_norm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& weight,
                         const Tensor& bias, int64_t groups, double eps) {
-    OpChecks c("group_norm_forward");
+    OpChecks c("group_norm_forward", Cuda::implemented);
     c.matrix(x, "x");
     const int64_t N = x.size(0), C = x.size(1);
     LINARCH_CHECK(groups > 0 && C > 0 && C % groups == 0,
@@ -248,6 +248,11 @@ void group_norm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x
     c.tensor(out, "out", {N, C});
     c.tensor(mean, "mean", {N * groups});
     c.tensor(rstd, "rstd", {N * groups});
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda())
+        return cuda::group_norm_forward(f32(out), f32(mean), f32(rstd), f32(x), f32(weight), f32(bias), N * groups,
+                                        C / groups, groups, eps);
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::group_norm_forward<T>(ptr<T>(out), ptr<T>(mean), ptr<T>(rstd), ptr<T>(x), ptr<T>(weight), ptr<T>(bias),
@@ -257,7 +262,7 @@ void group_norm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x
 
 void group_norm_backward(Tensor& dx, Tensor& dweight, Tensor& dbias, const Tensor& dout, const Tensor& x,
                          const Tensor& weight, const Tensor& mean, const Tensor& rstd, int64_t groups) {
-    OpChecks c("group_norm_backward");
+    OpChecks c("group_norm_backward", Cuda::implemented);
     c.matrix(x, "x");
     const int64_t N = x.size(0), C = x.size(1);
     LINARCH_CHECK(groups > 0 && C > 0 && C % groups == 0,
@@ -269,6 +274,11 @@ void group_norm_backward(Tensor& dx, Tensor& dweight, Tensor& dbias, const Tenso
     c.tensor(dx, "dx", {N, C});
     c.tensor(dweight, "dweight", {C});
     c.tensor(dbias, "dbias", {C});
+#if LINARCH_HAS_CUDA
+    if (c.on_cuda())
+        return cuda::group_norm_backward(f32(dx), f32(dweight), f32(dbias), f32(dout), f32(x), f32(weight), f32(mean),
+                                         f32(rstd), N * groups, C / groups, groups);
+#endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::group_norm_backward<T>(ptr<T>(dx), ptr<T>(dweight), ptr<T>(dbias), ptr<T>(dout), ptr<T>(x),

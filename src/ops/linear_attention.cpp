@@ -1,6 +1,7 @@
 // Linear attention and short conv ops: check every tensor (device, dtype, contiguity, shape) and the
-// decay and sequence arguments, then dispatch to the backend: the CPU one, or for CUDA tensors the
-// chunkwise forward and backward without decay or with a scalar gate
+// decay and sequence arguments, then dispatch to the backend: the CPU one; for f32 CUDA tensors the
+// exact fp32 recurrent scan, every form and decay (ops/cuda_recurrent_scan.hpp); for bf16 CUDA tensors
+// the tensor-core chunkwise forward and backward without decay or with a scalar gate
 // (backend/cuda/linear_attention_chunkwise.hpp).
 #include "ops/linear_attention.hpp"
 
@@ -12,6 +13,8 @@
 #include "ops/operand_checks.hpp"
 #if LINARCH_HAS_CUDA
 #include "backend/cuda/linear_attention_chunkwise.hpp"
+#include "backend/cuda/mixer_elementwise.hpp"
+#include "ops/cuda_recurrent_scan.hpp"
 #endif
 
 namespace linarch::ops {
@@ -115,10 +118,15 @@ void run_forward(const char* op, Tensor& o, Tensor* final_state, const Tensor& q
 }
 
 #if LINARCH_HAS_CUDA
+CudaScanInputs scan_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* initial_state,
+                           const LinearAttentionArgs& args) {
+    return {q, k, v, nullptr, args.log_gate, args.log_decay, initial_state, args.cu_seqlens, args.scale};
+}
+
 // A tensor of the CUDA forward: on the GPU, contiguous, of the given dtype and shape.
 void check_cuda_operand(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
     LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
-    LINARCH_CHECK(t.device() == Device::cuda, "{}: {}: tensor is on {}, expected cuda like q", op, name,
+    LINARCH_CHECK(t.device() == Device::cuda, "{}: {}: tensor is on {}, expected cuda (one device per call)", op, name,
                   device_name(t.device()));
     LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} on cuda, got {}", op, name, dtype_name(dtype),
                   dtype_name(t.dtype()));
@@ -151,11 +159,12 @@ CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Te
     d.Dv = v.size(3);
     check_cuda_operand(op, "v", v, DType::bf16, {d.B, d.T, d.H, d.Dv});
     LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
-    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no CUDA implementation yet", op);
-    LINARCH_CHECK(!args.log_decay.defined(), "{}: log_decay: a fixed decay has no CUDA implementation yet", op);
+    // (f32 tensors take the exact path, which has all of these.)
+    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", op);
+    LINARCH_CHECK(!args.log_decay.defined(), "{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", op);
     if (args.log_gate.defined()) {
         LINARCH_CHECK(args.log_gate.dim() == 3,
-                      "{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no CUDA implementation yet, got shape {}",
+                      "{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no bf16 CUDA kernel yet, got shape {}",
                       op, shape_string(args.log_gate.shape()));
         check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {d.B, d.T, d.H});
         d.log_gate = args.log_gate.data<float>();
@@ -224,6 +233,11 @@ void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv
 void linear_attention_recurrent_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
                                         const Tensor& v, const Tensor* initial_state,
                                         const LinearAttentionArgs& args) {
+#if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda)
+        return cuda_scan_forward("linear_attention_recurrent_forward", o, final_state,
+                                 scan_inputs(q, k, v, initial_state, args));
+#endif
     run_forward("linear_attention_recurrent_forward", o, final_state, q, k, v, initial_state, args,
                 [&](auto* out, auto* fs, const auto* q_, const auto* k_, const auto* v_, const auto* s0,
                     const auto& gate, const cpu::LinearAttentionDims& d) {
@@ -233,6 +247,11 @@ void linear_attention_recurrent_forward(Tensor& o, Tensor* final_state, const Te
 
 void linear_attention_parallel_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
                                        const Tensor& v, const Tensor* initial_state, const LinearAttentionArgs& args) {
+#if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda)
+        return cuda_scan_forward("linear_attention_parallel_forward", o, final_state,
+                                 scan_inputs(q, k, v, initial_state, args));
+#endif
     run_forward("linear_attention_parallel_forward", o, final_state, q, k, v, initial_state, args,
                 [&](auto* out, auto* fs, const auto* q_, const auto* k_, const auto* v_, const auto* s0,
                     const auto& gate, const cpu::LinearAttentionDims& d) {
@@ -245,6 +264,8 @@ void linear_attention_chunkwise_forward(Tensor& o, Tensor* final_state, const Te
                                         const LinearAttentionArgs& args) {
     const char* op = "linear_attention_chunkwise_forward";
 #if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32)
+        return cuda_scan_forward(op, o, final_state, scan_inputs(q, k, v, initial_state, args));
     if (q.defined() && q.device() == Device::cuda)
         return linear_attention_chunkwise_forward_cuda(o, final_state, q, k, v, initial_state, args);
 #endif
@@ -263,6 +284,9 @@ void linear_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Ten
                                          const LinearAttentionArgs& args, Tensor* dlog_gate) {
     const char* op = "linear_attention_chunkwise_backward";
 #if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32)
+        return cuda_scan_backward(op, {dq, dk, dv, nullptr, dlog_gate, dinitial_state, dout, dfinal_state},
+                                  scan_inputs(q, k, v, initial_state, args));
     if (q.defined() && q.device() == Device::cuda)
         return linear_attention_chunkwise_backward_cuda(dq, dk, dv, dinitial_state, dout, dfinal_state, q, k, v,
                                                         initial_state, args, dlog_gate);
@@ -291,8 +315,20 @@ void linear_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Ten
 
 namespace {
 
+// On the CPU f32 or f64; CUDA tensors are f32 (all of them on the device of x).
 cpu::ShortConvDims check_short_conv_inputs(const char* op, const Tensor& x, const Tensor& weight) {
     check_compute_dtype(op, "x", x);
+#if LINARCH_HAS_CUDA
+    if (x.device() == Device::cuda) {
+        LINARCH_CHECK(x.dim() == 3 && x.numel() > 0, "{}: x: expected a non-empty [B, T, C] tensor, got shape {}", op,
+                      shape_string(x.shape()));
+        LINARCH_CHECK(weight.defined() && weight.dim() == 2 && weight.size(1) >= 1 && weight.size(1) <= kMaxConvKernel,
+                      "{}: weight: expected shape [{}, K] with 1 ≤ K ≤ {}", op, x.size(2), kMaxConvKernel);
+        check_cuda_operand(op, "x", x, DType::f32, x.shape());
+        check_cuda_operand(op, "weight", weight, DType::f32, {x.size(2), weight.size(1)});
+        return {x.size(0), x.size(1), x.size(2), weight.size(1)};
+    }
+#endif
     check_operand(op, "x", x, x.dtype());
     LINARCH_CHECK(x.dim() == 3 && x.numel() > 0, "{}: x: expected a non-empty [B, T, C] tensor, got shape {}", op,
                   shape_string(x.shape()));
@@ -310,6 +346,13 @@ cpu::ShortConvDims check_short_conv_inputs(const char* op, const Tensor& x, cons
 void short_conv_forward(Tensor& out, const Tensor& x, const Tensor& weight, bool silu) {
     const char* op = "short_conv_forward";
     const auto d = check_short_conv_inputs(op, x, weight);
+#if LINARCH_HAS_CUDA
+    if (x.device() == Device::cuda) {
+        check_cuda_operand(op, "out", out, DType::f32, x.shape());
+        return cuda::short_conv_forward(out.data<float>(), x.data<float>(), weight.data<float>(), silu, d.batch,
+                                        d.seq_len, d.channels, d.kernel_size);
+    }
+#endif
     check_operand(op, "out", out, x.dtype(), x.shape());
     dispatch(x.dtype(), [&](auto tag) {
         using T = decltype(tag);
@@ -321,6 +364,15 @@ void short_conv_backward(Tensor& dx, Tensor& dweight, const Tensor& dout, const 
                          bool silu) {
     const char* op = "short_conv_backward";
     const auto d = check_short_conv_inputs(op, x, weight);
+#if LINARCH_HAS_CUDA
+    if (x.device() == Device::cuda) {
+        check_cuda_operand(op, "dout", dout, DType::f32, x.shape());
+        check_cuda_operand(op, "dx", dx, DType::f32, x.shape());
+        check_cuda_operand(op, "dweight", dweight, DType::f32, weight.shape());
+        return cuda::short_conv_backward(dx.data<float>(), dweight.data<float>(), dout.data<float>(), x.data<float>(),
+                                         weight.data<float>(), silu, d.batch, d.seq_len, d.channels, d.kernel_size);
+    }
+#endif
     check_operand(op, "dout", dout, x.dtype(), x.shape());
     check_operand(op, "dx", dx, x.dtype(), x.shape());
     check_operand(op, "dweight", dweight, x.dtype(), weight.shape());

@@ -20,11 +20,13 @@ template <typename Fn> void dispatch(DType dtype, Fn&& fn) {
     else fn(double{});
 }
 
-// Everything but the shape: defined, on the CPU, contiguous, and of the op's dtype.
+// Everything but the shape: defined, on the CPU (the ops' CUDA paths check their own operands),
+// contiguous, and of the op's dtype.
 inline void check_operand(std::string_view op, std::string_view name, const Tensor& t, DType dtype) {
     LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
-    LINARCH_CHECK(t.device() == Device::cpu, "{}: {}: tensor is on {}, and this op has no CUDA implementation yet",
-                  op, name, device_name(t.device()));
+    LINARCH_CHECK(t.device() == Device::cpu,
+                  "{}: {}: tensor is on {}, expected cpu (one device per call; where the op has a CUDA path, it "
+                  "takes every operand on the GPU)", op, name, device_name(t.device()));
     LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} (all tensors of one op share a dtype), got {}", op,
                   name, dtype_name(dtype), dtype_name(t.dtype()));
     LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);

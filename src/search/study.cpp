@@ -120,6 +120,7 @@ void check_search_options(const SearchOptions& options) {
     LINARCH_CHECK(options.target_parameters >= 0, "search: --target-parameters must be ≥ 0, got {}",
                   options.target_parameters);
     LINARCH_CHECK(options.mqar_steps >= 0, "search: --mqar-steps must be ≥ 0, got {}", options.mqar_steps);
+
     if (options.mqar_steps > 0) {
         DataSpec mqar;
         mqar.task = "mqar";
@@ -340,7 +341,9 @@ private:
                 mqar.data.num_kv_pairs = options_.mqar_kv_pairs;
                 mqar.run.steps = options_.mqar_steps;
                 check_synthetic_task(mqar.data);
-                metrics["mqar_accuracy"] = train_resuming(mqar, dir / "mqar", {}).val_accuracy;
+                TrainOptions on_device;
+                on_device.device = options_.device;
+                metrics["mqar_accuracy"] = train_resuming(mqar, dir / "mqar", on_device).val_accuracy;
             }
         } catch (const SearchInterrupted&) {
             db_->release(claim.lease);  // not the trial's fault: the next run resumes it from its checkpoint
@@ -357,6 +360,7 @@ private:
     // rungs where successive halving decides whether the trial goes on.
     TrainOptions validations(const Claim& claim) {
         TrainOptions options;
+        options.device = options_.device;
         const int64_t steps = options_.steps;
         const std::vector<int64_t> rungs = rung_steps(options_.min_steps, options_.reduction_factor, steps);
         options.validate_at = rungs;

@@ -34,6 +34,8 @@
 #include <string>
 #include <vector>
 
+#include "core/allocator.hpp"
+
 namespace linarch {
 
 class ExperimentDatabase;
@@ -49,6 +51,7 @@ struct SearchOptions {
     int64_t mqar_steps = 0;            // > 0: also train each candidate on MQAR for this many steps
     int64_t mqar_seq_len = 64, mqar_kv_pairs = 8;  // the MQAR copy's sequences and key-value pairs in each
     int64_t mqar_vocab = 256;          // its keys and values come from this many token ids (at most the model's)
+    Device device = Device::cpu;       // where trials train (zero-cost proxies stay on the CPU, in float64)
     int64_t initial_random = 4;        // trials (the baseline included) before evolution starts
     int64_t population = 8, tournament = 3;
     uint64_t seed = 1;

@@ -63,9 +63,10 @@ fs::path save_checkpoint(const fs::path& run_dir, const Spec& spec, const Langua
     std::vector<NamedTensor> weights, moments;
     size_t i = 0;
     for (const Parameter& p : model.parameters().all()) {
-        weights.push_back({p.name, p.value});
-        moments.push_back({"m." + p.name, optimizer.first_moments()[i]});
-        moments.push_back({"v." + p.name, optimizer.second_moments()[i]});
+        // A GPU run's tensors are written from host copies: the files do not depend on the device.
+        weights.push_back({p.name, p.value.to(Device::cpu)});
+        moments.push_back({"m." + p.name, optimizer.first_moments()[i].to(Device::cpu)});
+        moments.push_back({"v." + p.name, optimizer.second_moments()[i].to(Device::cpu)});
         ++i;
     }
     save_safetensors(temp_dir / "model.safetensors", weights, {{"format", "linarch"}, {"step", std::to_string(state.step)}});

@@ -8,8 +8,8 @@ namespace linarch {
 
 AdamW::AdamW(const OptimSpec& spec, const ParameterStore& params) : spec_(spec) {
     for (const Parameter& p : params.all()) {
-        m_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype()));
-        v_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype()));
+        m_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
+        v_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
     }
 }
 

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "backend/cuda/device.hpp"
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "data/loader.hpp"
@@ -169,21 +170,17 @@ public:
         double loss_sum = 0;
         int64_t answers = 0;
         TaskAccuracy accuracy;
-        const ModelScorer scorer(model);
-        Tensor logits = Tensor::empty({spec_.data.seq_len, spec_.model.vocab_size});
+        const Device device = model.parameters().device();
+        const int64_t rows = spec_.data.batch_size * spec_.data.seq_len, V = spec_.model.vocab_size;
+        Tensor logits = Tensor::empty({rows, V}, DType::f32, device);
         for (int64_t i = 0; i < spec_.run.eval_batches; ++i) {
             val_->batch(i, spec_.data.batch_size, batch);
             const double mean = model.forward(batch.inputs, batch.targets, batch.batch_size, batch.seq_len);
             loss_sum += mean * double(model.counted_tokens());
             answers += model.counted_tokens();
-            for (int64_t row = 0; row < batch.batch_size; ++row) {
-                const auto offset = static_cast<size_t>(row * batch.seq_len);
-                const auto length = static_cast<size_t>(batch.seq_len);
-                scorer.score(std::span<const int32_t>(batch.inputs).subspan(offset, length), logits);
-                accuracy += score_logits({logits.data<float>(), static_cast<size_t>(logits.numel())},
-                                         spec_.model.vocab_size,
-                                         std::span<const int32_t>(batch.targets).subspan(offset, length));
-            }
+            model.last_logits(logits);
+            const Tensor host = logits.to(Device::cpu);
+            accuracy += score_logits({host.data<float>(), static_cast<size_t>(host.numel())}, V, batch.targets);
         }
         Validation v;
         v.loss = loss_sum / double(answers);
@@ -225,7 +222,8 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
     if (spec.run.threads > 0) omp_set_num_threads(int(spec.run.threads));
     const std::unique_ptr<TrainingData> data = open_training_data(spec);
 
-    LanguageModel model(spec.model);
+    if (options.device == Device::cuda) cuda::require_device("linarch train --device cuda");
+    LanguageModel model(spec.model, DType::f32, options.device);
     AdamW optimizer(spec.optim, model.parameters());
     TrainerState state;
     std::filesystem::create_directories(options.out_dir);

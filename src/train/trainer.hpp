@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/allocator.hpp"
 #include "core/spec.hpp"
 
 namespace linarch {
@@ -23,6 +24,8 @@ struct ValidationPoint {
 struct TrainOptions {
     std::filesystem::path out_dir = "runs/default";
     bool resume = false;
+    // Device::cuda trains on the first GPU (float32 there; checkpoints are the same files either way).
+    Device device = Device::cpu;
     // Validate at these steps too, besides every run.eval_every steps and at the end.
     std::vector<int64_t> validate_at;
     // Called after every validation, the last included; returning false stops the run there with a

@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backend/cuda/device.hpp"
 #include "core/rng.hpp"
 #include "support/process.hpp"
 #include "support/testkit.hpp"
@@ -243,6 +244,17 @@ TEST_F(Cli, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
     EXPECT_NE(blown.output.find("the loss became"), std::string::npos) << blown.output;
     EXPECT_NE(blown.output.find("step-00000008"), std::string::npos) << blown.output;
     EXPECT_EQ(latest_step(run), 8);
+}
+
+TEST_F(Cli, TrainOnCudaWithoutAGpuSaysSo) {
+    if (cuda::device_count() > 0) GTEST_SKIP() << "a GPU is present: " << cuda::describe_device();
+    auto result = run_command(train_args(dir / "gpu", {"--device", "cuda"}));
+    EXPECT_EQ(result.exit_code, 1);
+    EXPECT_NE(result.output.find("linarch train --device cuda needs a CUDA GPU"), std::string::npos) << result.output;
+    EXPECT_FALSE(fs::exists(dir / "gpu" / "checkpoints"));
+    auto unknown = run_command(train_args(dir / "tpu", {"--device", "tpu"}));
+    EXPECT_NE(unknown.exit_code, 0);
+    EXPECT_NE(unknown.output.find("--device"), std::string::npos) << unknown.output;
 }
 
 TEST_F(Cli, DataPrepareErrors) {

@@ -103,6 +103,35 @@ TEST(CudaDense, RmsNormForwardAndBackwardMatchF64) {
     }
 }
 
+TEST(CudaDense, GroupNormForwardAndBackwardMatchF64) {
+    SKIP_WITHOUT_GPU();
+    uint64_t stream = 1250;
+    for (const auto& [N, groups, dim] : {std::tuple<int64_t, int64_t, int64_t>{37, 4, 64}, {300, 3, 50}}) {
+        SCOPED_TRACE(::testing::Message() << "N=" << N << " groups=" << groups << " dim=" << dim);
+        const int64_t C = groups * dim;
+        // A large mean per row: the two-pass variance must not cancel.
+        const Tensor x = testkit::random_uniform({N, C}, DType::f32, stream++, 3.0, 5.0);
+        const Tensor weight = testkit::random_uniform({C}, DType::f32, stream++, 0.5, 1.5);
+        const Tensor bias = random_normal({C}, DType::f32, stream++);
+        Tensor ref = Tensor::zeros({N, C}, DType::f64), mean_ref = Tensor::zeros({N * groups}, DType::f64),
+               rstd_ref = Tensor::zeros({N * groups}, DType::f64);
+        Tensor out = gpu(Tensor::zeros({N, C})), mean = gpu(Tensor::zeros({N * groups})),
+               rstd = gpu(Tensor::zeros({N * groups}));
+        ops::group_norm_forward(ref, mean_ref, rstd_ref, f64(x), f64(weight), f64(bias), groups, 1e-5);
+        ops::group_norm_forward(out, mean, rstd, gpu(x), gpu(weight), gpu(bias), groups, 1e-5);
+        EXPECT_LT(relative_error(host(out), ref), kTolerance);
+        EXPECT_LT(relative_error(host(rstd), rstd_ref), kTolerance);
+        const Tensor dout = random_normal({N, C}, DType::f32, stream++), dx0 = random_normal({N, C}, DType::f32, stream++);
+        const Tensor dw0 = random_normal({C}, DType::f32, stream++), db0 = random_normal({C}, DType::f32, stream++);
+        Tensor dx_ref = f64(dx0), dw_ref = f64(dw0), db_ref = f64(db0), dx = gpu(dx0), dw = gpu(dw0), db = gpu(db0);
+        ops::group_norm_backward(dx_ref, dw_ref, db_ref, f64(dout), f64(x), f64(weight), mean_ref, rstd_ref, groups);
+        ops::group_norm_backward(dx, dw, db, gpu(dout), gpu(x), gpu(weight), mean, rstd, groups);
+        EXPECT_LT(relative_error(host(dx), dx_ref), kTolerance);
+        EXPECT_LT(relative_error(host(dw), dw_ref), kTolerance);
+        EXPECT_LT(relative_error(host(db), db_ref), kTolerance);
+    }
+}
+
 TEST(CudaDense, ElementwiseOpsMatchF64) {
     SKIP_WITHOUT_GPU();
     const Shape shape = {41, 173};  // not a multiple of the block size

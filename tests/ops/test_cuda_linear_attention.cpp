@@ -174,23 +174,24 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
     ops::LinearAttentionArgs vector_gate;
     vector_gate.log_gate = Tensor::zeros({1, 8, 2, 64}, DType::f32).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, vector_gate); },
-                 fmt::format("{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no CUDA implementation yet", fwd));
+                 fmt::format("{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no bf16 CUDA kernel yet", fwd));
     ops::LinearAttentionArgs packed;
     packed.cu_seqlens = {0, 3, 8};
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, packed); },
-                 fmt::format("{}: cu_seqlens: packed sequences have no CUDA implementation yet", fwd));
+                 fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", fwd));
     ops::LinearAttentionArgs fixed;
     fixed.log_decay = Tensor::zeros({2}, DType::f32).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, fixed); },
-                 fmt::format("{}: log_decay: a fixed decay has no CUDA implementation yet", fwd));
+                 fmt::format("{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", fwd));
+    // An f32 q takes the exact fp32 path (cuda_recurrent_scan), which wants every operand in f32.
     const Tensor q32 = testkit::random_normal({1, 8, 2, 64}, DType::f32, 7601).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q32, k, v, nullptr, {}); },
-                 fmt::format("{}: q: the CUDA kernels take bf16 q, k, v and their gradients, got F32", fwd));
+                 fmt::format("{}: k: expected F32 (the exact CUDA path), got BF16", fwd));
     const Tensor q_small = testkit::random_normal({1, 8, 2, 32}, DType::bf16, 7602).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q_small, q_small, v, nullptr, {}); },
                  fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk=32", fwd));
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, in.k, v, nullptr, {}); },
-                 fmt::format("{}: k: tensor is on cpu, expected cuda like q", fwd));
+                 fmt::format("{}: k: tensor is on cpu, expected cuda (one device per call)", fwd));
     const char* bwd = "linear_attention_chunkwise_backward";
     Tensor dq = Tensor::zeros({1, 8, 2, 64}, DType::bf16).to(Device::cuda);
     Tensor dk = dq.clone(), dv = dq.clone();
@@ -199,10 +200,10 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
         ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, o, nullptr, q, k, v, nullptr, args, dlog_gate);
     };
     expect_error([&] { backward(vector_gate); },
-                 fmt::format("{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no CUDA implementation yet", bwd));
+                 fmt::format("{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no bf16 CUDA kernel yet", bwd));
     expect_error([&] { backward(packed); },
-                 fmt::format("{}: cu_seqlens: packed sequences have no CUDA implementation yet", bwd));
-    expect_error([&] { backward(fixed); }, fmt::format("{}: log_decay: a fixed decay has no CUDA implementation yet", bwd));
+                 fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", bwd));
+    expect_error([&] { backward(fixed); }, fmt::format("{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", bwd));
     Tensor dq_small = Tensor::zeros({1, 8, 2, 32}, DType::bf16).to(Device::cuda), dk_small = dq_small.clone();
     expect_error(
         [&] {
@@ -214,7 +215,7 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
     expect_error([&] { backward({}, &dlog_gate); },
                  fmt::format("{}: dlog_gate: given, but args.log_gate is not defined", bwd));
     expect_error([&] { ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, in.v, nullptr, q, k, v, nullptr, {}); },
-                 fmt::format("{}: dout: tensor is on cpu, expected cuda like q", bwd));
+                 fmt::format("{}: dout: tensor is on cpu, expected cuda (one device per call)", bwd));
 }
 
 namespace {

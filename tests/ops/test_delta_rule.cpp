@@ -584,8 +584,8 @@ TEST(DeltaRule, BadInputsAreErrors) {
         fmt::format("{}: dlog_gate: given, but there is no log_gate", bwd));
 }
 
-// Until the CUDA backend has these ops, a tensor on the GPU is an error, not a crash.
-TEST(DeltaRule, CudaTensorsAreRefused) {
+// A GPU tensor among CPU ones is an error naming it, not a crash.
+TEST(DeltaRule, MixedDevicesAreRefused) {
     if (cuda::device_count() == 0) GTEST_SKIP() << cuda::describe_device();
     const Problem p{1, 4, 2, 3, 5, 4};
     const Inputs in(p, DType::f32, 5100, kNoGate, false);
@@ -593,9 +593,9 @@ TEST(DeltaRule, CudaTensorsAreRefused) {
     const Tensor k_gpu = in.k.to(Device::cuda);
     expect_error(
         [&] { ops::delta_rule_chunkwise_forward(o, nullptr, in.q, k_gpu, in.v, in.beta, nullptr, in.args); },
-        "delta_rule_chunkwise_forward: k: tensor is on cuda, and this op has no CUDA implementation yet");
+        "delta_rule_chunkwise_forward: k: tensor is on cuda, expected cpu");
     const Tensor beta_gpu = in.beta.to(Device::cuda);
     expect_error(
         [&] { ops::delta_rule_recurrent_forward(o, nullptr, in.q, in.k, in.v, beta_gpu, nullptr, in.args); },
-        "delta_rule_recurrent_forward: beta: tensor is on cuda, and this op has no CUDA implementation yet");
+        "delta_rule_recurrent_forward: beta: tensor is on cuda, expected cpu");
 }

@@ -725,12 +725,12 @@ TEST(AdamW, BadInputsAreErrors) {
 
 // ---------------------------------------------------------------------------------------------
 
-TEST(DenseOps, CudaTensorsAreRejectedUntilImplemented) {
+TEST(DenseOps, MixedDevicesAreRefused) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no GPU: " << cuda::describe_device();
-    // (The ops with a CUDA path are checked against these CPU ones in test_cuda_dense.cpp.)
+    // (The CUDA paths are checked against these CPU ones in test_cuda_dense.cpp.)
     const Tensor x = random_normal({4, 6}, DType::f32, 801).to(Device::cuda);
     const Tensor weight = random_normal({6}, DType::f32, 802), bias = random_normal({6}, DType::f32, 803);
     Tensor out = Tensor::zeros({4, 6}), mean = Tensor::zeros({8}), rstd = Tensor::zeros({8});
     EXPECT_ERROR_MENTIONING(ops::group_norm_forward(out, mean, rstd, x, weight, bias, 2, 1e-5), "group_norm_forward",
-                            "x", "no CUDA implementation");
+                            "weight is on cpu but x is on cuda (one device per call)");
 }

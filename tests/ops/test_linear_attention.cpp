@@ -334,20 +334,20 @@ TEST(LinearAttention, BadInputsAreErrors) {
         "linear_attention_chunkwise_backward: dout: expected dtype F32");
 }
 
-// Until the CUDA backend has these ops, a tensor on the GPU is an error, not a crash.
-TEST(LinearAttention, CudaTensorsAreRefused) {
+// A GPU tensor among CPU ones is an error naming it, not a crash.
+TEST(LinearAttention, MixedDevicesAreRefused) {
     if (cuda::device_count() == 0) GTEST_SKIP() << cuda::describe_device();
     const Problem p{1, 4, 2, 3, 5, 4};
     const Inputs in(p, DType::f32, 5100, false, false);
     Tensor o = Tensor::empty({1, 4, 2, 5});
     const Tensor k_gpu = in.k.to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, in.q, k_gpu, in.v, nullptr, in.args); },
-                 "linear_attention_chunkwise_forward: k: tensor is on cuda, and this op has no CUDA implementation yet");
+                 "linear_attention_chunkwise_forward: k: tensor is on cuda, expected cpu");
     Tensor out = Tensor::empty({1, 4, 3});
     const Tensor x_gpu = testkit::random_normal({1, 4, 3}, DType::f32, 5101).to(Device::cuda);
     const Tensor w = testkit::random_normal({3, 4}, DType::f32, 5102);
     expect_error([&] { ops::short_conv_forward(out, x_gpu, w, true); },
-                 "short_conv_forward: x: tensor is on cuda, and this op has no CUDA implementation yet");
+                 "short_conv_forward: weight: tensor is on cpu, expected cuda (one device per call)");
 }
 
 TEST(ShortConv, ForwardMatchesReference) {

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "backend/cuda/device.hpp"
 #include "core/rng.hpp"
 #include "data/corpus.hpp"
 #include "search/database.hpp"
@@ -315,6 +316,14 @@ TEST_F(Study, BadSearchInputIsOneClearErrorBeforeAnyWorker) {
                                    "short"),
               std::string::npos)
         << bad_mqar.output;
+    if (cuda::device_count() == 0) {  // without a GPU, --device cuda is refused before any worker starts
+        const CommandResult no_gpu = run_command(
+            {LINARCH_CLI, "search", "--space", (dir / "space.toml").string(), "--db", options(1).database, "--device",
+             "cuda"});
+        EXPECT_NE(no_gpu.exit_code, 0);
+        EXPECT_NE(no_gpu.output.find("search --device cuda needs a CUDA GPU"), std::string::npos) << no_gpu.output;
+        EXPECT_EQ(no_gpu.output.find("worker"), std::string::npos) << no_gpu.output;
+    }
 }
 
 TEST(SuccessiveHalving, PromotesTheBestFractionOfEachRung) {

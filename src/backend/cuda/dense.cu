@@ -75,6 +75,60 @@ __global__ void rmsnorm_backward_dweight_kernel(float* dweight, const float* dou
     atomicAdd(dweight + d, sum);
 }
 
+__global__ void group_norm_forward_kernel(float* out, float* mean, float* rstd, const float* x, const float* weight,
+                                          const float* bias, int64_t rows, int64_t dim, int64_t groups, float eps) {
+    const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    const float* xr = x + r * dim;
+    const int64_t channel0 = (r % groups) * dim;
+    float sum = 0.f, sum_sq = 0.f;
+    for (int64_t d = 0; d < dim; ++d) sum += xr[d];
+    const float mu = sum / float(dim);
+    for (int64_t d = 0; d < dim; ++d) sum_sq += (xr[d] - mu) * (xr[d] - mu);
+    const float rs = rsqrtf(sum_sq / float(dim) + eps);
+    mean[r] = mu;
+    rstd[r] = rs;
+    for (int64_t d = 0; d < dim; ++d) out[r * dim + d] = (xr[d] - mu) * rs * weight[channel0 + d] + bias[channel0 + d];
+}
+
+// With g = dout·w:  dx = rstd · (g − mean(g) − x̂ · mean(g·x̂)). A thread per row.
+__global__ void group_norm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* weight,
+                                              const float* mean, const float* rstd, int64_t rows, int64_t dim,
+                                              int64_t groups) {
+    const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    const float* xr = x + r * dim;
+    const float* gr = dout + r * dim;
+    const float* w = weight + (r % groups) * dim;
+    float g_sum = 0.f, gx_sum = 0.f;
+    for (int64_t d = 0; d < dim; ++d) {
+        const float xhat = (xr[d] - mean[r]) * rstd[r];
+        g_sum += gr[d] * w[d];
+        gx_sum += gr[d] * w[d] * xhat;
+    }
+    const float g_mean = g_sum / float(dim), gx_mean = gx_sum / float(dim);
+    for (int64_t d = 0; d < dim; ++d) {
+        const float xhat = (xr[d] - mean[r]) * rstd[r];
+        dx[r * dim + d] += rstd[r] * (gr[d] * w[d] - g_mean - xhat * gx_mean);
+    }
+}
+
+__global__ void group_norm_backward_params_kernel(float* dweight, float* dbias, const float* dout, const float* x,
+                                                  const float* mean, const float* rstd, int64_t rows, int64_t dim,
+                                                  int64_t groups) {
+    const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (c >= groups * dim) return;
+    const int64_t group = c / dim, d = c % dim;
+    float dw = 0.f, db = 0.f;
+    for (int64_t r = group; r < rows; r += groups) {
+        const float g = dout[r * dim + d];
+        dw += g * (x[r * dim + d] - mean[r]) * rstd[r];
+        db += g;
+    }
+    dweight[c] += dw;
+    dbias[c] += db;
+}
+
 __device__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
 __global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, int64_t n) {
@@ -171,6 +225,24 @@ void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float*
         rmsnorm_backward_dweight_kernel<<<grid, kThreads, 0, cudaStreamPerThread>>>(dweight, dout, x, rstd, N, D);
         check_launch("rmsnorm_backward_dweight_kernel");
     }
+}
+
+void group_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight, const float* bias,
+                        int64_t rows, int64_t dim, int64_t groups, double eps) {
+    group_norm_forward_kernel<<<blocks_for(rows), kThreads, 0, cudaStreamPerThread>>>(out, mean, rstd, x, weight, bias,
+                                                                                     rows, dim, groups, float(eps));
+    check_launch("group_norm_forward_kernel");
+}
+
+void group_norm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+                         const float* weight, const float* mean, const float* rstd, int64_t rows, int64_t dim,
+                         int64_t groups) {
+    group_norm_backward_dx_kernel<<<blocks_for(rows), kThreads, 0, cudaStreamPerThread>>>(dx, dout, x, weight, mean,
+                                                                                         rstd, rows, dim, groups);
+    check_launch("group_norm_backward_dx_kernel");
+    group_norm_backward_params_kernel<<<blocks_for(groups * dim), kThreads, 0, cudaStreamPerThread>>>(
+        dweight, dbias, dout, x, mean, rstd, rows, dim, groups);
+    check_launch("group_norm_backward_params_kernel");
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {

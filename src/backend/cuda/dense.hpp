@@ -16,6 +16,15 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weigh
 void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
                       const float* rstd, int64_t N, int64_t D);
 
+// rows = N·groups rows of dim channels each; weight and bias [groups·dim]. A thread per row (heads are
+// narrow: 64-128 channels), two passes as on the CPU.
+void group_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight, const float* bias,
+                        int64_t rows, int64_t dim, int64_t groups, double eps);
+// dweight, dbias: a thread per channel sums its rows in order (deterministic).
+void group_norm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+                         const float* weight, const float* mean, const float* rstd, int64_t rows, int64_t dim,
+                         int64_t groups);
+
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
 

@@ -65,4 +65,15 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
     check(cudaStreamSynchronize(cudaStreamPerThread), "copy from GPU");
 }
 
+// Stream-ordered on cudaStreamPerThread like every kernel, so no synchronisation is needed.
+void copy_on_device(void* dst, const void* src, size_t bytes) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cudaStreamPerThread), "copy on GPU");
+}
+
+void fill_zero(void* ptr, size_t bytes) {
+    check(cudaMemsetAsync(ptr, 0, bytes, cudaStreamPerThread), "cudaMemsetAsync");
+}
+
+void synchronize() { check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize"); }
+
 }  // namespace linarch::cuda

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace linarch::cuda {
 
@@ -18,5 +19,27 @@ void* allocate(size_t bytes);
 void release(void* ptr, size_t bytes);
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
+void copy_on_device(void* dst, const void* src, size_t bytes);
+void fill_zero(void* ptr, size_t bytes);
+// Waits for everything enqueued on the calling thread's stream (timings; host reads go through copies).
+void synchronize();
+
+// Device memory owned by one scope: a kernel's scratch, or a small host array copied over for one call.
+class DeviceBuffer {
+public:
+    explicit DeviceBuffer(size_t bytes) : bytes_(bytes), ptr_(bytes > 0 ? allocate(bytes) : nullptr) {}
+    template <typename T>
+    explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size() * sizeof(T)) {
+        if (bytes_ > 0) copy_to_device(ptr_, host.data(), bytes_);
+    }
+    ~DeviceBuffer() { release(ptr_, bytes_); }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    template <typename T> T* as() const { return static_cast<T*>(ptr_); }
+
+private:
+    size_t bytes_;
+    void* ptr_;
+};
 
 }  // namespace linarch::cuda

@@ -20,5 +20,8 @@ void* allocate(size_t) {
 void release(void*, size_t) {}
 void copy_to_device(void*, const void*, size_t) { require_device("copying to the GPU"); }
 void copy_to_host(void*, const void*, size_t) { require_device("copying from the GPU"); }
+void copy_on_device(void*, const void*, size_t) { require_device("copying on the GPU"); }
+void fill_zero(void*, size_t) { require_device("zeroing GPU memory"); }
+void synchronize() {}
 
 }  // namespace linarch::cuda

@@ -21,20 +21,6 @@ constexpr int64_t kBufferFloats = int64_t(64) << 20;
 
 int64_t block_width(int64_t N, int64_t V) { return std::min(V, std::max<int64_t>(128, kBufferFloats / N)); }
 
-// A stream-ordered device allocation released at scope exit.
-class DeviceBuffer {
-public:
-    explicit DeviceBuffer(size_t bytes) : bytes_(bytes), ptr_(allocate(bytes)) {}
-    ~DeviceBuffer() { release(ptr_, bytes_); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    float* floats() const { return static_cast<float*>(ptr_); }
-
-private:
-    size_t bytes_;
-    void* ptr_;
-};
-
 // (max, Σ exp(x − max)) of the block's threads, in every thread.
 __device__ void block_max_sum(float& max, float& sum) {
     __shared__ float maxes[kThreads / 32], sums[kThreads / 32];
@@ -130,15 +116,15 @@ void lm_head_cross_entropy_forward(float* losses, float* logsumexp, const float*
     if (N == 0) return;
     const int64_t width = block_width(N, V);
     DeviceBuffer buffer(size_t(N * width) * sizeof(float)), rows(size_t(3 * N) * sizeof(float));
-    float* running_max = rows.floats();
+    float* running_max = rows.as<float>();
     float* running_sum = running_max + N;
     float* target_logit = running_sum + N;
     start_rows_kernel<<<blocks_for(N), kThreads, 0, cudaStreamPerThread>>>(running_max, running_sum, N);
     check_launch("start_rows_kernel");
     for (int64_t v0 = 0; v0 < V; v0 += width) {
         const int64_t w = std::min(width, V - v0);
-        block_logits(buffer.floats(), hidden, weight, v0, w, N, D);
-        fold_block_kernel<<<unsigned(N), kThreads, 0, cudaStreamPerThread>>>(buffer.floats(), w, v0, targets,
+        block_logits(buffer.as<float>(), hidden, weight, v0, w, N, D);
+        fold_block_kernel<<<unsigned(N), kThreads, 0, cudaStreamPerThread>>>(buffer.as<float>(), w, v0, targets,
                                                                              running_max, running_sum, target_logit);
         check_launch("fold_block_kernel");
     }
@@ -155,7 +141,7 @@ void lm_head_cross_entropy_backward(float* dhidden, float* dweight, const float*
     DeviceBuffer buffer(size_t(N * width) * sizeof(float));
     for (int64_t v0 = 0; v0 < V; v0 += width) {
         const int64_t w = std::min(width, V - v0);
-        float* dlogits = buffer.floats();
+        float* dlogits = buffer.as<float>();
         block_logits(dlogits, hidden, weight, v0, w, N, D);
         const dim3 grid(unsigned(N), blocks_for(w));
         softmax_gradient_kernel<<<grid, kThreads, 0, cudaStreamPerThread>>>(dlogits, w, v0, targets, logsumexp,

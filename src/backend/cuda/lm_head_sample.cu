@@ -261,16 +261,6 @@ const Gemm& gemm_for(int64_t m, int64_t B, int64_t D, int64_t ldc, bool fp32_inp
     return it->second;
 }
 
-// A stream-ordered device allocation released at scope exit.
-struct DeviceBuffer {
-    void* ptr;
-    size_t bytes;
-    explicit DeviceBuffer(size_t n) : ptr(allocate(n)), bytes(n) {}
-    ~DeviceBuffer() { release(ptr, bytes); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
-
 void check_launch(const char* kernel) {
     const cudaError_t status = cudaGetLastError();
     if (status != cudaSuccess) fail("lm_head_sample (CUDA): {} failed to launch: {}", kernel, cudaGetErrorString(status));
@@ -314,7 +304,7 @@ void lm_head_sample(const LmHeadSample& a) {
         tokens(size_t(a.B) * sizeof(int32_t));
     const bool greedy = a.temperature == 0;
     if (!greedy) {
-        const cudaError_t status = cudaMemcpyAsync(keys.ptr, a.keys, size_t(a.B) * sizeof(NoiseKey),
+        const cudaError_t status = cudaMemcpyAsync(keys.as<void>(), a.keys, size_t(a.B) * sizeof(NoiseKey),
                                                    cudaMemcpyHostToDevice, cudaStreamPerThread);
         if (status != cudaSuccess) fail("lm_head_sample (CUDA): copying the stream keys: {}", cudaGetErrorString(status));
     }
@@ -323,21 +313,21 @@ void lm_head_sample(const LmHeadSample& a) {
     for (int64_t v0 = 0; v0 < a.V; v0 += chunk) {
         const int64_t width = std::min(chunk, a.V - v0);
         gemm_for(width, a.B, a.D, ld, a.fp32_inputs)
-            .run(static_cast<const char*>(a.weight) + size_t(v0 * a.D) * element, a.hidden, static_cast<float*>(logits.ptr),
-                 workspace.ptr);
-        const auto* key_ptr = static_cast<const NoiseKey*>(keys.ptr);
-        auto* partial_ptr = static_cast<Partial*>(partials.ptr);
+            .run(static_cast<const char*>(a.weight) + size_t(v0 * a.D) * element, a.hidden, logits.as<float>(),
+                 workspace.as<void>());
+        const auto* key_ptr = keys.as<NoiseKey>();
+        auto* partial_ptr = partials.as<Partial>();
         if (groups == 1)
-            reduce_mode<1>(greedy, a.logprobs != nullptr, static_cast<const float*>(logits.ptr), ld, v0, width, key_ptr, inv_t,
+            reduce_mode<1>(greedy, a.logprobs != nullptr, logits.as<float>(), ld, v0, width, key_ptr, inv_t,
                            partial_ptr, a.B, parts_per_row);
         else
-            reduce_mode<2>(greedy, a.logprobs != nullptr, static_cast<const float*>(logits.ptr), ld, v0, width, key_ptr, inv_t,
+            reduce_mode<2>(greedy, a.logprobs != nullptr, logits.as<float>(), ld, v0, width, key_ptr, inv_t,
                            partial_ptr, a.B, parts_per_row);
     }
     finalize_kernel<<<unsigned((a.B + 3) / 4), 128, 0, cudaStreamPerThread>>>(
-        static_cast<const Partial*>(partials.ptr), parts_per_row, a.B, static_cast<int32_t*>(tokens.ptr), a.logprobs);
+        partials.as<Partial>(), parts_per_row, a.B, tokens.as<int32_t>(), a.logprobs);
     check_launch("finalize_kernel");
-    copy_to_host(a.tokens, tokens.ptr, size_t(a.B) * sizeof(int32_t));  // synchronises the stream
+    copy_to_host(a.tokens, tokens.as<void>(), size_t(a.B) * sizeof(int32_t));  // synchronises the stream
 }
 
 }  // namespace linarch::cuda
