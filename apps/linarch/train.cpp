@@ -13,6 +13,7 @@ void add_train_command(CLI::App& app) {
         int64_t steps = 0;
         bool resume = false;
         std::string device = "cpu";
+        std::string precision = "fp32";
     };
     auto options = std::make_shared<Options>();
     CLI::App* cmd = app.add_subcommand("train", "Train a model from a TOML spec");
@@ -24,6 +25,10 @@ void add_train_command(CLI::App& app) {
     cmd->add_option("--device", options->device,
                     "Where to train: cpu, or cuda (the first GPU; parameters, activations and optimizer state there)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
+    cmd->add_option("--precision", options->precision,
+                    "fp32 (exact), or bf16 with --device cuda: mixed precision, bf16 operands on the tensor cores and "
+                    "fp32 weights, activations and optimizer state")
+        ->check(CLI::IsMember({"fp32", "bf16"}));
     cmd->callback([options] {
         std::vector<std::string> overrides = options->overrides;
         if (options->steps > 0) overrides.push_back(fmt::format("run.steps={}", options->steps));
@@ -34,6 +39,7 @@ void add_train_command(CLI::App& app) {
                                     : std::filesystem::path(options->out);
         train_options.resume = options->resume;
         train_options.device = options->device == "cuda" ? Device::cuda : Device::cpu;
+        train_options.precision = ops::precision_from_name(options->precision);
         const TrainResult result = train(spec, train_options);
         if (result.interrupted) {
             fmt::print("interrupted at step {}; resume with --resume --out {}\n", result.steps_done,

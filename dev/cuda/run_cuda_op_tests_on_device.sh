@@ -27,12 +27,17 @@ export LINARCH_SOURCE_DIR=$PWD  # the presets test_train reads
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee $OUT/gpu.txt
 summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST"; }
 timeout 150 $C/test_ops --gtest_filter='Cuda*:DenseOps.*:*.MixedDevicesAreRefused' 2>&1 | tee $OUT/test_ops.log | summary
-timeout 120 $C/test_train --gtest_filter='CudaTraining.*' 2>&1 | tee $OUT/test_train.log | summary
+timeout 180 $C/test_train --gtest_filter='CudaTraining.*' 2>&1 | tee $OUT/test_train.log | summary
 timeout 120 compute-sanitizer --tool memcheck $C/test_ops --gtest_filter='CudaMixerOps.*:CudaDense.*' 2>&1 \
     | tail -n 8 | tee $OUT/memcheck.log | grep -E "ERROR SUMMARY|PASSED|FAILED"
 timeout 120 compute-sanitizer --tool racecheck $C/test_ops --gtest_filter='CudaMixerOps.*' 2>&1 | tail -n 8 \
     | tee $OUT/racecheck.log | grep -E "RACECHECK SUMMARY|PASSED|FAILED"
-# One training step, GPU (fp32) and CPU (16 threads), of the demo model and a 13M one (bench/NOTES.md).
+# One training step, GPU (fp32, bf16 mixed precision) and CPU (16 threads), of the demo model and a 13M
+# one (bench/NOTES.md); Mamba-2's design for the bf16 attention kernels (heads of 64, scalar gate).
 for device in cuda cpu; do
     timeout 60 $C/train_step --device $device 2>&1 | tee $OUT/train_step_$device.log | grep -v "^{"
+done
+for precision in fp32 bf16; do
+    timeout 60 $C/train_step --config configs/presets/mamba2.toml --device cuda --precision $precision 2>&1 \
+        | tee $OUT/train_step_mamba2_$precision.log | grep -v "^{"
 done

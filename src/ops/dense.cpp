@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/cpu/dense.hpp"
+#include "ops/precision.hpp"
 #if LINARCH_HAS_CUDA
 #include "backend/cuda/dense.hpp"
 #include "backend/cuda/device.hpp"
@@ -95,6 +96,20 @@ float* f32(Tensor& t) { return static_cast<float*>(t.raw_data()); }
 const float* f32(const Tensor& t) { return static_cast<const float*>(t.raw_data()); }
 float* f32_or_null(Tensor* t) { return t ? f32(*t) : nullptr; }
 
+// A bf16 copy of an f32 device tensor for one call (mixed precision's GEMM operands).
+class Bf16Copy {
+public:
+    explicit Bf16Copy(const Tensor& t) : buffer_(size_t(t.numel()) * 2) {
+        cuda::to_bf16(buffer_.as<uint16_t>(), f32(t), t.numel());
+    }
+    const void* get() const { return buffer_.as<void>(); }
+
+private:
+    cuda::DeviceBuffer buffer_;
+};
+
+bool bf16_compute() { return compute_precision() == Precision::bf16; }
+
 // Token ids copied to the GPU for one call (the op checked their range on the host).
 class DeviceIds {
 public:
@@ -124,6 +139,11 @@ void matmul_forward(Tensor& out, const Tensor& inp, const Tensor& weight, bool a
     c.tensor(weight, "weight", {N, K});
     c.tensor(out, "out", {M, N});
 #if LINARCH_HAS_CUDA
+    if (c.on_cuda() && bf16_compute()) {
+        const Bf16Copy a(inp), b(weight);
+        return cuda::gemm({.a = a.get(), .b = b.get(), .c = f32(out), .m = M, .n = N, .k = K, .trans_b = true,
+                           .beta = accumulate ? 1.f : 0.f, .type = cuda::GemmType::bf16_to_fp32});
+    }
     if (c.on_cuda())
         return cuda::gemm({.a = f32(inp), .b = f32(weight), .c = f32(out), .m = M, .n = N, .k = K, .trans_b = true,
                            .beta = accumulate ? 1.f : 0.f});
@@ -145,6 +165,20 @@ void matmul_backward(Tensor* dinp, Tensor* dweight, const Tensor& dout, const Te
     if (dinp) c.tensor(*dinp, "dinp", {M, K});
     if (dweight) c.tensor(*dweight, "dweight", {N, K});
 #if LINARCH_HAS_CUDA
+    if (c.on_cuda() && bf16_compute()) {
+        const Bf16Copy g(dout);
+        const auto type = cuda::GemmType::bf16_to_fp32;
+        if (dinp) {
+            const Bf16Copy w(weight);
+            cuda::gemm({.a = g.get(), .b = w.get(), .c = f32(*dinp), .m = M, .n = K, .k = N, .beta = 1.f, .type = type});
+        }
+        if (dweight) {
+            const Bf16Copy x(inp);
+            cuda::gemm({.a = g.get(), .b = x.get(), .c = f32(*dweight), .m = N, .n = K, .k = M, .trans_a = true,
+                        .beta = 1.f, .type = type});
+        }
+        return;
+    }
     if (c.on_cuda()) {
         // dinp[M,K] += dout[M,N] · weight[N,K];   dweight[N,K] += dout[M,N]ᵀ · inp[M,K]
         if (dinp) cuda::gemm({.a = f32(dout), .b = f32(weight), .c = f32(*dinp), .m = M, .n = K, .k = N, .beta = 1.f});

@@ -2,7 +2,8 @@
 // decay and sequence arguments, then dispatch to the backend: the CPU one; for f32 CUDA tensors the
 // exact fp32 recurrent scan, every form and decay (ops/cuda_recurrent_scan.hpp); for bf16 CUDA tensors
 // the tensor-core chunkwise forward and backward without decay or with a scalar gate
-// (backend/cuda/linear_attention_chunkwise.hpp).
+// (backend/cuda/linear_attention_chunkwise.hpp), which f32 tensors take too under mixed precision
+// (ops/precision.hpp) through bf16 copies.
 #include "ops/linear_attention.hpp"
 
 #include <string>
@@ -11,7 +12,9 @@
 #include "backend/cpu/linear_attention.hpp"
 #include "backend/cpu/short_conv.hpp"
 #include "ops/operand_checks.hpp"
+#include "ops/precision.hpp"
 #if LINARCH_HAS_CUDA
+#include "backend/cuda/dense.hpp"
 #include "backend/cuda/linear_attention_chunkwise.hpp"
 #include "backend/cuda/mixer_elementwise.hpp"
 #include "ops/cuda_recurrent_scan.hpp"
@@ -226,6 +229,60 @@ void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv
          data_or_null<float>(dinitial_state), data_or_null<float>(dlog_gate),
          gate_scratch.defined() ? gate_scratch.data<float>() : nullptr, B, T, H, Dk, Dv, args.scale});
 }
+
+// Mixed precision (ops/precision.hpp) on f32 CUDA tensors: whether the bf16 chunkwise kernels take this
+// problem in both directions (the forward and its backward must agree on the path), and the two calls
+// through bf16 copies of q, k, v (and dout), with fp32 results.
+bool bf16_kernels_take(const Tensor& q, const Tensor& v, const LinearAttentionArgs& args) {
+    if (compute_precision() != Precision::bf16 || q.dim() != 4 || v.dim() != 4) return false;
+    const int64_t Dk = q.size(3), Dv = v.size(3);
+    return args.cu_seqlens.empty() && !args.log_decay.defined() &&
+           (!args.log_gate.defined() || args.log_gate.dim() == 3) && args.scale != 0 &&
+           cuda::linear_attention_chunkwise_supports(Dk, Dv) &&
+           cuda::linear_attention_chunkwise_backward_supports(Dk, Dv);
+}
+
+Tensor bf16_copy(const char* op, const char* name, const Tensor& t) {
+    check_cuda_operand(op, name, t, DType::f32, t.shape());
+    Tensor copy = Tensor::empty(t.shape(), DType::bf16, Device::cuda);
+    cuda::to_bf16(static_cast<uint16_t*>(copy.raw_data()), t.data<float>(), t.numel());
+    return copy;
+}
+
+// dst (f32) += src (bf16), or dst = src when `overwrite`.
+void add_bf16(Tensor& dst, const Tensor& src, bool overwrite) {
+    if (overwrite) dst.zero();
+    cuda::add_bf16_into(dst.data<float>(), static_cast<const uint16_t*>(src.raw_data()), dst.numel());
+}
+
+void linear_attention_mixed_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
+                                    const Tensor& v, const Tensor* initial_state, const LinearAttentionArgs& args) {
+    const char* op = "linear_attention_chunkwise_forward";
+    check_cuda_operand(op, "o", o, DType::f32, {q.size(0), q.size(1), q.size(2), v.size(3)});
+    Tensor o16 = Tensor::empty(o.shape(), DType::bf16, Device::cuda);
+    linear_attention_chunkwise_forward_cuda(o16, final_state, bf16_copy(op, "q", q), bf16_copy(op, "k", k),
+                                            bf16_copy(op, "v", v), initial_state, args);
+    add_bf16(o, o16, true);
+}
+
+void linear_attention_mixed_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dinitial_state,
+                                     const Tensor& dout, const Tensor* dfinal_state, const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor* initial_state, const LinearAttentionArgs& args,
+                                     Tensor* dlog_gate) {
+    const char* op = "linear_attention_chunkwise_backward";
+    check_cuda_operand(op, "dq", dq, DType::f32, q.shape());
+    check_cuda_operand(op, "dk", dk, DType::f32, q.shape());
+    check_cuda_operand(op, "dv", dv, DType::f32, v.shape());
+    Tensor dq16 = Tensor::zeros(q.shape(), DType::bf16, Device::cuda);
+    Tensor dk16 = Tensor::zeros(q.shape(), DType::bf16, Device::cuda);
+    Tensor dv16 = Tensor::zeros(v.shape(), DType::bf16, Device::cuda);
+    linear_attention_chunkwise_backward_cuda(dq16, dk16, dv16, dinitial_state, bf16_copy(op, "dout", dout),
+                                             dfinal_state, bf16_copy(op, "q", q), bf16_copy(op, "k", k),
+                                             bf16_copy(op, "v", v), initial_state, args, dlog_gate);
+    add_bf16(dq, dq16, false);
+    add_bf16(dk, dk16, false);
+    add_bf16(dv, dv16, false);
+}
 #endif
 
 }  // namespace
@@ -264,6 +321,8 @@ void linear_attention_chunkwise_forward(Tensor& o, Tensor* final_state, const Te
                                         const LinearAttentionArgs& args) {
     const char* op = "linear_attention_chunkwise_forward";
 #if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernels_take(q, v, args))
+        return linear_attention_mixed_forward(o, final_state, q, k, v, initial_state, args);
     if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32)
         return cuda_scan_forward(op, o, final_state, scan_inputs(q, k, v, initial_state, args));
     if (q.defined() && q.device() == Device::cuda)
@@ -284,6 +343,9 @@ void linear_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Ten
                                          const LinearAttentionArgs& args, Tensor* dlog_gate) {
     const char* op = "linear_attention_chunkwise_backward";
 #if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernels_take(q, v, args))
+        return linear_attention_mixed_backward(dq, dk, dv, dinitial_state, dout, dfinal_state, q, k, v, initial_state,
+                                               args, dlog_gate);
     if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32)
         return cuda_scan_backward(op, {dq, dk, dv, nullptr, dlog_gate, dinitial_state, dout, dfinal_state},
                                   scan_inputs(q, k, v, initial_state, args));

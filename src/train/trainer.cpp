@@ -222,7 +222,10 @@ TrainResult train(const Spec& spec, const TrainOptions& options) {
     if (spec.run.threads > 0) omp_set_num_threads(int(spec.run.threads));
     const std::unique_ptr<TrainingData> data = open_training_data(spec);
 
+    LINARCH_CHECK(options.precision == ops::Precision::fp32 || options.device == Device::cuda,
+                  "--precision {} needs --device cuda (the CPU trains in fp32)", ops::precision_name(options.precision));
     if (options.device == Device::cuda) cuda::require_device("linarch train --device cuda");
+    const ops::ScopedPrecision precision(options.precision);
     LanguageModel model(spec.model, DType::f32, options.device);
     AdamW optimizer(spec.optim, model.parameters());
     TrainerState state;

@@ -9,6 +9,7 @@
 
 #include "core/allocator.hpp"
 #include "core/spec.hpp"
+#include "ops/precision.hpp"
 
 namespace linarch {
 
@@ -24,8 +25,11 @@ struct ValidationPoint {
 struct TrainOptions {
     std::filesystem::path out_dir = "runs/default";
     bool resume = false;
-    // Device::cuda trains on the first GPU (float32 there; checkpoints are the same files either way).
+    // Device::cuda trains on the first GPU (checkpoints are the same files either way).
     Device device = Device::cpu;
+    // bf16: mixed precision on the GPU (ops/precision.hpp): bf16 operands on the tensor cores, fp32
+    // weights, activations, gradients and optimizer state. fp32: exact, the CPU's run to 1e-3.
+    ops::Precision precision = ops::Precision::fp32;
     // Validate at these steps too, besides every run.eval_every steps and at the end.
     std::vector<int64_t> validate_at;
     // Called after every validation, the last included; returning false stops the run there with a

@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "core/tensor.hpp"
 #include "ops/dense.hpp"
+#include "ops/precision.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
@@ -61,6 +62,31 @@ TEST(CudaDense, MatmulForwardAndBackwardMatchF64) {
         Tensor dweight_only = gpu(dweight0);  // a null dinp skips that product
         ops::matmul_backward(nullptr, &dweight_only, gpu(dout), gpu(inp), gpu(weight));
         EXPECT_LT(relative_error(host(dweight_only), dweight_ref), kTolerance);
+    }
+}
+
+TEST(CudaDense, MatmulUnderMixedPrecisionRoundsOperandsToBf16) {
+    SKIP_WITHOUT_GPU();
+    const int64_t M = 300, K = 130, N = 77;
+    const Tensor inp = random_normal({M, K}, DType::f32, 1050), weight = random_normal({N, K}, DType::f32, 1051);
+    const Tensor dout = random_normal({M, N}, DType::f32, 1052), dinp0 = random_normal({M, K}, DType::f32, 1053);
+    const Tensor dweight0 = random_normal({N, K}, DType::f32, 1054);
+    Tensor ref = Tensor::zeros({M, N}, DType::f64), dinp_ref = f64(dinp0), dweight_ref = f64(dweight0);
+    ops::matmul_forward(ref, f64(inp), f64(weight));
+    ops::matmul_backward(&dinp_ref, &dweight_ref, f64(dout), f64(inp), f64(weight));
+    Tensor out = gpu(Tensor::zeros({M, N})), dinp = gpu(dinp0), dweight = gpu(dweight0);
+    {
+        const ops::ScopedPrecision bf16(ops::Precision::bf16);
+        ops::matmul_forward(out, gpu(inp), gpu(weight));
+        ops::matmul_backward(&dinp, &dweight, gpu(dout), gpu(inp), gpu(weight));
+    }
+    EXPECT_EQ(ops::compute_precision(), ops::Precision::fp32);  // the scope restored it
+    // bf16 keeps 8 bits of mantissa: operands are off by up to 2⁻⁹ relative, products summed in fp32.
+    for (const auto& [name, got, want] : {std::tuple{"out", &out, &ref}, {"dinp", &dinp, &dinp_ref},
+                                          {"dweight", &dweight, &dweight_ref}}) {
+        const double error = relative_error(host(*got), *want);
+        EXPECT_LT(error, 1e-2) << name;
+        EXPECT_GT(error, 1e-5) << name << ": as exact as fp32, so the bf16 path did not run";
     }
 }
 

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/cuda/device.hpp"
+#include "core/error.hpp"
 #include "core/spec.hpp"
 #include "support/process.hpp"
 #include "support/testkit.hpp"
@@ -110,4 +111,48 @@ TEST(CudaTraining, AGpuCheckpointResumesOnTheCpu) {
     const TrainResult reference = train(spec, whole);
     EXPECT_EQ(resumed.steps_done, 20);
     EXPECT_LT(std::abs(resumed.train_loss - reference.train_loss) / reference.train_loss, kLossTolerance);
+}
+
+TEST(CudaTraining, Bf16MixedPrecisionStaysWithinTwoPercentAndConverges) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device();
+    const testkit::TempDir dir;
+    // Heads of 64: the bf16 attention kernels' size (linear attention without decay and Mamba-2's scalar
+    // gate take them; Gated DeltaNet's delta rule stays on the fp32 scan, its GEMMs go bf16).
+    for (const std::string preset : {"linear_attention", "mamba2", "gated_deltanet"}) {
+        SCOPED_TRACE(preset);
+        const Spec spec = preset_at_test_size(preset, "model.head_dim=64");
+        TrainOptions cpu_options, gpu_options;
+        cpu_options.out_dir = dir.path() / (preset + "-fp32-cpu");
+        gpu_options.out_dir = dir.path() / (preset + "-bf16");
+        gpu_options.device = Device::cuda;
+        gpu_options.precision = ops::Precision::bf16;
+        train(spec, cpu_options);
+        train(spec, gpu_options);
+        const std::vector<double> fp32 = step_losses(cpu_options.out_dir), bf16 = step_losses(gpu_options.out_dir);
+        ASSERT_EQ(bf16.size(), size_t(kSteps));
+        ASSERT_EQ(fp32.size(), size_t(kSteps));
+        double worst = 0, exact_steps = 0;
+        for (size_t step = 0; step < fp32.size(); ++step) {
+            const double difference = std::abs(bf16[step] - fp32[step]) / fp32[step];
+            worst = std::max(worst, difference);
+            exact_steps += difference < 1e-6;
+        }
+        EXPECT_LT(worst, 0.02);
+        EXPECT_LT(exact_steps, kSteps) << "every step matched fp32 to 1e-6: the bf16 paths did not run";
+        EXPECT_LT(bf16.back(), 0.99 * bf16.front()) << "the bf16 run did not learn";  // fp32 runs: −1.6…−16%
+    }
+}
+
+TEST(CudaTraining, Bf16OnTheCpuIsRefused) {
+    const testkit::TempDir dir;
+    TrainOptions options;
+    options.out_dir = dir.path() / "cpu-bf16";
+    options.precision = ops::Precision::bf16;
+    try {
+        train(preset_at_test_size("gla"), options);
+        FAIL() << "bf16 on the CPU was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("--precision bf16 needs --device cuda"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(std::filesystem::exists(options.out_dir / "checkpoints"));
 }

@@ -1,5 +1,7 @@
 #include "backend/cuda/dense.hpp"
 
+#include <cuda_bf16.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -263,6 +265,30 @@ void add(float* out, const float* a, const float* b, int64_t n) {
 void add_into(float* dst, const float* src, int64_t n) {
     add_into_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(dst, src, n);
     check_launch("add_into_kernel");
+}
+
+namespace {
+__global__ void to_bf16_kernel(uint16_t* out, const float* x, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
+}
+
+__global__ void add_bf16_into_kernel(float* dst, const uint16_t* x, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] += __bfloat162float(__ushort_as_bfloat16(x[i]));
+}
+}  // namespace
+
+void to_bf16(uint16_t* out, const float* x, int64_t n) {
+    if (n == 0) return;
+    to_bf16_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(out, x, n);
+    check_launch("to_bf16_kernel");
+}
+
+void add_bf16_into(float* dst, const uint16_t* x, int64_t n) {
+    if (n == 0) return;
+    add_bf16_into_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(dst, x, n);
+    check_launch("add_bf16_into_kernel");
 }
 
 double sum_squares(const float* x, int64_t n) {

@@ -32,6 +32,10 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 void add(float* out, const float* a, const float* b, int64_t n);
 void add_into(float* dst, const float* src, int64_t n);
 
+// Mixed precision's conversions: out = bf16(x) (round to nearest even), and dst += float(x).
+void to_bf16(uint16_t* out, const float* x, int64_t n);
+void add_bf16_into(float* dst, const uint16_t* x, int64_t n);
+
 // Σ x², accumulated in double (one synchronisation: the result comes back to the host).
 double sum_squares(const float* x, int64_t n);
 void scale(float* x, int64_t n, double factor);

@@ -36,6 +36,10 @@ void* workspace() {
     return ptr;
 }
 
+const char* type_name(GemmType type) {
+    return type == GemmType::fp32 ? "fp32" : type == GemmType::bf16 ? "bf16" : "bf16 operands, fp32 C";
+}
+
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, GemmType>;
 
 // The column-major problem cuBLASLt sees: Cᵀ[N,M] = op(B)ᵀ[N,K] · op(A)ᵀ[K,M].
@@ -47,6 +51,7 @@ struct Plan {
     explicit Plan(const PlanKey& key) {
         const auto [m, n, k, trans_a, trans_b, type] = key;
         const cudaDataType dt = type == GemmType::fp32 ? CUDA_R_32F : CUDA_R_16BF;
+        const cudaDataType dt_out = type == GemmType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
         check_lt(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
         // Row-major B[K,N] is column-major [N,K] as stored: used as is (N); B[N,K] stored is [K,N]: transposed.
         const cublasOperation_t op_first = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -63,7 +68,7 @@ struct Plan {
             check_lt(cublasLtMatrixLayoutCreate(&second, dt, uint64_t(m), uint64_t(k), m), "layout of A");
         else
             check_lt(cublasLtMatrixLayoutCreate(&second, dt, uint64_t(k), uint64_t(m), k), "layout of A");
-        check_lt(cublasLtMatrixLayoutCreate(&out, dt, uint64_t(n), uint64_t(m), n), "layout of C");
+        check_lt(cublasLtMatrixLayoutCreate(&out, dt_out, uint64_t(n), uint64_t(m), n), "layout of C");
         cublasLtMatmulPreference_t pref;
         check_lt(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
         check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspaceBytes,
@@ -74,7 +79,7 @@ struct Plan {
                  "cublasLtMatmulAlgoGetHeuristic");
         cublasLtMatmulPreferenceDestroy(pref);
         LINARCH_CHECK(found > 0, "cuBLASLt has no GEMM for M={} N={} K={} (trans_a {}, trans_b {}, {})", m, n, k,
-                      trans_a, trans_b, type == GemmType::fp32 ? "fp32" : "bf16");
+                      trans_a, trans_b, type_name(type));
     }
 };
 
@@ -95,7 +100,7 @@ void gemm(const GemmArgs& g) {
         // cuBLASLt rejects K = 0; the product is empty, so C = beta · C.
         LINARCH_CHECK(g.beta == 0.f || g.beta == 1.f, "gemm: K = 0 with beta {} is not supported", g.beta);
         if (g.beta == 0.f)
-            check_cuda(cudaMemsetAsync(g.c, 0, size_t(g.m * g.n) * (g.type == GemmType::fp32 ? 4 : 2),
+            check_cuda(cudaMemsetAsync(g.c, 0, size_t(g.m * g.n) * (g.type == GemmType::bf16 ? 2 : 4),
                                        cudaStreamPerThread),
                        "cudaMemsetAsync");
         return;

@@ -30,6 +30,29 @@ template <typename Body> void for_each(const char* name, int64_t n, Body body) {
     check_launch(name);
 }
 
+// out[o] += Σ_{r < rows} term(o, r): a block per output, its threads striding over the rows, then a
+// fixed-order tree over the block. Deterministic, and parallel however few the outputs are (a bias per
+// head over every token).
+template <typename Term> __global__ void sum_rows_kernel(float* out, int64_t rows, Term term) {
+    __shared__ float partial[kThreads];
+    const int64_t o = blockIdx.x;
+    float sum = 0.f;
+    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) sum += term(o, r);
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+    for (int width = kThreads / 2; width > 0; width /= 2) {
+        if (int(threadIdx.x) < width) partial[threadIdx.x] += partial[threadIdx.x + width];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[o] += partial[0];
+}
+
+template <typename Term> void sum_rows(const char* name, float* out, int64_t outputs, int64_t rows, Term term) {
+    if (outputs == 0) return;
+    sum_rows_kernel<<<unsigned(outputs), kThreads, 0, cudaStreamPerThread>>>(out, rows, term);
+    check_launch(name);
+}
+
 }  // namespace
 
 void feature_map_forward(float* out, const float* x, int64_t rows, int64_t dim, int map) {
@@ -98,11 +121,8 @@ void add_bias_forward(float* out, const float* x, const float* bias, int64_t row
 }
 
 void add_bias_backward(float* dbias, const float* dout, int64_t rows, int64_t cols) {
-    for_each("add_bias_backward", cols, [=] __device__(int64_t c) {
-        float sum = 0.f;
-        for (int64_t r = 0; r < rows; ++r) sum += dout[r * cols + c];
-        dbias[c] += sum;
-    });
+    sum_rows("add_bias_backward", dbias, cols, rows,
+             [=] __device__(int64_t c, int64_t r) { return dout[r * cols + c]; });
 }
 
 void mamba2_decay_forward(float* log_gate, const float* x, const float* a_log, const float* dt_bias, int64_t rows,
@@ -113,23 +133,20 @@ void mamba2_decay_forward(float* log_gate, const float* x, const float* a_log, c
     });
 }
 
-// g = −e^a · softplus(u), u = x + b:  ∂g/∂u = −e^a · sigmoid(u),  ∂g/∂a = g. A thread per head.
+// g = −e^a · softplus(u), u = x + b:  ∂g/∂u = −e^a · sigmoid(u),  ∂g/∂a = g.
 void mamba2_decay_backward(float* dx, float* da_log, float* ddt_bias, const float* dlog_gate, const float* x,
                            const float* a_log, const float* dt_bias, int64_t rows, int64_t heads) {
-    for_each("mamba2_decay_backward", heads, [=] __device__(int64_t h) {
-        const float scale = expf(a_log[h]);
-        float da = 0.f, db = 0.f;
-        for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = r * heads + h;
-            const float u = x[i] + dt_bias[h];
-            const float du = -scale * sigmoid(u) * dlog_gate[i];
-            dx[i] += du;
-            db += du;
-            da += -scale * softplus(u) * dlog_gate[i];
-        }
-        da_log[h] += da;
-        ddt_bias[h] += db;
+    auto du = [=] __device__(int64_t h, int64_t r) {
+        const int64_t i = r * heads + h;
+        return -expf(a_log[h]) * sigmoid(x[i] + dt_bias[h]) * dlog_gate[i];
+    };
+    sum_rows("mamba2_decay_backward (dt_bias)", ddt_bias, heads, rows, du);
+    sum_rows("mamba2_decay_backward (a_log)", da_log, heads, rows, [=] __device__(int64_t h, int64_t r) {
+        const int64_t i = r * heads + h;
+        return -expf(a_log[h]) * softplus(x[i] + dt_bias[h]) * dlog_gate[i];
     });
+    for_each("mamba2_decay_backward (x)", rows * heads,
+             [=] __device__(int64_t i) { dx[i] += du(i % heads, i / heads); });
 }
 
 void logsigmoid_decay_forward(float* log_gate, const float* x, int64_t n, double temperature) {
@@ -232,14 +249,11 @@ void short_conv_backward(float* dx, float* dweight, const float* dout, const flo
             sum += weight[c * K + j] * conv_dpre(dout, x, weight, silu, b, s + K - 1 - j, c, T, C, K);
         dx[i] += sum;
     });
-    // dweight[c,j] += Σ_{b,t} dpre[b,t,c] · x[b, t−K+1+j, c]
-    for_each("short_conv_backward (dweight)", C * K, [=] __device__(int64_t i) {
-        const int64_t c = i / K, j = i % K;
-        float sum = 0.f;
-        for (int64_t b = 0; b < batch; ++b)
-            for (int64_t t = max(int64_t(0), K - 1 - j); t < T; ++t)
-                sum += conv_dpre(dout, x, weight, silu, b, t, c, T, C, K) * x[(b * T + t - K + 1 + j) * C + c];
-        dweight[i] += sum;
+    // dweight[c,j] += Σ_{b,t} dpre[b,t,c] · x[b, t−K+1+j, c]  (rows are tokens b·T + t)
+    sum_rows("short_conv_backward (dweight)", dweight, C * K, batch * T, [=] __device__(int64_t i, int64_t row) {
+        const int64_t c = i / K, j = i % K, b = row / T, t = row % T;
+        if (t < K - 1 - j) return 0.f;
+        return conv_dpre(dout, x, weight, silu, b, t, c, T, C, K) * x[(b * T + t - K + 1 + j) * C + c];
     });
 }
 

@@ -15,7 +15,8 @@ void l2norm_forward(float* out, float* inv_norm, const float* x, int64_t rows, i
 void l2norm_backward(float* dx, const float* dout, const float* out, const float* inv_norm, int64_t rows,
                      int64_t dim);
 void add_bias_forward(float* out, const float* x, const float* bias, int64_t rows, int64_t cols);
-// A thread per column sums its rows in order: deterministic.
+// Sums over rows (here and in the parameter gradients below) run a block per output in a fixed order:
+// deterministic.
 void add_bias_backward(float* dbias, const float* dout, int64_t rows, int64_t cols);
 void mamba2_decay_forward(float* log_gate, const float* x, const float* a_log, const float* dt_bias, int64_t rows,
                           int64_t heads);
@@ -36,7 +37,7 @@ void sigmoid_backward(float* dx, const float* dout, const float* out, int64_t n)
 // Causal depthwise convolution: x, out [B,T,C], weight [C,K], optional SiLU after.
 void short_conv_forward(float* out, const float* x, const float* weight, bool silu, int64_t batch, int64_t seq_len,
                         int64_t channels, int64_t kernel_size);
-// dx [B,T,C] +=, dweight [C,K] += (a thread per channel and tap sums over B·T in order).
+// dx [B,T,C] +=, dweight [C,K] += (a block per channel and tap sums over B·T in a fixed order).
 void short_conv_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight, bool silu,
                          int64_t batch, int64_t seq_len, int64_t channels, int64_t kernel_size);
 
