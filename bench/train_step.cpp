@@ -3,6 +3,7 @@
 // ops::matmul_forward), measured in the same run.
 // With --precision bf16 (GPU), mixed precision (ops/precision.hpp) against cuBLASLt's bf16 GEMM rate.
 //   build/bin/train_step [--config configs/demo.toml] [--device cpu|cuda] [--precision fp32|bf16]
+//                        [--set key=value ...]   (with --set: only the config, so overridden)
 // Prints a human-readable table and one JSON line per model (for bench/NOTES.md).
 #include <cblas.h>
 #include <omp.h>
@@ -133,6 +134,7 @@ int main(int argc, char** argv) {
     std::string config = "configs/demo.toml";
     Device device = Device::cpu;
     ops::Precision precision = ops::Precision::fp32;
+    std::vector<std::string> overrides;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg == "--config" && i + 1 < argc) {
@@ -143,8 +145,11 @@ int main(int argc, char** argv) {
         } else if (arg == "--precision" && i + 1 < argc && (std::string(argv[i + 1]) == "fp32" ||
                                                              std::string(argv[i + 1]) == "bf16")) {
             precision = ops::precision_from_name(argv[++i]);
+        } else if (arg == "--set" && i + 1 < argc) {
+            overrides.push_back(argv[++i]);
         } else {
-            fmt::print(stderr, "usage: train_step [--config FILE] [--device cpu|cuda] [--precision fp32|bf16]\n");
+            fmt::print(stderr, "usage: train_step [--config FILE] [--device cpu|cuda] [--precision fp32|bf16] "
+                                "[--set key=value ...]\n");
             return 2;
         }
     }
@@ -153,6 +158,12 @@ int main(int argc, char** argv) {
         if (precision == ops::Precision::bf16 && device != Device::cuda) {
             fmt::print(stderr, "error: --precision bf16 needs --device cuda\n");
             return 2;
+        }
+        if (!overrides.empty()) {
+            std::string label = config;
+            for (const std::string& o : overrides) label += " " + o;
+            bench(label, load_spec(config, overrides), device, precision);
+            return 0;
         }
         bench(config, load_spec(config), device, precision);
         // The second shape: 4 layers, d=512, T=512.

@@ -399,7 +399,7 @@ double lm_head_cross_entropy_forward(Tensor& losses, Tensor& logsumexp, const Te
 #if LINARCH_HAS_CUDA
     if (c.on_cuda()) {
         cuda::lm_head_cross_entropy_forward(f32(losses), f32(logsumexp), f32(hidden), f32(weight),
-                                            DeviceIds(targets).get(), N, D, V);
+                                            DeviceIds(targets).get(), N, D, V, bf16_compute());
         const std::vector<double> row_losses = losses.to(Device::cpu).to_vector();
         double total = 0;
         for (size_t n = 0; n < row_losses.size(); ++n)
@@ -436,7 +436,7 @@ void lm_head_cross_entropy_backward(Tensor* dhidden, Tensor* dweight, const Tens
     if (c.on_cuda())
         return cuda::lm_head_cross_entropy_backward(f32_or_null(dhidden), f32_or_null(dweight), f32(hidden),
                                                     f32(weight), DeviceIds(targets).get(), f32(logsumexp),
-                                                    loss_scale, N, D, V);
+                                                    loss_scale, N, D, V, bf16_compute());
 #endif
     dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);

@@ -216,6 +216,30 @@ TEST(CudaDense, LmHeadCrossEntropyMatchesF64AcrossVocabularyBlocks) {
     }
 }
 
+TEST(CudaDense, LmHeadCrossEntropyUnderMixedPrecision) {
+    SKIP_WITHOUT_GPU();
+    const int64_t N = 300, D = 96, V = 5000;
+    const Tensor hidden = random_normal({N, D}, DType::f32, 1550), weight = random_normal({V, D}, DType::f32, 1551, 0.3);
+    const std::vector<int32_t> targets = testkit::random_ids(N, int32_t(V), 1552);
+    Tensor losses_ref = Tensor::zeros({N}, DType::f64), lse_ref = Tensor::zeros({N}, DType::f64);
+    ops::lm_head_cross_entropy_forward(losses_ref, lse_ref, f64(hidden), f64(weight), targets);
+    Tensor dhidden_ref = Tensor::zeros({N, D}, DType::f64), dweight_ref = Tensor::zeros({V, D}, DType::f64);
+    ops::lm_head_cross_entropy_backward(&dhidden_ref, &dweight_ref, f64(hidden), f64(weight), targets, lse_ref, 0.01);
+    Tensor losses = gpu(Tensor::zeros({N})), lse = gpu(Tensor::zeros({N}));
+    Tensor dhidden = gpu(Tensor::zeros({N, D})), dweight = gpu(Tensor::zeros({V, D}));
+    {
+        const ops::ScopedPrecision bf16(ops::Precision::bf16);
+        ops::lm_head_cross_entropy_forward(losses, lse, gpu(hidden), gpu(weight), targets);
+        ops::lm_head_cross_entropy_backward(&dhidden, &dweight, gpu(hidden), gpu(weight), targets, lse, 0.01);
+    }
+    for (const auto& [name, got, want] : {std::tuple{"losses", &losses, &losses_ref}, {"dhidden", &dhidden, &dhidden_ref},
+                                          {"dweight", &dweight, &dweight_ref}}) {
+        const double error = relative_error(host(*got), *want);
+        EXPECT_LT(error, 2e-2) << name;
+        EXPECT_GT(error, 1e-5) << name << ": as exact as fp32, so the bf16 GEMMs did not run";
+    }
+}
+
 TEST(CudaDense, NormScaleAndAdamWMatchF64) {
     SKIP_WITHOUT_GPU();
     const int64_t n = 1000003;  // more elements than the reduction's grid covers in one sweep

@@ -46,11 +46,12 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
 // The tied LM head with softmax cross-entropy (lm_head_cross_entropy.cu): logits are made one block of
 // vocabulary columns at a time by cuBLASLt into a reused fp32 buffer, never whole. targets: N device
 // ints, < 0 for ignored rows. The forward writes losses[N] (0 where ignored) and logsumexp[N]; the
-// backward recomputes each block and adds loss_scale · (softmax − onehot) through two GEMMs.
+// backward recomputes each block and adds loss_scale · (softmax − onehot) through two GEMMs. With bf16
+// (mixed precision) every GEMM takes bf16 copies of its operands; logits and sums stay fp32.
 void lm_head_cross_entropy_forward(float* losses, float* logsumexp, const float* hidden, const float* weight,
-                                   const int32_t* targets, int64_t N, int64_t D, int64_t V);
+                                   const int32_t* targets, int64_t N, int64_t D, int64_t V, bool bf16);
 void lm_head_cross_entropy_backward(float* dhidden, float* dweight, const float* hidden, const float* weight,
                                     const int32_t* targets, const float* logsumexp, double loss_scale, int64_t N,
-                                    int64_t D, int64_t V);
+                                    int64_t D, int64_t V, bool bf16);
 
 }  // namespace linarch::cuda

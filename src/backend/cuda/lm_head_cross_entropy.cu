@@ -102,18 +102,50 @@ __global__ void softmax_gradient_kernel(float* logits, int64_t width, int64_t v0
 
 unsigned blocks_for(int64_t n) { return unsigned(std::max<int64_t>((n + kThreads - 1) / kThreads, 1)); }
 
+// The head's operands: hidden [N,D] and weight [V,D] as given (fp32), or, for mixed precision, bf16
+// copies made once per call; the GEMMs' results stay fp32 either way.
+class HeadOperands {
+public:
+    HeadOperands(const float* hidden, const float* weight, int64_t N, int64_t D, int64_t V, bool bf16)
+        : D_(D), bf16_(bf16), copies_(bf16 ? size_t((N + V) * D) * 2 : 0) {
+        if (!bf16) {
+            hidden_ = hidden, weight_ = weight;
+            return;
+        }
+        uint16_t* h = copies_.as<uint16_t>();
+        to_bf16(h, hidden, N * D);
+        to_bf16(h + N * D, weight, V * D);
+        hidden_ = h, weight_ = h + N * D;
+    }
+    const void* hidden() const { return hidden_; }
+    // Rows [v0, ...) of the weight.
+    const void* weight_rows(int64_t v0) const {
+        return static_cast<const char*>(weight_) + size_t(v0 * D_) * (bf16_ ? 2 : 4);
+    }
+    GemmType type() const { return bf16_ ? GemmType::bf16_to_fp32 : GemmType::fp32; }
+    bool bf16() const { return bf16_; }
+
+private:
+    int64_t D_;
+    bool bf16_;
+    DeviceBuffer copies_;
+    const void* hidden_ = nullptr;
+    const void* weight_ = nullptr;
+};
+
 // The logits of columns [v0, v0 + width) into buffer [N, width].
-void block_logits(float* buffer, const float* hidden, const float* weight, int64_t v0, int64_t width, int64_t N,
-                  int64_t D) {
+void block_logits(float* buffer, const HeadOperands& head, int64_t v0, int64_t width, int64_t N, int64_t D) {
     // (nvcc compiles this file as C++17: GemmArgs in declaration order, no designated initialisers.)
-    gemm({hidden, weight + v0 * D, buffer, N, width, D, /*trans_a=*/false, /*trans_b=*/true});
+    gemm({head.hidden(), head.weight_rows(v0), buffer, N, width, D, /*trans_a=*/false, /*trans_b=*/true, 1.f, 0.f,
+          head.type()});
 }
 
 }  // namespace
 
 void lm_head_cross_entropy_forward(float* losses, float* logsumexp, const float* hidden, const float* weight,
-                                   const int32_t* targets, int64_t N, int64_t D, int64_t V) {
+                                   const int32_t* targets, int64_t N, int64_t D, int64_t V, bool bf16) {
     if (N == 0) return;
+    const HeadOperands head(hidden, weight, N, D, V, bf16);
     const int64_t width = block_width(N, V);
     DeviceBuffer buffer(size_t(N * width) * sizeof(float)), rows(size_t(3 * N) * sizeof(float));
     float* running_max = rows.as<float>();
@@ -123,7 +155,7 @@ void lm_head_cross_entropy_forward(float* losses, float* logsumexp, const float*
     check_launch("start_rows_kernel");
     for (int64_t v0 = 0; v0 < V; v0 += width) {
         const int64_t w = std::min(width, V - v0);
-        block_logits(buffer.as<float>(), hidden, weight, v0, w, N, D);
+        block_logits(buffer.as<float>(), head, v0, w, N, D);
         fold_block_kernel<<<unsigned(N), kThreads, 0, cudaStreamPerThread>>>(buffer.as<float>(), w, v0, targets,
                                                                              running_max, running_sum, target_logit);
         check_launch("fold_block_kernel");
@@ -135,21 +167,28 @@ void lm_head_cross_entropy_forward(float* losses, float* logsumexp, const float*
 
 void lm_head_cross_entropy_backward(float* dhidden, float* dweight, const float* hidden, const float* weight,
                                     const int32_t* targets, const float* logsumexp, double loss_scale, int64_t N,
-                                    int64_t D, int64_t V) {
+                                    int64_t D, int64_t V, bool bf16) {
     if (N == 0 || (!dhidden && !dweight)) return;
+    const HeadOperands head(hidden, weight, N, D, V, bf16);
     const int64_t width = block_width(N, V);
-    DeviceBuffer buffer(size_t(N * width) * sizeof(float));
+    DeviceBuffer buffer(size_t(N * width) * sizeof(float)), dlogits16(bf16 ? size_t(N * width) * 2 : 0);
     for (int64_t v0 = 0; v0 < V; v0 += width) {
         const int64_t w = std::min(width, V - v0);
         float* dlogits = buffer.as<float>();
-        block_logits(dlogits, hidden, weight, v0, w, N, D);
+        block_logits(dlogits, head, v0, w, N, D);
         const dim3 grid(unsigned(N), blocks_for(w));
         softmax_gradient_kernel<<<grid, kThreads, 0, cudaStreamPerThread>>>(dlogits, w, v0, targets, logsumexp,
                                                                             float(loss_scale));
         check_launch("softmax_gradient_kernel");
         // dhidden[N,D] += dlogits[N,w] · W_block[w,D];   dW_block[w,D] += dlogits[N,w]ᵀ · hidden[N,D]
-        if (dhidden) gemm({dlogits, weight + v0 * D, dhidden, N, D, w, false, false, /*alpha=*/1.f, /*beta=*/1.f});
-        if (dweight) gemm({dlogits, hidden, dweight + v0 * D, w, D, N, /*trans_a=*/true, false, 1.f, 1.f});
+        const void* g = dlogits;
+        if (head.bf16()) {
+            to_bf16(dlogits16.as<uint16_t>(), dlogits, N * w);
+            g = dlogits16.as<void>();
+        }
+        if (dhidden) gemm({g, head.weight_rows(v0), dhidden, N, D, w, false, false, 1.f, 1.f, head.type()});
+        if (dweight)
+            gemm({g, head.hidden(), dweight + v0 * D, w, D, N, /*trans_a=*/true, false, 1.f, 1.f, head.type()});
     }
 }
 
