@@ -31,9 +31,27 @@ std::string describe_device(int index) {
                        double(prop.totalGlobalMem) / double(1ull << 30));
 }
 
+namespace {
+// Why GPU 0 cannot run this build's kernels, or "" when it can. Asked once: the answer does not change,
+// and allocation asks on every call.
+const std::string& device_problem() {
+    static const std::string problem = []() -> std::string {
+        if (device_count() == 0) return fmt::format("none is usable here ({})", describe_device());
+        cudaDeviceProp prop{};
+        check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+        // sm_90a code runs on Hopper; the compute_90 PTX beside it JIT-compiles for newer GPUs, never older.
+        if (prop.major < 9)
+            return fmt::format("GPU 0 is {} (sm_{}{}), and this linarch carries code for sm_90a and compute_90 only: "
+                               "rebuild with -gencode for sm_{}{} (CMAKE_CUDA_FLAGS in CMakeLists.txt)",
+                               prop.name, prop.major, prop.minor, prop.major, prop.minor);
+        return "";
+    }();
+    return problem;
+}
+}  // namespace
+
 void require_device(const std::string& what) {
-    if (device_count() == 0)
-        fail("{} needs a CUDA GPU, but none is usable here ({})", what, describe_device());
+    if (!device_problem().empty()) fail("{} needs a CUDA GPU, but {}", what, device_problem());
 }
 
 void* allocate(size_t bytes) {

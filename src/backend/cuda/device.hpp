@@ -12,7 +12,8 @@ bool built_with_cuda();
 int device_count();
 // "NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB" or the reason there is none.
 std::string describe_device(int index = 0);
-// Throws Error saying what was asked and what is available when no usable GPU exists.
+// Throws Error saying what was asked and what is available when no usable GPU exists, or when GPU 0 is
+// older than the code the build carries (sm_90a, compute_90).
 void require_device(const std::string& what);
 
 void* allocate(size_t bytes);

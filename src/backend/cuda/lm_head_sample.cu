@@ -16,6 +16,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "backend/cuda/check.cuh"
 #include "backend/cuda/device.hpp"
 #include "backend/cuda/lm_head_sample.hpp"
 #include "core/error.hpp"
@@ -259,11 +260,6 @@ const Gemm& gemm_for(int64_t m, int64_t B, int64_t D, int64_t ldc, bool fp32_inp
     auto it = plans.find(key);
     if (it == plans.end()) it = plans.emplace(key, Gemm(m, B, D, ldc, fp32_inputs)).first;
     return it->second;
-}
-
-void check_launch(const char* kernel) {
-    const cudaError_t status = cudaGetLastError();
-    if (status != cudaSuccess) fail("lm_head_sample (CUDA): {} failed to launch: {}", kernel, cudaGetErrorString(status));
 }
 
 template <int G, bool kGreedy, bool kLogprobs>
