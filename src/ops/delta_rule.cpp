@@ -1,6 +1,9 @@
 // Delta-rule ops: check every tensor (device, dtype, contiguity, shape, value ranges) and cu_seqlens,
-// then dispatch to the backend: the CPU one, or for f32 CUDA tensors the exact fp32 recurrent scan
-// (ops/cuda_recurrent_scan.hpp), which stands for every form.
+// then dispatch to the backend: the CPU one; for f32 CUDA tensors the exact fp32 recurrent scan
+// (ops/cuda_recurrent_scan.hpp), which stands for every form; for bf16 CUDA tensors the tensor-core
+// chunkwise forward (backend/cuda/linear_attention_chunkwise.hpp), which the chunkwise forward of f32
+// tensors takes too under mixed precision (ops/precision.hpp), through bf16 copies. Its backward stays
+// the exact scan there: the gradient of the fp32 function at the fp32 inputs.
 #include "ops/delta_rule.hpp"
 
 #include <cmath>
@@ -9,7 +12,10 @@
 
 #include "backend/cpu/delta_rule.hpp"
 #include "ops/operand_checks.hpp"
+#include "ops/precision.hpp"
 #if LINARCH_HAS_CUDA
+#include "backend/cuda/linear_attention_chunkwise.hpp"
+#include "ops/cuda_operands.hpp"
 #include "ops/cuda_recurrent_scan.hpp"
 #endif
 
@@ -22,6 +28,57 @@ const Tensor kNoFixedDecay;  // the delta rule has no fixed-decay form
 CudaScanInputs scan_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
                            const Tensor* initial_state, const DeltaRuleArgs& args) {
     return {q, k, v, &beta, args.log_gate, kNoFixedDecay, initial_state, args.cu_seqlens, args.scale};
+}
+
+// The chunkwise forward on bf16 CUDA tensors: q, k, v, o bf16; beta, log_gate [B,T,H] and the states
+// fp32. The values of beta and log_gate are not range-checked here: that would copy them to the host on
+// every call. Any chunk_size gives the same function; the kernel uses chunks of 64.
+void delta_rule_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
+                                       const Tensor& v, const Tensor& beta, const Tensor* initial_state,
+                                       const DeltaRuleArgs& args) {
+    const char* op = "delta_rule_chunkwise_forward";
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    check_cuda_operand(op, "q", q, DType::bf16, q.shape());
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
+    check_cuda_operand(op, "k", k, DType::bf16, q.shape());
+    LINARCH_CHECK(v.defined() && v.dim() == 4 && v.size(3) > 0, "{}: v: expected shape [{}, {}, {}, Dv], got {}", op,
+                  B, T, H, v.defined() ? shape_string(v.shape()) : "undefined");
+    const int64_t Dv = v.size(3);
+    check_cuda_operand(op, "v", v, DType::bf16, {B, T, H, Dv});
+    check_cuda_operand(op, "beta", beta, DType::f32, {B, T, H});
+    check_cuda_operand(op, "o", o, DType::bf16, {B, T, H, Dv});
+    LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
+    // (f32 tensors take the exact scan, which has them.)
+    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", op);
+    LINARCH_CHECK(cuda::linear_attention_chunkwise_supports(Dk, Dv),
+                  "{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk={}, Dv={}", op, Dk, Dv);
+    if (args.log_gate.defined()) check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {B, T, H});
+    const Shape state_shape{B, H, Dk, Dv};
+    if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, state_shape);
+    if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, state_shape);
+    Tensor w = Tensor::empty(q.shape(), DType::bf16, Device::cuda);
+    Tensor u = Tensor::empty(v.shape(), DType::bf16, Device::cuda);
+    cuda::delta_rule_chunkwise_forward({q.raw_data(), k.raw_data(), v.raw_data(), beta.data<float>(),
+                                        data_or_null<float>(&args.log_gate), data_or_null<float>(initial_state),
+                                        o.raw_data(), data_or_null<float>(final_state), w.raw_data(), u.raw_data(),
+                                        B, T, H, Dk, Dv, args.scale});
+}
+
+// Mixed precision on f32 CUDA tensors: whether the bf16 forward takes this problem.
+bool bf16_kernel_takes(const Tensor& q, const Tensor& v, const DeltaRuleArgs& args) {
+    return compute_precision() == Precision::bf16 && q.dim() == 4 && v.dim() == 4 && args.cu_seqlens.empty() &&
+           cuda::linear_attention_chunkwise_supports(q.size(3), v.size(3));
+}
+
+void delta_rule_mixed_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& beta, const Tensor* initial_state, const DeltaRuleArgs& args) {
+    const char* op = "delta_rule_chunkwise_forward";
+    check_cuda_operand(op, "o", o, DType::f32, {q.size(0), q.size(1), q.size(2), v.size(3)});
+    Tensor o16 = Tensor::empty(o.shape(), DType::bf16, Device::cuda);
+    delta_rule_chunkwise_forward_cuda(o16, final_state, bf16_copy(op, "q", q), bf16_copy(op, "k", k),
+                                      bf16_copy(op, "v", v), beta, initial_state, args);
+    add_bf16(o, o16, true);
 }
 #endif
 
@@ -114,6 +171,12 @@ void delta_rule_chunkwise_forward(Tensor& o, Tensor* final_state, const Tensor& 
                                   const DeltaRuleArgs& args) {
     const char* op = "delta_rule_chunkwise_forward";
     check_chunk_size(op, args);
+#if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::bf16)
+        return delta_rule_chunkwise_forward_cuda(o, final_state, q, k, v, beta, initial_state, args);
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernel_takes(q, v, args))
+        return delta_rule_mixed_forward(o, final_state, q, k, v, beta, initial_state, args);
+#endif
     forward(op, o, final_state, q, k, v, beta, initial_state, args,
             [&](auto* out, auto* fin, auto* q_, auto* k_, auto* v_, auto* beta_, auto* gate, auto* s0, auto& d) {
                 cpu::delta_rule_chunkwise_forward(out, fin, q_, k_, v_, beta_, gate, s0, args.scale, args.chunk_size,

@@ -17,6 +17,7 @@
 #include "backend/cuda/dense.hpp"
 #include "backend/cuda/linear_attention_chunkwise.hpp"
 #include "backend/cuda/mixer_elementwise.hpp"
+#include "ops/cuda_operands.hpp"
 #include "ops/cuda_recurrent_scan.hpp"
 #endif
 
@@ -126,18 +127,6 @@ CudaScanInputs scan_inputs(const Tensor& q, const Tensor& k, const Tensor& v, co
     return {q, k, v, nullptr, args.log_gate, args.log_decay, initial_state, args.cu_seqlens, args.scale};
 }
 
-// A tensor of the CUDA forward: on the GPU, contiguous, of the given dtype and shape.
-void check_cuda_operand(const char* op, const char* name, const Tensor& t, DType dtype, const Shape& shape) {
-    LINARCH_CHECK(t.defined(), "{}: {}: tensor is not defined", op, name);
-    LINARCH_CHECK(t.device() == Device::cuda, "{}: {}: tensor is on {}, expected cuda (one device per call)", op, name,
-                  device_name(t.device()));
-    LINARCH_CHECK(t.dtype() == dtype, "{}: {}: expected dtype {} on cuda, got {}", op, name, dtype_name(dtype),
-                  dtype_name(t.dtype()));
-    LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
-    LINARCH_CHECK(t.shape() == shape, "{}: {}: expected shape {}, got {}", op, name, shape_string(shape),
-                  shape_string(t.shape()));
-}
-
 // The shapes the CUDA forward and backward agree on, from q [B,T,H,Dk] and v [B,T,H,Dv].
 struct CudaShapes {
     int64_t B = 0, T = 0, H = 0, Dk = 0, Dv = 0;
@@ -240,19 +229,6 @@ bool bf16_kernels_take(const Tensor& q, const Tensor& v, const LinearAttentionAr
            (!args.log_gate.defined() || args.log_gate.dim() == 3) && args.scale != 0 &&
            cuda::linear_attention_chunkwise_supports(Dk, Dv) &&
            cuda::linear_attention_chunkwise_backward_supports(Dk, Dv);
-}
-
-Tensor bf16_copy(const char* op, const char* name, const Tensor& t) {
-    check_cuda_operand(op, name, t, DType::f32, t.shape());
-    Tensor copy = Tensor::empty(t.shape(), DType::bf16, Device::cuda);
-    cuda::to_bf16(static_cast<uint16_t*>(copy.raw_data()), t.data<float>(), t.numel());
-    return copy;
-}
-
-// dst (f32) += src (bf16), or dst = src when `overwrite`.
-void add_bf16(Tensor& dst, const Tensor& src, bool overwrite) {
-    if (overwrite) dst.zero();
-    cuda::add_bf16_into(dst.data<float>(), static_cast<const uint16_t*>(src.raw_data()), dst.numel());
 }
 
 void linear_attention_mixed_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,

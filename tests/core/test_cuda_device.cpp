@@ -3,13 +3,10 @@
 
 #include "backend/cuda/device.hpp"
 #include "core/tensor.hpp"
+#include "support/gpu.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
-
-// GTEST_SKIP returns from the function it is in, so this must expand inside the test body.
-#define SKIP_WITHOUT_GPU() \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device()
 
 TEST(CudaDevice, TensorsRoundTripThroughTheGpu) {
     SKIP_WITHOUT_GPU();

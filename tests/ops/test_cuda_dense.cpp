@@ -13,14 +13,12 @@
 #include "core/tensor.hpp"
 #include "ops/dense.hpp"
 #include "ops/precision.hpp"
+#include "support/gpu.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
 using testkit::random_normal;
 using testkit::relative_error;
-
-#define SKIP_WITHOUT_GPU() \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device()
 
 namespace {
 

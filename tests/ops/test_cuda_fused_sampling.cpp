@@ -19,13 +19,10 @@
 #include "core/tensor.hpp"
 #include "infer/sampling.hpp"
 #include "ops/fused_sampling.hpp"
+#include "support/gpu.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
-
-// GTEST_SKIP returns from the function it is in, so this must expand inside the test body.
-#define SKIP_WITHOUT_GPU() \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device()
 
 namespace {
 

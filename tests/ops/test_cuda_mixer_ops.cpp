@@ -19,15 +19,13 @@
 #include "ops/linear_attention.hpp"
 #include "ops/precision.hpp"
 #include "ops/rotary.hpp"
+#include "support/gpu.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
 using testkit::random_normal;
 using testkit::random_uniform;
 using testkit::relative_error;
-
-#define SKIP_WITHOUT_GPU() \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device()
 
 namespace {
 

@@ -18,6 +18,7 @@
 #include "backend/cuda/device.hpp"
 #include "core/error.hpp"
 #include "core/spec.hpp"
+#include "support/gpu.hpp"
 #include "support/process.hpp"
 #include "support/testkit.hpp"
 #include "train/trainer.hpp"
@@ -64,7 +65,7 @@ std::vector<double> step_losses(const fs::path& run) {
 }  // namespace
 
 TEST(CudaTraining, Fp32RunsMatchTheCpuLossesOfEveryLinearPreset) {
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device();
+    SKIP_WITHOUT_GPU();
     const testkit::TempDir dir;
     const std::vector<std::pair<std::string, std::string>> runs = {
         {"linear_attention", ""}, {"retnet", ""},  {"gla", ""},   {"deltanet", ""}, {"gated_deltanet", ""},
@@ -94,7 +95,7 @@ TEST(CudaTraining, Fp32RunsMatchTheCpuLossesOfEveryLinearPreset) {
 }
 
 TEST(CudaTraining, AGpuCheckpointResumesOnTheCpu) {
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device();
+    SKIP_WITHOUT_GPU();
     const testkit::TempDir dir;
     Spec spec = preset_at_test_size("gated_deltanet");
     spec.run.steps = 20;
@@ -114,10 +115,11 @@ TEST(CudaTraining, AGpuCheckpointResumesOnTheCpu) {
 }
 
 TEST(CudaTraining, Bf16MixedPrecisionStaysWithinTwoPercentAndConverges) {
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda::describe_device();
+    SKIP_WITHOUT_GPU();
     const testkit::TempDir dir;
     // Heads of 64: the bf16 attention kernels' size (linear attention without decay and Mamba-2's scalar
-    // gate take them; Gated DeltaNet's delta rule stays on the fp32 scan, its GEMMs go bf16).
+    // gate take them in both directions; Gated DeltaNet's delta rule in its forward, its backward staying
+    // the fp32 scan), and every GEMM goes bf16.
     for (const std::string preset : {"linear_attention", "mamba2", "gated_deltanet"}) {
         SCOPED_TRACE(preset);
         const Spec spec = preset_at_test_size(preset, "model.head_dim=64");

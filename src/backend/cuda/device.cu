@@ -54,10 +54,32 @@ void require_device(const std::string& what) {
     if (!device_problem().empty()) fail("{} needs a CUDA GPU, but {}", what, device_problem());
 }
 
+// The default pool would hand its memory back to the driver at every synchronisation (release threshold
+// 0), and mapping it again costs ~0.4 ms per 134 MB at the next step's allocations; it keeps what it has
+// instead, as PyTorch's caching allocator does, and gives it up when an allocation would fail.
+cudaMemPool_t caching_pool() {
+    static const cudaMemPool_t pool = [] {
+        cudaMemPool_t default_pool = nullptr;
+        check(cudaDeviceGetDefaultMemPool(&default_pool, 0), "cudaDeviceGetDefaultMemPool");
+        uint64_t keep_everything = UINT64_MAX;
+        check(cudaMemPoolSetAttribute(default_pool, cudaMemPoolAttrReleaseThreshold, &keep_everything),
+              "cudaMemPoolSetAttribute");
+        return default_pool;
+    }();
+    return pool;
+}
+
 void* allocate(size_t bytes) {
     require_device("allocating device memory");
+    const cudaMemPool_t pool = caching_pool();
     void* ptr = nullptr;
-    const cudaError_t status = cudaMallocAsync(&ptr, bytes, cudaStreamPerThread);
+    cudaError_t status = cudaMallocAsync(&ptr, bytes, cudaStreamPerThread);
+    if (status == cudaErrorMemoryAllocation) {  // return the pool's unused memory, then try once more
+        cudaGetLastError();
+        check(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
+        check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
+        status = cudaMallocAsync(&ptr, bytes, cudaStreamPerThread);
+    }
     if (status == cudaErrorMemoryAllocation) {
         size_t free_bytes = 0, total_bytes = 0;
         cudaGetLastError();

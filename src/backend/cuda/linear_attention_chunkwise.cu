@@ -1,7 +1,7 @@
-// CUDA chunkwise forward of causal linear attention (see the header). Variant 3 of
-// dev/cuda/linear_attention_chunkwise.cu: one fused kernel; a block owns one (batch row, head, slice of
-// kValueTile value columns) and walks the sequence's chunks of 64 tokens in order, keeping its
-// Dk × kValueTile slice of the state in fp32 registers, so no per-chunk state reaches device memory.
+// CUDA chunkwise forward of causal linear attention and of the (gated) delta rule (see the header).
+// Variant 3 of dev/cuda/linear_attention_chunkwise.cu: one fused kernel; a block owns one (batch row,
+// head, slice of kValueTile value columns) and walks the sequence's chunks of 64 tokens in order, keeping
+// its Dk × kValueTile slice of the state in fp32 registers, so no per-chunk state reaches device memory.
 // Per chunk, warp w (4 warps) takes query rows 16w .. 16w+15:
 //     A = q kᵀ (causal tiles only), masked and decayed by exp(G_i − G_j) in registers (exponent ≤ 0:
 //         mixers.md §13), then reused as the A operand of P·v (FlashAttention-2's register trick);
@@ -9,6 +9,14 @@
 // with G the fp32 cumulative log gate within the chunk, which every warp scans itself in registers.
 // mma.sync m16n8k16 (bf16 → fp32), operands through ldmatrix from padded shared memory; the next
 // chunk's q, k, v arrive by cp.async meanwhile. Two barriers a chunk.
+//
+// The delta rule is the same walk over pseudo-values (the WY/UT form, mixers.md §6). Within a chunk,
+// with A_ij = β_i exp(G_i − G_j) k_i·k_j for j < i, the state's updates are S ← exp(g_t) S + k_tᵀ u_t with
+//     (I + A) u = diag(β) v − diag(β exp(G)) k S_0,   i.e.   u = ũ − W S_0,
+//     ũ = (I + A)⁻¹ diag(β) v,   W = (I + A)⁻¹ diag(β exp(G)) k,
+// and ũ, W depend on the chunk's own tokens only. A first kernel solves for them, every chunk in
+// parallel (fp32 forward substitution, a column per thread); the walk then loads W next to k and ũ in
+// v's place, and forms u = ũ − W·S on the tensor cores before using it as v (one more barrier a chunk).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -29,7 +37,8 @@ constexpr int kThreads = kWarps * 32;
 struct Params {
     const bf16* q;
     const bf16* k;
-    const bf16* v;
+    const bf16* v;               // the delta rule: ũ
+    const bf16* w;               // the delta rule: W [B,T,H,Dk]; null otherwise
     const float* log_gate;
     const float* initial_state;
     bf16* o;
@@ -38,29 +47,34 @@ struct Params {
     float scale;
 };
 
-// Two stages of (q, k, v, gates) and the bf16 copy of the state slice. Rows are padded by 16 bytes so
-// that ldmatrix's eight row addresses fall in different banks.
-template <int DK> struct Layout {
+// One stage holds a chunk's q, k, [W,] v and gates; rows are padded by 16 bytes so that ldmatrix's eight
+// row addresses fall in different banks. STAGES of them (2: the next chunk loads during this one), then
+// the bf16 copy of the state slice.
+template <int DK, bool DELTA> struct StageLayout {
     static constexpr int qk_stride = DK + 8;  // elements
     static constexpr int v_stride = kValueTile + 8;
     static constexpr int q_off = 0;
     static constexpr int k_off = q_off + kChunk * qk_stride * 2;
-    static constexpr int v_off = k_off + kChunk * qk_stride * 2;
+    static constexpr int w_off = k_off + kChunk * qk_stride * 2;
+    static constexpr int v_off = w_off + (DELTA ? kChunk * qk_stride * 2 : 0);
     static constexpr int g_off = v_off + kChunk * v_stride * 2;
     static constexpr int stage_bytes = g_off + kChunk * 4;
-    static constexpr int s_off = 2 * stage_bytes;
-    static constexpr int bytes = s_off + DK * v_stride * 2;
     static_assert(stage_bytes % 16 == 0 && k_off % 16 == 0 && v_off % 16 == 0 && g_off % 16 == 0);
+};
+template <int DK, bool DELTA, int STAGES> struct Layout : StageLayout<DK, DELTA> {
+    static constexpr int s_off = STAGES * StageLayout<DK, DELTA>::stage_bytes;
+    static constexpr int bytes = s_off + DK * StageLayout<DK, DELTA>::v_stride * 2;
 };
 
 
-// Starts copying one chunk of q, k, v (columns v_col ..) and the gates into a stage; rows past the
+// Starts copying one chunk of q, k, (W,) v (columns v_col ..) and the gates into a stage; rows past the
 // sequence end are zero-filled, and their gates 0, so the chunk's total decay is its last token's.
-template <int DK>
+template <int DK, bool DELTA>
 __device__ __forceinline__ void load_chunk(unsigned char* stage, const Params& p, int b, int h, int v_col, int t0) {
-    using L = Layout<DK>;
+    using L = StageLayout<DK, DELTA>;
     bf16* qs = reinterpret_cast<bf16*>(stage + L::q_off);
     bf16* ks = reinterpret_cast<bf16*>(stage + L::k_off);
+    bf16* ws = reinterpret_cast<bf16*>(stage + L::w_off);
     bf16* vs = reinterpret_cast<bf16*>(stage + L::v_off);
     const int T = p.seq_len, H = p.heads, DV = p.value_dim;
     constexpr int qk_vecs = DK / 8, v_vecs = kValueTile / 8;
@@ -70,6 +84,7 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, const Params& p
         const size_t off = ((size_t(b) * T + (valid ? t : 0)) * H + h) * DK + c;
         cp_async16(qs + r * L::qk_stride + c, p.q + off, valid);
         cp_async16(ks + r * L::qk_stride + c, p.k + off, valid);
+        if constexpr (DELTA) cp_async16(ws + r * L::qk_stride + c, p.w + off, valid);
     }
     for (int idx = threadIdx.x; idx < kChunk * v_vecs; idx += kThreads) {
         const int r = idx / v_vecs, c = (idx % v_vecs) * 8, t = t0 + r;
@@ -91,10 +106,10 @@ __device__ __forceinline__ uint32_t scale_bf16x2(uint32_t x, float lo, float hi)
     return pack_bf16(f.x * lo, f.y * hi);
 }
 
-template <int DK, bool GATED>
+template <int DK, bool GATED, bool DELTA, int STAGES>
 __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forward_kernel(const Params p) {
     constexpr int BV = kValueTile;
-    using L = Layout<DK>;
+    using L = Layout<DK, DELTA, STAGES>;
     constexpr int MT = DK / 64;
     constexpr int NT = BV / 8;
     constexpr int KD = DK / 16;
@@ -135,18 +150,49 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
     write_state_bf16();
 
     const int num_chunks = (T + kChunk - 1) / kChunk;
-    load_chunk<DK>(smem, p, b, h, v_col, 0);
+    load_chunk<DK, DELTA>(smem, p, b, h, v_col, 0);
     cp_async_commit();
     for (int n = 0; n < num_chunks; ++n) {
         cp_async_wait_all();
         __syncthreads();  // chunk n is in its stage; every warp is done with chunk n − 1 and the state copy is current
-        if (n + 1 < num_chunks)
-            load_chunk<DK>(smem + ((n + 1) & 1) * L::stage_bytes, p, b, h, v_col, (n + 1) * kChunk);
+        if (STAGES == 2 && n + 1 < num_chunks)
+            load_chunk<DK, DELTA>(smem + ((n + 1) & 1) * L::stage_bytes, p, b, h, v_col, (n + 1) * kChunk);
         cp_async_commit();
-        unsigned char* stage = smem + (n & 1) * L::stage_bytes;
+        unsigned char* stage = smem + (STAGES == 2 ? (n & 1) : 0) * L::stage_bytes;
         const bf16* qs = reinterpret_cast<const bf16*>(stage + L::q_off);
         const bf16* ks = reinterpret_cast<const bf16*>(stage + L::k_off);
-        const bf16* vs = reinterpret_cast<const bf16*>(stage + L::v_off);
+        bf16* vs = reinterpret_cast<bf16*>(stage + L::v_off);
+        if constexpr (DELTA) {
+            // u = ũ − W·S over this warp's rows, written over ũ; the barrier publishes every warp's rows,
+            // which P·u and the state update below read.
+            const bf16* ws = reinterpret_cast<const bf16*>(stage + L::w_off);
+            float ws_prod[NT][4];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) ws_prod[nt][e] = 0.f;
+#pragma unroll
+            for (int kd = 0; kd < KD; ++kd) {
+                uint32_t wa[4];
+                ldmatrix_x4(wa, ws + (row0 + lane % 16) * L::qk_stride + kd * 16 + (lane / 16) * 8);
+#pragma unroll
+                for (int np = 0; np < NT / 2; ++np) {
+                    uint32_t sb[4];
+                    ldmatrix_x4_trans(sb, state_bf16 + (kd * 16 + (mi % 2) * 8 + r8) * L::v_stride + np * 16 + (mi / 2) * 8);
+                    mma_bf16(ws_prod[2 * np], wa, sb[0], sb[1]);
+                    mma_bf16(ws_prod[2 * np + 1], wa, sb[2], sb[3]);
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    uint32_t* u = reinterpret_cast<uint32_t*>(vs + (row0 + g + half * 8) * L::v_stride + nt * 8 + 2 * t4);
+                    const float2 ut = unpack_bf16(*u);
+                    *u = pack_bf16(ut.x - ws_prod[nt][2 * half], ut.y - ws_prod[nt][2 * half + 1]);
+                }
+            __syncthreads();
+        }
         // Lane l holds G[2l], G[2l+1] (inclusive prefix sums of the chunk's log gates, fp32).
         float cum_even = 0.f, cum_odd = 0.f;
         if constexpr (GATED) {
@@ -303,8 +349,12 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
                 }
             }
         }
-        __syncthreads();  // every warp is done reading the state copy
+        __syncthreads();  // every warp is done reading the state copy (and, with one stage, the chunk)
         write_state_bf16();
+        if (STAGES == 1 && n + 1 < num_chunks) {
+            load_chunk<DK, DELTA>(smem, p, b, h, v_col, (n + 1) * kChunk);
+            cp_async_commit();
+        }
     }
     if (p.final_state != nullptr) {
 #pragma unroll
@@ -320,9 +370,9 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
     }
 }
 
-template <int DK, bool GATED> void launch(const Params& p, int batch) {
-    auto* kernel = linear_attention_chunkwise_forward_kernel<DK, GATED>;
-    constexpr int bytes = Layout<DK>::bytes;
+template <int DK, bool GATED, bool DELTA, int STAGES = 2> void launch(const Params& p, int batch) {
+    auto* kernel = linear_attention_chunkwise_forward_kernel<DK, GATED, DELTA, STAGES>;
+    constexpr int bytes = Layout<DK, DELTA, STAGES>::bytes;
     // Over 48 KB of dynamic shared memory needs the opt-in (per device; cheap to repeat).
     cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (status == cudaSuccess) {
@@ -331,8 +381,245 @@ template <int DK, bool GATED> void launch(const Params& p, int batch) {
         status = cudaGetLastError();
     }
     if (status != cudaSuccess)
-        fail("CUDA kernel linear_attention_chunkwise_forward_kernel<Dk={}, gated={}> failed to launch: {}", DK,
-             GATED, cudaGetErrorString(status));
+        fail("CUDA kernel linear_attention_chunkwise_forward_kernel<Dk={}, gated={}, delta={}, stages={}> failed to "
+             "launch: {}", DK, GATED, DELTA, STAGES, cudaGetErrorString(status));
+}
+
+int multiprocessor_count() {
+    static const int count = [] {
+        int device = 0, n = 1;
+        cudaGetDevice(&device);
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+        return n;
+    }();
+    return count;
+}
+
+// The delta rule's walk keeps its stage count by the grid: with a block for every multiprocessor or more,
+// one stage (80 KB for Dk 128, so two blocks share a multiprocessor and hide each other's loads: 0.24 ms
+// against 0.29 ms with two stages at B=8 T=2048); with fewer, two stages and the prefetch (2.19 ms
+// against 2.56 at B=1 T=32768). dev/cuda/NOTES_delta_rule.md.
+template <int DK, bool GATED> void launch_delta(const Params& p, int batch) {
+    const int64_t blocks = int64_t(p.value_dim / kValueTile) * p.heads * batch;
+    if (blocks >= multiprocessor_count()) launch<DK, GATED, true, 1>(p, batch);
+    else launch<DK, GATED, true, 2>(p, batch);
+}
+
+// ---- the delta rule's chunk-local solve ----
+
+struct WyParams {
+    const bf16* k;
+    const bf16* v;
+    const float* beta;
+    const float* log_gate;  // null: the plain delta rule
+    bf16* w;                // [B,T,H,Dk]
+    bf16* u;                // ũ [B,T,H,Dv]
+    int seq_len, heads, value_dim;
+};
+
+template <int DK> struct WyLayout {
+    static constexpr int k_stride = DK + 8;          // bf16 elements; rows padded as in Layout
+    static constexpr int v_stride = kValueTile + 8;  // ũ is made kValueTile columns at a time
+    static constexpr int t_stride = kChunk + 8;
+    static constexpr int k_off = 0;
+    static constexpr int v_off = k_off + kChunk * k_stride * 2;
+    static constexpr int a_off = v_off + kChunk * v_stride * 2;     // A, fp32 [64][64], zero on and above the diagonal
+    static constexpr int tw_off = a_off + kChunk * kChunk * 4;      // T diag(β exp(G)), bf16
+    static constexpr int tu_off = tw_off + kChunk * t_stride * 2;   // T diag(β), bf16
+    static constexpr int beta_off = tu_off + kChunk * t_stride * 2;
+    static constexpr int cum_off = beta_off + kChunk * 4;           // G_i, the cumulative log gate
+    static constexpr int bytes = cum_off + kChunk * 4;
+    static_assert(v_off % 16 == 0 && a_off % 16 == 0 && tw_off % 16 == 0 && tu_off % 16 == 0);
+};
+
+// Starts copying value columns v_col .. v_col + 63 of the chunk's v into the tile (rows past T: zeros).
+template <int DK>
+__device__ __forceinline__ void load_value_tile(bf16* vs, const WyParams& p, int b, int h, int t0, int v_col) {
+    using L = WyLayout<DK>;
+    for (int idx = threadIdx.x; idx < kChunk * (kValueTile / 8); idx += kThreads) {
+        const int r = idx / (kValueTile / 8), c = (idx % (kValueTile / 8)) * 8, t = t0 + r;
+        const bool valid = t < p.seq_len;
+        cp_async16(vs + r * L::v_stride + c,
+                   p.v + ((size_t(b) * p.seq_len + (valid ? t : 0)) * p.heads + h) * p.value_dim + v_col + c, valid);
+    }
+}
+
+// Rows 16·warp .. +15 of tmat (bf16 [64][64], lower triangular) · src (bf16 [64][NT·8], rows src_stride
+// apart), stored as bf16 into columns col0 .. of the [B,T,H,width] array dst (rows past T skipped).
+// tmat's blocks right of the diagonal are zero, so only the j-blocks up to the warp's are read.
+template <int NT>
+__device__ __forceinline__ void store_lower_product(bf16* dst, int width, int col0, const bf16* tmat, const bf16* src,
+                                                    int src_stride, int warp, int t0, int T, int H, int b, int h) {
+    constexpr int t_stride = kChunk + 8;
+    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, mi = lane / 8, r8 = lane % 8, row0 = warp * 16;
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+        if (kk <= warp) {
+            uint32_t ta[4];
+            ldmatrix_x4(ta, tmat + (row0 + lane % 16) * t_stride + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                uint32_t sb[4];
+                ldmatrix_x4_trans(sb, src + (kk * 16 + (mi % 2) * 8 + r8) * src_stride + np * 16 + (mi / 2) * 8);
+                mma_bf16(acc[2 * np], ta, sb[0], sb[1]);
+                mma_bf16(acc[2 * np + 1], ta, sb[2], sb[3]);
+            }
+        }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int t = t0 + row0 + g + half * 8;
+        if (t < T) {
+            bf16* out = dst + ((size_t(b) * T + t) * H + h) * width + col0 + 2 * t4;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                *reinterpret_cast<uint32_t*>(out + nt * 8) = pack_bf16(acc[nt][2 * half], acc[nt][2 * half + 1]);
+        }
+    }
+}
+
+// One block per (chunk, head, batch row):
+//   1. A from k kᵀ on the tensor cores (fp32, scaled by β_i exp(G_i − G_j), strictly lower);
+//   2. T = (I + A)⁻¹ in fp32 by forward substitution, a column per thread (threads 0..63; column c is zero
+//      above row c, so the 16-row blocks above c's are skipped), kept as bf16 T diag(β exp(G)) and T diag(β);
+//   3. W = T diag(β exp(G)) k and ũ = T diag(β) v on the tensor cores, 64 value columns at a time.
+// (v1 solved every column of W and ũ by substitution, each thread reading all of A: 4× slower;
+// dev/cuda/delta_rule_chunkwise.cu.) Rows past the sequence end have k = v = β = 0 and are not written.
+template <int DK>
+__global__ void __launch_bounds__(kThreads) delta_rule_wy_kernel(const WyParams p) {
+    using L = WyLayout<DK>;
+    constexpr int KD = DK / 16;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* ks = reinterpret_cast<bf16*>(smem + L::k_off);
+    bf16* vs = reinterpret_cast<bf16*>(smem + L::v_off);
+    float* a_s = reinterpret_cast<float*>(smem + L::a_off);
+    bf16* tw = reinterpret_cast<bf16*>(smem + L::tw_off);
+    bf16* tu = reinterpret_cast<bf16*>(smem + L::tu_off);
+    float* beta_s = reinterpret_cast<float*>(smem + L::beta_off);
+    float* cum_s = reinterpret_cast<float*>(smem + L::cum_off);
+    const int t0 = blockIdx.x * kChunk, h = blockIdx.y, b = blockIdx.z;
+    const int T = p.seq_len, H = p.heads, DV = p.value_dim;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t4 = lane % 4, mi = lane / 8, r8 = lane % 8;
+    const int row0 = warp * 16;
+    auto token = [&](int r) { return (size_t(b) * T + t0 + r) * H + h; };
+
+    for (int idx = threadIdx.x; idx < kChunk * (DK / 8); idx += kThreads) {
+        const int r = idx / (DK / 8), c = (idx % (DK / 8)) * 8;
+        const bool valid = t0 + r < T;
+        cp_async16(ks + r * L::k_stride + c, p.k + (valid ? token(r) : 0) * DK + c, valid);
+    }
+    load_value_tile<DK>(vs, p, b, h, t0, 0);
+    cp_async_commit();
+    // The cumulative log gate G (fp32): warp 0 scans it, two tokens a lane.
+    if (warp == 0) {
+        float g0 = 0.f, g1 = 0.f;
+        if (p.log_gate != nullptr) {
+            if (t0 + 2 * lane < T) g0 = p.log_gate[token(2 * lane)];
+            if (t0 + 2 * lane + 1 < T) g1 = p.log_gate[token(2 * lane + 1)];
+        }
+        float x = g0 + g1;
+#pragma unroll
+        for (int off = 1; off < 32; off *= 2) {
+            const float y = __shfl_up_sync(0xffffffffu, x, off);
+            if (lane >= off) x += y;
+        }
+        cum_s[2 * lane] = x - g1;
+        cum_s[2 * lane + 1] = x;
+    }
+    if (threadIdx.x < kChunk) beta_s[threadIdx.x] = t0 + int(threadIdx.x) < T ? p.beta[token(threadIdx.x)] : 0.f;
+    cp_async_wait_all();
+    __syncthreads();
+
+    // 1. A = k kᵀ, this warp's 16 rows; the tiles right of the diagonal block stay zero.
+    {
+        float a[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) a[nt][e] = 0.f;
+#pragma unroll
+        for (int kd = 0; kd < KD; ++kd) {
+            uint32_t ka[4];
+            ldmatrix_x4(ka, ks + (row0 + lane % 16) * L::k_stride + kd * 16 + (lane / 16) * 8);
+#pragma unroll
+            for (int np = 0; np < 4; ++np)
+                if (np <= warp) {
+                    uint32_t kb[4];
+                    ldmatrix_x4(kb, ks + (np * 16 + (mi / 2) * 8 + r8) * L::k_stride + kd * 16 + (mi % 2) * 8);
+                    mma_bf16(a[2 * np], ka, kb[0], kb[1]);
+                    mma_bf16(a[2 * np + 1], ka, kb[2], kb[3]);
+                }
+        }
+        // A_ij = β_i exp(G_i − G_j) k_i·k_j for j < i (exponent ≤ 0; a ratio exp(G_i)/exp(G_j) could be 0/0).
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = row0 + g + (e >= 2 ? 8 : 0), j = nt * 8 + 2 * t4 + (e & 1);
+                a_s[i * kChunk + j] = j < i ? beta_s[i] * a[nt][e] * __expf(cum_s[i] - cum_s[j]) : 0.f;
+            }
+    }
+    __syncthreads();
+
+    // 2. Column c of T: x_i = δ_ic − Σ_{j<i} A_ij x_j. x_j = 0 for j < c, so the rows of the 16-row blocks
+    //    above c's are skipped, and so are the terms from them.
+    if (threadIdx.x < kChunk) {
+        const int c = threadIdx.x, c_block = c / 16;
+        float x[kChunk];
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) x[i] = i == c ? 1.f : 0.f;
+#pragma unroll
+        for (int i = 1; i < kChunk; ++i) {
+            if (i / 16 < c_block) continue;
+            const float4* row = reinterpret_cast<const float4*>(a_s + i * kChunk);
+            float acc = x[i];
+#pragma unroll
+            for (int j4 = 0; j4 < (i + 3) / 4; ++j4) {
+                if (j4 / 4 < c_block) continue;
+                const float4 r = row[j4];  // (up to the next multiple of 4, where A is zero)
+                acc -= r.x * x[4 * j4] + r.y * x[4 * j4 + 1] + r.z * x[4 * j4 + 2] + r.w * x[4 * j4 + 3];
+            }
+            x[i] = acc;
+        }
+        const float w_scale = beta_s[c] * __expf(cum_s[c]), u_scale = beta_s[c];
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) {
+            tw[i * L::t_stride + c] = __float2bfloat16(x[i] * w_scale);
+            tu[i * L::t_stride + c] = __float2bfloat16(x[i] * u_scale);
+        }
+    }
+    __syncthreads();
+
+    // 3. W = (T diag(β exp(G))) k, then ũ = (T diag(β)) v a tile at a time.
+    store_lower_product<DK / 8>(p.w, DK, 0, tw, ks, L::k_stride, warp, t0, T, H, b, h);
+    for (int v_col = 0; v_col < DV; v_col += kValueTile) {
+        if (v_col > 0) {
+            __syncthreads();  // every warp is done with the previous tile
+            load_value_tile<DK>(vs, p, b, h, t0, v_col);
+            cp_async_commit();
+            cp_async_wait_all();
+            __syncthreads();
+        }
+        store_lower_product<kValueTile / 8>(p.u, DV, v_col, tu, vs, L::v_stride, warp, t0, T, H, b, h);
+    }
+}
+
+template <int DK> void launch_wy(const WyParams& p, int batch) {
+    auto* kernel = delta_rule_wy_kernel<DK>;
+    constexpr int bytes = WyLayout<DK>::bytes;
+    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (status == cudaSuccess) {
+        const dim3 grid(unsigned((p.seq_len + kChunk - 1) / kChunk), unsigned(p.heads), unsigned(batch));
+        kernel<<<grid, kThreads, bytes, cudaStreamPerThread>>>(p);
+        status = cudaGetLastError();
+    }
+    if (status != cudaSuccess)
+        fail("CUDA kernel delta_rule_wy_kernel<Dk={}> failed to launch: {}", DK, cudaGetErrorString(status));
 }
 
 }  // namespace
@@ -348,12 +635,34 @@ void linear_attention_chunkwise_forward(const LinearAttentionForward& a) {
                   "linear_attention_chunkwise_forward (CUDA): B={}, H={}, T={} exceed the grid", a.batch, a.heads,
                   a.seq_len);
     const Params p{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
-                   a.log_gate, a.initial_state, static_cast<bf16*>(a.o), a.final_state, int(a.seq_len),
+                   nullptr, a.log_gate, a.initial_state, static_cast<bf16*>(a.o), a.final_state, int(a.seq_len),
                    int(a.heads), int(a.value_dim), float(a.scale)};
     const bool gated = a.log_gate != nullptr;
     const int batch = int(a.batch);
-    if (a.key_dim == 64) gated ? launch<64, true>(p, batch) : launch<64, false>(p, batch);
-    else gated ? launch<128, true>(p, batch) : launch<128, false>(p, batch);
+    if (a.key_dim == 64) gated ? launch<64, true, false>(p, batch) : launch<64, false, false>(p, batch);
+    else gated ? launch<128, true, false>(p, batch) : launch<128, false, false>(p, batch);
+}
+
+void delta_rule_chunkwise_forward(const DeltaRuleForward& a) {
+    LINARCH_CHECK(linear_attention_chunkwise_supports(a.key_dim, a.value_dim),
+                  "delta_rule_chunkwise_forward (CUDA): no kernel for Dk={}, Dv={}", a.key_dim, a.value_dim);
+    LINARCH_CHECK(a.batch <= 65535 && a.heads <= 65535 && a.seq_len < (int64_t(1) << 31),
+                  "delta_rule_chunkwise_forward (CUDA): B={}, H={}, T={} exceed the grid", a.batch, a.heads, a.seq_len);
+    const WyParams wy{static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.beta, a.log_gate,
+                      static_cast<bf16*>(a.w_scratch), static_cast<bf16*>(a.u_scratch), int(a.seq_len), int(a.heads),
+                      int(a.value_dim)};
+    const Params p{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.u_scratch),
+                   static_cast<const bf16*>(a.w_scratch), a.log_gate, a.initial_state, static_cast<bf16*>(a.o),
+                   a.final_state, int(a.seq_len), int(a.heads), int(a.value_dim), float(a.scale)};
+    const bool gated = a.log_gate != nullptr;
+    const int batch = int(a.batch);
+    if (a.key_dim == 64) {
+        launch_wy<64>(wy, batch);
+        gated ? launch_delta<64, true>(p, batch) : launch_delta<64, false>(p, batch);
+    } else {
+        launch_wy<128>(wy, batch);
+        gated ? launch_delta<128, true>(p, batch) : launch_delta<128, false>(p, batch);
+    }
 }
 
 }  // namespace linarch::cuda

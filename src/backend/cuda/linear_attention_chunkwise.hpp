@@ -1,5 +1,6 @@
 // CUDA chunkwise forward and backward of causal linear attention, no decay or a per-head scalar
-// data-dependent log decay (Mamba-2 / simple GLA, mixers.md §1 and §3). Developed, with their variants
+// data-dependent log decay (Mamba-2 / simple GLA, mixers.md §1 and §3), and the forward of the (gated)
+// delta rule (§6). Developed, with their variants
 // and figures, in dev/cuda/linear_attention_chunkwise{,_backward}.cu (notes in
 // dev/cuda/NOTES_linear_attention.md).
 //     S_t = exp(g_t) S_{t-1} + k_tᵀ v_t,   o_t = scale · q_t S_t      (g_t ≤ 0; g = 0 without decay)
@@ -29,6 +30,29 @@ struct LinearAttentionForward {
 bool linear_attention_chunkwise_supports(int64_t key_dim, int64_t value_dim);
 // Enqueues the forward on the calling thread's default stream (cudaStreamPerThread, as the allocator).
 void linear_attention_chunkwise_forward(const LinearAttentionForward& args);
+
+// The (gated) delta rule's chunkwise forward (ops/delta_rule.hpp, mixers.md §6) on the same walk:
+//     S_t = exp(g_t) (I − β_t k_tᵀ k_t) S_{t−1} + β_t k_tᵀ v_t,   o_t = scale · q_t S_t
+// q, k [B,T,H,Dk], v, o [B,T,H,Dv] bf16; beta, log_gate [B,T,H] fp32; states fp32. w_scratch [B,T,H,Dk]
+// and u_scratch [B,T,H,Dv] (bf16) receive the chunks' W and ũ (the WY form, see the .cu). Keys should be
+// L2-normalised, as the layers do: the chunk's triangular solve is then well conditioned.
+struct DeltaRuleForward {
+    const void* q;
+    const void* k;
+    const void* v;
+    const float* beta;
+    const float* log_gate;       // null: the plain delta rule
+    const float* initial_state;  // null: zero start
+    void* o;
+    float* final_state;          // null: not wanted
+    void* w_scratch;
+    void* u_scratch;
+    int64_t batch, seq_len, heads, key_dim, value_dim;
+    double scale;
+};
+
+// Head sizes as linear_attention_chunkwise_supports.
+void delta_rule_chunkwise_forward(const DeltaRuleForward& args);
 
 // The backward (linear_attention_chunkwise_backward.cu): dq, dk, dv [B,T,H,·] bf16, dinitial_state
 // [B,H,Dk,Dv] fp32 and dlog_gate [B,T,H] fp32 are added into (the last two may be null); dfinal_state

@@ -1,0 +1,263 @@
+// The CUDA chunkwise forward of the (gated) delta rule (bf16 tensor cores, WY form) against the CPU
+// float64 recurrence on fresh random inputs, and its use under mixed precision. Skipped (not passed)
+// where no GPU is usable.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+#include "core/tensor.hpp"
+#include "ops/delta_rule.hpp"
+#include "ops/precision.hpp"
+#include "support/gpu.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+
+namespace {
+
+struct Problem {
+    int64_t batch, seq_len, heads, key_dim, value_dim;
+};
+
+// q, k with unit rows (as the layers L2-normalise them) and v ~ N(0,1), rounded to bf16 (the kernel's
+// operands; the reference sees the same values); β ~ U(0, 1); log gates −a·softplus(x − 1) with a in
+// [1/16, 1] times gate_scale (20 makes a chunk's cumulative gate underflow exp in fp32); an initial
+// state ~ N(0, 0.5²). Everything on the CPU.
+struct Inputs {
+    Tensor q, k, v, beta, log_gate, initial_state;
+
+    Inputs(const Problem& p, uint64_t stream, bool gated, bool with_initial_state, double gate_scale = 1) {
+        const int64_t B = p.batch, T = p.seq_len, H = p.heads;
+        q = testkit::random_unit_rows({B, T, H, p.key_dim}, DType::f64, stream).to(DType::bf16);
+        k = testkit::random_unit_rows({B, T, H, p.key_dim}, DType::f64, stream + 1).to(DType::bf16);
+        v = testkit::random_normal({B, T, H, p.value_dim}, DType::bf16, stream + 2);
+        beta = testkit::random_uniform({B, T, H}, DType::f32, stream + 3, 0.0, 1.0);
+        if (gated) {
+            const Tensor x = testkit::random_normal({B, T, H}, DType::f64, stream + 4);
+            const Tensor a = testkit::random_uniform({B, T, H}, DType::f64, stream + 5, 1.0 / 16, 1.0);
+            std::vector<double> g(size_t(B * T * H));
+            for (size_t i = 0; i < g.size(); ++i)
+                g[i] = -gate_scale * a.flat(int64_t(i)) * std::log1p(std::exp(x.flat(int64_t(i)) - 1.0));
+            log_gate = Tensor::from_vector({B, T, H}, g, DType::f32);
+        }
+        if (with_initial_state)
+            initial_state = testkit::random_normal({B, H, p.key_dim, p.value_dim}, DType::f32, stream + 6, 0.5);
+    }
+
+    Inputs segment(int64_t start, int64_t length) const {
+        Inputs part = *this;
+        for (auto [dst, src] : {std::pair{&part.q, &q}, std::pair{&part.k, &k}, std::pair{&part.v, &v},
+                                std::pair{&part.beta, &beta}, std::pair{&part.log_gate, &log_gate}})
+            if (src->defined()) *dst = src->narrow(1, start, length).contiguous();
+        return part;
+    }
+};
+
+struct Result {
+    Tensor o, final_state;  // on the CPU
+};
+
+Tensor nan_filled(const Shape& shape, DType dtype) {
+    return Tensor::from_vector(shape, std::vector<double>(size_t(shape_numel(shape)), NAN), dtype).to(Device::cuda);
+}
+
+// The chunkwise op on CUDA tensors of `dtype` for q, k, v, o (bf16: the kernel; f32 under mixed precision:
+// the kernel through bf16 copies), the fp32 gates and states.
+Result run_cuda(const Problem& p, const Inputs& in, double scale, DType dtype = DType::bf16) {
+    ops::DeltaRuleArgs args;
+    args.scale = scale;
+    if (in.log_gate.defined()) args.log_gate = in.log_gate.to(Device::cuda);
+    const Tensor q = in.q.to(dtype).to(Device::cuda), k = in.k.to(dtype).to(Device::cuda),
+                 v = in.v.to(dtype).to(Device::cuda), beta = in.beta.to(Device::cuda);
+    const Tensor s0 = in.initial_state.defined() ? in.initial_state.to(Device::cuda) : Tensor();
+    // NaN-filled outputs: every element must be written.
+    Tensor o = nan_filled({p.batch, p.seq_len, p.heads, p.value_dim}, dtype);
+    Tensor s1 = nan_filled({p.batch, p.heads, p.key_dim, p.value_dim}, DType::f32);
+    ops::delta_rule_chunkwise_forward(o, &s1, q, k, v, beta, s0.defined() ? &s0 : nullptr, args);
+    return {o.to(Device::cpu), s1.to(Device::cpu)};
+}
+
+// The CPU float64 recurrence on the same (bf16-rounded) inputs.
+Result run_reference(const Problem& p, const Inputs& in, double scale) {
+    ops::DeltaRuleArgs args;
+    args.scale = scale;
+    if (in.log_gate.defined()) args.log_gate = in.log_gate.to(DType::f64);
+    const Tensor s0 = in.initial_state.defined() ? in.initial_state.to(DType::f64) : Tensor();
+    Result out{Tensor::empty({p.batch, p.seq_len, p.heads, p.value_dim}, DType::f64),
+               Tensor::empty({p.batch, p.heads, p.key_dim, p.value_dim}, DType::f64)};
+    ops::delta_rule_recurrent_forward(out.o, &out.final_state, in.q.to(DType::f64), in.k.to(DType::f64),
+                                      in.v.to(DType::f64), in.beta.to(DType::f64), s0.defined() ? &s0 : nullptr, args);
+    return out;
+}
+
+size_t count_non_finite(const Tensor& t) {
+    size_t n = 0;
+    for (double x : t.to_vector()) n += !std::isfinite(x);
+    return n;
+}
+
+void expect_error(const std::function<void()>& fn, const std::string& needle) {
+    try {
+        fn();
+        ADD_FAILURE() << "expected an Error containing: " << needle;
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
+    }
+}
+
+// bf16 operands, and W, ũ, u rounded to bf16 as the tensor cores' operands, fp32 accumulation, solve
+// and state: a few 1e-3 relative (as fla's kernels); a wrong index or sign is O(1).
+constexpr double kTolerance = 2e-2;
+
+}  // namespace
+
+TEST(CudaDeltaRule, ChunkwiseForwardMatchesF64Recurrence) {
+    SKIP_WITHOUT_GPU();
+    const std::vector<Problem> problems = {
+        {1, 1, 2, 64, 64},      // one token
+        {2, 63, 3, 64, 64},     // one short chunk
+        {1, 64, 2, 128, 128},   // exactly one chunk
+        {3, 65, 2, 128, 64},    // one token into the second chunk, Dk > Dv
+        {2, 301, 3, 64, 128},   // odd T, several chunks, Dv > Dk
+        {2, 700, 2, 128, 128},
+        {1, 129, 1, 128, 192},  // three value tiles
+    };
+    uint64_t stream = 9000;
+    for (const Problem& p : problems)
+        for (bool gated : {false, true})
+            for (bool with_initial_state : {false, true}) {
+                SCOPED_TRACE(fmt::format("B={} T={} H={} Dk={} Dv={} gated={} initial_state={}", p.batch, p.seq_len,
+                                         p.heads, p.key_dim, p.value_dim, gated, with_initial_state));
+                const Inputs in(p, stream += 10, gated, with_initial_state);
+                const double scale = 1.0 / std::sqrt(double(p.key_dim));
+                const Result out = run_cuda(p, in, scale);
+                const Result ref = run_reference(p, in, scale);
+                EXPECT_EQ(count_non_finite(out.o), 0u);
+                EXPECT_EQ(count_non_finite(out.final_state), 0u);
+                const double err_o = testkit::relative_error(out.o, ref.o);
+                const double err_s = testkit::relative_error(out.final_state, ref.final_state);
+                EXPECT_LT(err_o, kTolerance);
+                EXPECT_LT(err_s, kTolerance);
+                fmt::print("T={} Dk={} Dv={} gated={} initial_state={}: o {:.2e}, final state {:.2e}\n", p.seq_len,
+                           p.key_dim, p.value_dim, gated, with_initial_state, err_o, err_s);
+            }
+}
+
+TEST(CudaDeltaRule, StrongGatesStayFinite) {
+    SKIP_WITHOUT_GPU();
+    // Gates ~20× the usual: a chunk's cumulative log gate reaches −100s, where exp underflows in fp32;
+    // only differences G_i − G_j ≤ 0 may be exponentiated.
+    const Problem p{2, 257, 2, 128, 128};
+    const Inputs in(p, 9500, true, true, 20.0);
+    const Result out = run_cuda(p, in, 0.125);
+    const Result ref = run_reference(p, in, 0.125);
+    EXPECT_EQ(count_non_finite(out.o), 0u);
+    EXPECT_LT(testkit::relative_error(out.o, ref.o), kTolerance);
+    EXPECT_LT(testkit::relative_error(out.final_state, ref.final_state), kTolerance);
+}
+
+TEST(CudaDeltaRule, StateCarriesAcrossSegments) {
+    SKIP_WITHOUT_GPU();
+    // Running [0, 150) then [150, 333) from its final state equals running [0, 333) in one call.
+    const Problem whole{2, 333, 2, 128, 128};
+    const Inputs in(whole, 9600, true, true);
+    const double scale = 1.0 / std::sqrt(128.0);
+    const Result ref = run_reference(whole, in, scale);
+    const int64_t split = 150, rest = whole.seq_len - split;
+    const Result r1 = run_cuda({2, split, 2, 128, 128}, in.segment(0, split), scale);
+    Inputs second = in.segment(split, rest);
+    second.initial_state = r1.final_state;
+    const Result r2 = run_cuda({2, rest, 2, 128, 128}, second, scale);
+    EXPECT_LT(testkit::relative_error(r1.o, ref.o.narrow(1, 0, split)), kTolerance);
+    EXPECT_LT(testkit::relative_error(r2.o, ref.o.narrow(1, split, rest)), kTolerance);
+    EXPECT_LT(testkit::relative_error(r2.final_state, ref.final_state), kTolerance);
+}
+
+TEST(CudaDeltaRule, MixedPrecisionForwardTakesTheKernelAndTheBackwardStaysExact) {
+    SKIP_WITHOUT_GPU();
+    const Problem p{2, 200, 2, 64, 128};
+    const Inputs in(p, 9700, true, true);
+    const Result ref = run_reference(p, in, 0.125);
+    const Result fp32 = run_cuda(p, in, 0.125, DType::f32);
+    Result mixed;
+    {
+        ops::ScopedPrecision bf16(ops::Precision::bf16);
+        mixed = run_cuda(p, in, 0.125, DType::f32);
+    }
+    // fp32 mode is the exact scan (~1e-6); bf16 mode rounds the operands (≳1e-4, within the tolerance).
+    EXPECT_LT(testkit::relative_error(fp32.o, ref.o), 1e-5);
+    const double err = testkit::relative_error(mixed.o, ref.o);
+    EXPECT_GT(err, 1e-5);
+    EXPECT_LT(err, kTolerance);
+    EXPECT_LT(testkit::relative_error(mixed.final_state, ref.final_state), kTolerance);
+
+    // The backward is the exact scan in both modes: identical gradients.
+    ops::DeltaRuleArgs args;
+    args.scale = 0.125;
+    args.log_gate = in.log_gate.to(Device::cuda);
+    const Tensor q = in.q.to(DType::f32).to(Device::cuda), k = in.k.to(DType::f32).to(Device::cuda),
+                 v = in.v.to(DType::f32).to(Device::cuda), beta = in.beta.to(Device::cuda);
+    const Tensor dout_full = testkit::random_normal({2, 200, 2, 128}, DType::f32, 9702).to(Device::cuda);
+    auto grads = [&](ops::Precision precision) {
+        ops::ScopedPrecision scope(precision);
+        Tensor dq = Tensor::zeros(q.shape(), DType::f32, Device::cuda), dk = dq.clone();
+        Tensor dv = Tensor::zeros(v.shape(), DType::f32, Device::cuda);
+        Tensor dbeta = Tensor::zeros(beta.shape(), DType::f32, Device::cuda), dg = dbeta.clone();
+        ops::delta_rule_chunkwise_backward(dq, dk, dv, dbeta, &dg, nullptr, dout_full, nullptr, q, k, v, beta, nullptr,
+                                           args);
+        return std::vector<Tensor>{dq.to(Device::cpu), dk.to(Device::cpu), dv.to(Device::cpu),
+                                   dbeta.to(Device::cpu), dg.to(Device::cpu)};
+    };
+    const std::vector<Tensor> exact = grads(ops::Precision::fp32), under_bf16 = grads(ops::Precision::bf16);
+    for (size_t i = 0; i < exact.size(); ++i) EXPECT_EQ(testkit::relative_error(under_bf16[i], exact[i]), 0.0) << i;
+}
+
+TEST(CudaDeltaRule, UnsupportedCasesAreRefusedOrTakeTheExactPath) {
+    SKIP_WITHOUT_GPU();
+    const char* fwd = "delta_rule_chunkwise_forward";
+    const Problem p{1, 8, 2, 64, 64};
+    const Inputs in(p, 9800, false, false);
+    const Tensor q = in.q.to(Device::cuda), k = in.k.to(Device::cuda), v = in.v.to(Device::cuda),
+                 beta = in.beta.to(Device::cuda);
+    Tensor o = Tensor::empty({1, 8, 2, 64}, DType::bf16, Device::cuda);
+    ops::DeltaRuleArgs packed;
+    packed.cu_seqlens = {0, 3, 8};
+    expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, q, k, v, beta, nullptr, packed); },
+                 fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", fwd));
+    const Tensor q_odd = testkit::random_unit_rows({1, 8, 2, 96}, DType::bf16, 9801).to(Device::cuda);
+    expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, q_odd, q_odd, v, beta, nullptr, {}); },
+                 fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk=96", fwd));
+    const Tensor beta16 = beta.to(DType::bf16);
+    expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, q, k, v, beta16, nullptr, {}); },
+                 fmt::format("{}: beta: expected dtype F32 on cuda, got BF16", fwd));
+    expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, q, in.k, v, beta, nullptr, {}); },
+                 fmt::format("{}: k: tensor is on cpu, expected cuda (one device per call)", fwd));
+
+    // Under mixed precision, packed sequences (no bf16 kernel) take the exact scan: fp32 accuracy.
+    const Problem packed_problem{1, 200, 2, 64, 64};
+    const Inputs pin(packed_problem, 9810, true, false);
+    ops::DeltaRuleArgs args;
+    args.scale = 0.125;
+    args.cu_seqlens = {0, 77, 200};
+    Tensor ref_o = Tensor::empty({1, 200, 2, 64}, DType::f64);
+    ops::DeltaRuleArgs ref_args = args;
+    ref_args.log_gate = pin.log_gate.to(DType::f64);
+    ops::delta_rule_recurrent_forward(ref_o, nullptr, pin.q.to(DType::f64), pin.k.to(DType::f64),
+                                      pin.v.to(DType::f64), pin.beta.to(DType::f64), nullptr, ref_args);
+    args.log_gate = pin.log_gate.to(Device::cuda);
+    Tensor o32 = Tensor::empty({1, 200, 2, 64}, DType::f32, Device::cuda);
+    {
+        ops::ScopedPrecision bf16(ops::Precision::bf16);
+        ops::delta_rule_chunkwise_forward(o32, nullptr, pin.q.to(DType::f32).to(Device::cuda),
+                                          pin.k.to(DType::f32).to(Device::cuda), pin.v.to(DType::f32).to(Device::cuda),
+                                          pin.beta.to(Device::cuda), nullptr, args);
+    }
+    EXPECT_LT(testkit::relative_error(o32.to(Device::cpu), ref_o), 1e-5);
+}
