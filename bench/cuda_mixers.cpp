@@ -179,6 +179,13 @@ int main(int argc, char** argv) {
         rows.push_back({"gated delta rule: forward (bf16 kernels)", shape,
                         median_ms(repeats, [&] { ops::delta_rule_chunkwise_forward(p16.o, nullptr, p16.q, p16.k, p16.v, p16.beta, nullptr, gdn); }),
                         anchor(s.T > 8192 ? 1.607 : 1.165), io_bf16});
+        rows.push_back({"gated delta rule: forward + backward (bf16 kernels)", shape, median_ms(repeats, [&] {
+                            ops::delta_rule_chunkwise_forward(p16.o, nullptr, p16.q, p16.k, p16.v, p16.beta, nullptr, gdn);
+                            ops::delta_rule_chunkwise_backward(p16.dq, p16.dk, p16.dv, p16.dbeta, &p16.dscalar_gate,
+                                                               nullptr, p16.dout, nullptr, p16.q, p16.k, p16.v,
+                                                               p16.beta, nullptr, gdn);
+                        }),
+                        std::nullopt, io_bf16 * 2});
         ops::DeltaRuleArgs plain;
         plain.scale = scale;
         rows.push_back({"delta rule (no gate): forward (bf16 kernels)", shape,

@@ -325,10 +325,10 @@ void run_shape(const Run& r) {
     CHECK_CUDA(cudaMalloc(&o2, n * 2));
     CHECK_CUDA(cudaMalloc(&w, n * 2));
     CHECK_CUDA(cudaMalloc(&u, n * 2));
-    const WyParams wy{dk, dv, dbeta, dgate, w, u, r.T, r.H, D};
-    const Params delta{dq, dk, u, w, dgate, nullptr, o, nullptr, r.T, r.H, D, 0.088f};
-    const Params delta2{dq, dk, u, w, dgate, nullptr, o2, nullptr, r.T, r.H, D, 0.088f};
-    const Params la{dq, dk, dv, nullptr, dgate, nullptr, o2, nullptr, r.T, r.H, D, 0.088f};
+    const WyParams wy{dk, dv, dbeta, dgate, w, u, nullptr, r.T, r.H, D};
+    const Params delta{dq, dk, u, w, dgate, nullptr, o, nullptr, nullptr, nullptr, r.T, r.H, D, 0.088f};
+    const Params delta2{dq, dk, u, w, dgate, nullptr, o2, nullptr, nullptr, nullptr, r.T, r.H, D, 0.088f};
+    const Params la{dq, dk, dv, nullptr, dgate, nullptr, o2, nullptr, nullptr, nullptr, r.T, r.H, D, 0.088f};
 
     launch_wy<D>(wy, r.B);
     launch<D, true, true, 1>(delta, r.B);

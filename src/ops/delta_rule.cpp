@@ -2,8 +2,8 @@
 // then dispatch to the backend: the CPU one; for f32 CUDA tensors the exact fp32 recurrent scan
 // (ops/cuda_recurrent_scan.hpp), which stands for every form; for bf16 CUDA tensors the tensor-core
 // chunkwise forward (backend/cuda/linear_attention_chunkwise.hpp), which the chunkwise forward of f32
-// tensors takes too under mixed precision (ops/precision.hpp), through bf16 copies. Its backward stays
-// the exact scan there: the gradient of the fp32 function at the fp32 inputs.
+// tensors takes too under mixed precision (ops/precision.hpp), through bf16 copies; likewise the chunkwise
+// backward.
 #include "ops/delta_rule.hpp"
 
 #include <cmath>
@@ -30,13 +30,16 @@ CudaScanInputs scan_inputs(const Tensor& q, const Tensor& k, const Tensor& v, co
     return {q, k, v, &beta, args.log_gate, kNoFixedDecay, initial_state, args.cu_seqlens, args.scale};
 }
 
-// The chunkwise forward on bf16 CUDA tensors: q, k, v, o bf16; beta, log_gate [B,T,H] and the states
-// fp32. The values of beta and log_gate are not range-checked here: that would copy them to the host on
-// every call. Any chunk_size gives the same function; the kernel uses chunks of 64.
-void delta_rule_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
-                                       const Tensor& v, const Tensor& beta, const Tensor* initial_state,
-                                       const DeltaRuleArgs& args) {
-    const char* op = "delta_rule_chunkwise_forward";
+struct CudaShapes {
+    int64_t B, T, H, Dk, Dv;
+    Shape state_shape() const { return {B, H, Dk, Dv}; }
+};
+
+// The checks both bf16 CUDA directions share: q, k, v bf16 on the GPU; beta, log_gate [B,T,H], the
+// initial state fp32; no packed sequences (not implemented there yet). The values of beta and log_gate are
+// not range-checked: that would copy them to the host on every call.
+CudaShapes check_cuda_delta_rule(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& beta, const Tensor* initial_state, const DeltaRuleArgs& args) {
     LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
                   op, shape_string(q.shape()));
     check_cuda_operand(op, "q", q, DType::bf16, q.shape());
@@ -47,16 +50,26 @@ void delta_rule_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, const Ten
     const int64_t Dv = v.size(3);
     check_cuda_operand(op, "v", v, DType::bf16, {B, T, H, Dv});
     check_cuda_operand(op, "beta", beta, DType::f32, {B, T, H});
-    check_cuda_operand(op, "o", o, DType::bf16, {B, T, H, Dv});
     LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
     // (f32 tensors take the exact scan, which has them.)
     LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", op);
+    if (args.log_gate.defined()) check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {B, T, H});
+    const CudaShapes d{B, T, H, Dk, Dv};
+    if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, d.state_shape());
+    return d;
+}
+
+// The chunkwise forward on bf16 CUDA tensors (o bf16, final_state fp32). Any chunk_size gives the same
+// function; the kernels use chunks of 64.
+void delta_rule_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,
+                                       const Tensor& v, const Tensor& beta, const Tensor* initial_state,
+                                       const DeltaRuleArgs& args) {
+    const char* op = "delta_rule_chunkwise_forward";
+    const auto [B, T, H, Dk, Dv] = check_cuda_delta_rule(op, q, k, v, beta, initial_state, args);
+    check_cuda_operand(op, "o", o, DType::bf16, {B, T, H, Dv});
     LINARCH_CHECK(cuda::linear_attention_chunkwise_supports(Dk, Dv),
                   "{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk={}, Dv={}", op, Dk, Dv);
-    if (args.log_gate.defined()) check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {B, T, H});
-    const Shape state_shape{B, H, Dk, Dv};
-    if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, state_shape);
-    if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, state_shape);
+    if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, {B, H, Dk, Dv});
     Tensor w = Tensor::empty(q.shape(), DType::bf16, Device::cuda);
     Tensor u = Tensor::empty(v.shape(), DType::bf16, Device::cuda);
     cuda::delta_rule_chunkwise_forward({q.raw_data(), k.raw_data(), v.raw_data(), beta.data<float>(),
@@ -65,10 +78,45 @@ void delta_rule_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, const Ten
                                         B, T, H, Dk, Dv, args.scale});
 }
 
-// Mixed precision on f32 CUDA tensors: whether the bf16 forward takes this problem.
-bool bf16_kernel_takes(const Tensor& q, const Tensor& v, const DeltaRuleArgs& args) {
+// The chunkwise backward on bf16 CUDA tensors: dout, dq, dk, dv bf16; dbeta, dlog_gate, dinitial_state,
+// dfinal_state fp32; gradients are added into, as on the CPU.
+void delta_rule_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv, Tensor& dbeta, Tensor* dlog_gate,
+                                        Tensor* dinitial_state, const Tensor& dout, const Tensor* dfinal_state,
+                                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                                        const Tensor* initial_state, const DeltaRuleArgs& args) {
+    const char* op = "delta_rule_chunkwise_backward";
+    const CudaShapes d = check_cuda_delta_rule(op, q, k, v, beta, initial_state, args);
+    const auto [B, T, H, Dk, Dv] = d;
+    LINARCH_CHECK(cuda::delta_rule_chunkwise_backward_supports(Dk, Dv),
+                  "{}: the CUDA kernel is built for Dk and Dv of 64 or 128, got Dk={}, Dv={}", op, Dk, Dv);
+    check_cuda_operand(op, "dout", dout, DType::bf16, {B, T, H, Dv});
+    check_cuda_operand(op, "dq", dq, DType::bf16, q.shape());
+    check_cuda_operand(op, "dk", dk, DType::bf16, q.shape());
+    check_cuda_operand(op, "dv", dv, DType::bf16, {B, T, H, Dv});
+    check_cuda_operand(op, "dbeta", dbeta, DType::f32, {B, T, H});
+    if (present(dlog_gate)) {
+        LINARCH_CHECK(args.log_gate.defined(), "{}: dlog_gate: given, but there is no log_gate (pass null)", op);
+        check_cuda_operand(op, "dlog_gate", *dlog_gate, DType::f32, {B, T, H});
+    }
+    if (present(dfinal_state)) check_cuda_operand(op, "dfinal_state", *dfinal_state, DType::f32, d.state_shape());
+    if (present(dinitial_state))
+        check_cuda_operand(op, "dinitial_state", *dinitial_state, DType::f32, d.state_shape());
+    const size_t scratch_bytes = cuda::delta_rule_chunkwise_backward_scratch_bytes(B, T, H, Dk, Dv);
+    Tensor scratch = Tensor::empty({int64_t((scratch_bytes + 3) / 4)}, DType::f32, Device::cuda);
+    cuda::delta_rule_chunkwise_backward({q.raw_data(), k.raw_data(), v.raw_data(), dout.raw_data(), beta.data<float>(),
+                                         data_or_null<float>(&args.log_gate), data_or_null<float>(initial_state),
+                                         data_or_null<float>(dfinal_state), dq.raw_data(), dk.raw_data(), dv.raw_data(),
+                                         dbeta.data<float>(), data_or_null<float>(dlog_gate),
+                                         data_or_null<float>(dinitial_state), scratch.raw_data(), B, T, H, Dk, Dv,
+                                         args.scale});
+}
+
+// Mixed precision on f32 CUDA tensors: whether the bf16 kernels take this problem (in both directions:
+// the forward and its backward must agree on the path).
+bool bf16_kernels_take(const Tensor& q, const Tensor& v, const DeltaRuleArgs& args) {
     return compute_precision() == Precision::bf16 && q.dim() == 4 && v.dim() == 4 && args.cu_seqlens.empty() &&
-           cuda::linear_attention_chunkwise_supports(q.size(3), v.size(3));
+           cuda::linear_attention_chunkwise_supports(q.size(3), v.size(3)) &&
+           cuda::delta_rule_chunkwise_backward_supports(q.size(3), v.size(3));
 }
 
 void delta_rule_mixed_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -79,6 +127,25 @@ void delta_rule_mixed_forward(Tensor& o, Tensor* final_state, const Tensor& q, c
     delta_rule_chunkwise_forward_cuda(o16, final_state, bf16_copy(op, "q", q), bf16_copy(op, "k", k),
                                       bf16_copy(op, "v", v), beta, initial_state, args);
     add_bf16(o, o16, true);
+}
+
+void delta_rule_mixed_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor& dbeta, Tensor* dlog_gate,
+                               Tensor* dinitial_state, const Tensor& dout, const Tensor* dfinal_state, const Tensor& q,
+                               const Tensor& k, const Tensor& v, const Tensor& beta, const Tensor* initial_state,
+                               const DeltaRuleArgs& args) {
+    const char* op = "delta_rule_chunkwise_backward";
+    check_cuda_operand(op, "dq", dq, DType::f32, q.shape());
+    check_cuda_operand(op, "dk", dk, DType::f32, q.shape());
+    check_cuda_operand(op, "dv", dv, DType::f32, v.shape());
+    Tensor dq16 = Tensor::zeros(q.shape(), DType::bf16, Device::cuda);
+    Tensor dk16 = Tensor::zeros(q.shape(), DType::bf16, Device::cuda);
+    Tensor dv16 = Tensor::zeros(v.shape(), DType::bf16, Device::cuda);
+    delta_rule_chunkwise_backward_cuda(dq16, dk16, dv16, dbeta, dlog_gate, dinitial_state, bf16_copy(op, "dout", dout),
+                                       dfinal_state, bf16_copy(op, "q", q), bf16_copy(op, "k", k),
+                                       bf16_copy(op, "v", v), beta, initial_state, args);
+    add_bf16(dq, dq16, false);
+    add_bf16(dk, dk16, false);
+    add_bf16(dv, dv16, false);
 }
 #endif
 
@@ -174,7 +241,7 @@ void delta_rule_chunkwise_forward(Tensor& o, Tensor* final_state, const Tensor& 
 #if LINARCH_HAS_CUDA
     if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::bf16)
         return delta_rule_chunkwise_forward_cuda(o, final_state, q, k, v, beta, initial_state, args);
-    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernel_takes(q, v, args))
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernels_take(q, v, args))
         return delta_rule_mixed_forward(o, final_state, q, k, v, beta, initial_state, args);
 #endif
     forward(op, o, final_state, q, k, v, beta, initial_state, args,
@@ -201,6 +268,12 @@ void delta_rule_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor& d
     const char* op = "delta_rule_chunkwise_backward";
     check_chunk_size(op, args);
 #if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::bf16)
+        return delta_rule_chunkwise_backward_cuda(dq, dk, dv, dbeta, dlog_gate, dinitial_state, dout, dfinal_state, q,
+                                                  k, v, beta, initial_state, args);
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernels_take(q, v, args))
+        return delta_rule_mixed_backward(dq, dk, dv, dbeta, dlog_gate, dinitial_state, dout, dfinal_state, q, k, v,
+                                         beta, initial_state, args);
     if (q.defined() && q.device() == Device::cuda)
         return cuda_scan_backward(op, {dq, dk, dv, &dbeta, dlog_gate, dinitial_state, dout, dfinal_state},
                                   scan_inputs(q, k, v, beta, initial_state, args));

@@ -1,5 +1,5 @@
-// The CUDA chunkwise forward of the (gated) delta rule (bf16 tensor cores, WY form) against the CPU
-// float64 recurrence on fresh random inputs, and its use under mixed precision. Skipped (not passed)
+// The CUDA chunkwise forward and backward of the (gated) delta rule (bf16 tensor cores, WY form) against
+// the CPU float64 forms on fresh random inputs, and their use under mixed precision. Skipped (not passed)
 // where no GPU is usable.
 #include <gtest/gtest.h>
 
@@ -180,7 +180,111 @@ TEST(CudaDeltaRule, StateCarriesAcrossSegments) {
     EXPECT_LT(testkit::relative_error(r2.final_state, ref.final_state), kTolerance);
 }
 
-TEST(CudaDeltaRule, MixedPrecisionForwardTakesTheKernelAndTheBackwardStaysExact) {
+namespace {
+
+// The gradients of ⟨dout, o⟩ (+ ⟨dfinal_state, final_state⟩) on the GPU (bf16 q, k, v, dout; fp32 β,
+// gates, states) and from the CPU float64 chunkwise backward on the same rounded values. dbeta,
+// dlog_gate and dinitial_state start from random values (the backward adds into them), which are taken
+// off again before the comparison.
+struct Grads {
+    Tensor dq, dk, dv, dbeta, dlog_gate, dinitial_state;  // on the CPU, f64
+};
+
+Grads run_cuda_backward(const Problem& p, const Inputs& in, const Tensor& dout, const Tensor& dfinal, double scale) {
+    ops::DeltaRuleArgs args;
+    args.scale = scale;
+    if (in.log_gate.defined()) args.log_gate = in.log_gate.to(Device::cuda);
+    const Tensor q = in.q.to(Device::cuda), k = in.k.to(Device::cuda), v = in.v.to(Device::cuda),
+                 beta = in.beta.to(Device::cuda), dout_gpu = dout.to(Device::cuda);
+    const Tensor s0 = in.initial_state.defined() ? in.initial_state.to(Device::cuda) : Tensor();
+    const Tensor ds1 = dfinal.defined() ? dfinal.to(Device::cuda) : Tensor();
+    Tensor dq = Tensor::zeros(q.shape(), DType::bf16, Device::cuda), dk = dq.clone();
+    Tensor dv = Tensor::zeros(v.shape(), DType::bf16, Device::cuda);
+    const Tensor start_beta = testkit::random_normal(in.beta.shape(), DType::f32, 1);
+    const Tensor start_gate = testkit::random_normal(in.beta.shape(), DType::f32, 2);
+    const Tensor start_state = testkit::random_normal({p.batch, p.heads, p.key_dim, p.value_dim}, DType::f32, 3);
+    Tensor dbeta = start_beta.to(Device::cuda), dg = start_gate.to(Device::cuda), ds0 = start_state.to(Device::cuda);
+    ops::delta_rule_chunkwise_backward(dq, dk, dv, dbeta, in.log_gate.defined() ? &dg : nullptr,
+                                       s0.defined() ? &ds0 : nullptr, dout_gpu, ds1.defined() ? &ds1 : nullptr, q, k, v,
+                                       beta, s0.defined() ? &s0 : nullptr, args);
+    auto minus = [](const Tensor& a, const Tensor& b) {
+        std::vector<double> x = a.to_vector(), y = b.to_vector();
+        for (size_t i = 0; i < x.size(); ++i) x[i] -= y[i];
+        return Tensor::from_vector(a.shape(), x);
+    };
+    Grads out{dq.to(Device::cpu).to(DType::f64), dk.to(Device::cpu).to(DType::f64), dv.to(Device::cpu).to(DType::f64),
+              minus(dbeta.to(Device::cpu), start_beta), Tensor(), Tensor()};
+    if (in.log_gate.defined()) out.dlog_gate = minus(dg.to(Device::cpu), start_gate);
+    if (s0.defined()) out.dinitial_state = minus(ds0.to(Device::cpu), start_state);
+    return out;
+}
+
+Grads run_reference_backward(const Inputs& in, const Tensor& dout, const Tensor& dfinal, double scale) {
+    ops::DeltaRuleArgs args;
+    args.scale = scale;
+    if (in.log_gate.defined()) args.log_gate = in.log_gate.to(DType::f64);
+    const Tensor q = in.q.to(DType::f64), k = in.k.to(DType::f64), v = in.v.to(DType::f64),
+                 beta = in.beta.to(DType::f64), dout64 = dout.to(DType::f64);
+    const Tensor s0 = in.initial_state.defined() ? in.initial_state.to(DType::f64) : Tensor();
+    const Tensor ds1 = dfinal.defined() ? dfinal.to(DType::f64) : Tensor();
+    Grads g{Tensor::zeros(q.shape(), DType::f64), Tensor::zeros(q.shape(), DType::f64),
+            Tensor::zeros(v.shape(), DType::f64), Tensor::zeros(beta.shape(), DType::f64), Tensor(), Tensor()};
+    if (in.log_gate.defined()) g.dlog_gate = Tensor::zeros(beta.shape(), DType::f64);
+    if (s0.defined()) g.dinitial_state = Tensor::zeros(s0.shape(), DType::f64);
+    ops::delta_rule_chunkwise_backward(g.dq, g.dk, g.dv, g.dbeta, g.dlog_gate.defined() ? &g.dlog_gate : nullptr,
+                                       s0.defined() ? &g.dinitial_state : nullptr, dout64,
+                                       ds1.defined() ? &ds1 : nullptr, q, k, v, beta, s0.defined() ? &s0 : nullptr,
+                                       args);
+    return g;
+}
+
+// bf16 operands and intermediates (W, u, du, dW, the chunk states and their gradients, T), fp32 sums:
+// 1.2–5.4e-3 measured on the H100 (bench/NOTES.md); a wrong term or sign is O(1e-1) or more.
+constexpr double kGradientTolerance = 2e-2;
+
+}  // namespace
+
+TEST(CudaDeltaRule, ChunkwiseBackwardMatchesF64) {
+    SKIP_WITHOUT_GPU();
+    const std::vector<Problem> problems = {
+        {1, 2, 2, 64, 64},     // two tokens (with one, dlog_gate is exactly zero without states)
+        {2, 63, 3, 64, 64},    // one short chunk
+        {3, 65, 2, 128, 64},   // one token into the second chunk, Dk > Dv
+        {2, 301, 3, 64, 128},  // odd T, several chunks, Dv > Dk
+        {2, 200, 2, 128, 128},
+    };
+    uint64_t stream = 9300;
+    for (const Problem& p : problems)
+        for (bool gated : {false, true})
+            for (bool with_states : {false, true}) {
+                SCOPED_TRACE(fmt::format("B={} T={} H={} Dk={} Dv={} gated={} states={}", p.batch, p.seq_len,
+                                         p.heads, p.key_dim, p.value_dim, gated, with_states));
+                const Inputs in(p, stream += 10, gated, with_states);
+                const Tensor dout = testkit::random_normal({p.batch, p.seq_len, p.heads, p.value_dim}, DType::bf16,
+                                                           stream + 7);
+                const Tensor dfinal = with_states ? testkit::random_normal({p.batch, p.heads, p.key_dim, p.value_dim},
+                                                                           DType::f32, stream + 8)
+                                                  : Tensor();
+                const double scale = 1.0 / std::sqrt(double(p.key_dim));
+                const Grads out = run_cuda_backward(p, in, dout, dfinal, scale);
+                const Grads ref = run_reference_backward(in, dout, dfinal, scale);
+                std::string line = fmt::format("T={} Dk={} Dv={} gated={} states={}:", p.seq_len, p.key_dim,
+                                               p.value_dim, gated, with_states);
+                for (auto [name, a, b] : {std::tuple{"dq", &out.dq, &ref.dq}, std::tuple{"dk", &out.dk, &ref.dk},
+                                          std::tuple{"dv", &out.dv, &ref.dv}, std::tuple{"dbeta", &out.dbeta, &ref.dbeta},
+                                          std::tuple{"dlog_gate", &out.dlog_gate, &ref.dlog_gate},
+                                          std::tuple{"dinitial_state", &out.dinitial_state, &ref.dinitial_state}}) {
+                    if (!b->defined()) continue;
+                    EXPECT_EQ(count_non_finite(*a), 0u) << name;
+                    const double err = testkit::relative_error(*a, *b);
+                    EXPECT_LT(err, kGradientTolerance) << name;
+                    line += fmt::format(" {} {:.2e}", name, err);
+                }
+                fmt::print("{}\n", line);
+            }
+}
+
+TEST(CudaDeltaRule, MixedPrecisionTakesTheKernelsInBothDirections) {
     SKIP_WITHOUT_GPU();
     const Problem p{2, 200, 2, 64, 128};
     const Inputs in(p, 9700, true, true);
@@ -198,7 +302,7 @@ TEST(CudaDeltaRule, MixedPrecisionForwardTakesTheKernelAndTheBackwardStaysExact)
     EXPECT_LT(err, kTolerance);
     EXPECT_LT(testkit::relative_error(mixed.final_state, ref.final_state), kTolerance);
 
-    // The backward is the exact scan in both modes: identical gradients.
+    // The backward: the kernels under bf16 (close to, but not, the exact scan's gradients).
     ops::DeltaRuleArgs args;
     args.scale = 0.125;
     args.log_gate = in.log_gate.to(Device::cuda);
@@ -216,7 +320,11 @@ TEST(CudaDeltaRule, MixedPrecisionForwardTakesTheKernelAndTheBackwardStaysExact)
                                    dbeta.to(Device::cpu), dg.to(Device::cpu)};
     };
     const std::vector<Tensor> exact = grads(ops::Precision::fp32), under_bf16 = grads(ops::Precision::bf16);
-    for (size_t i = 0; i < exact.size(); ++i) EXPECT_EQ(testkit::relative_error(under_bf16[i], exact[i]), 0.0) << i;
+    for (size_t i = 0; i < exact.size(); ++i) {
+        const double gradient_error = testkit::relative_error(under_bf16[i], exact[i]);
+        EXPECT_GT(gradient_error, 1e-6) << i;
+        EXPECT_LT(gradient_error, kGradientTolerance) << i;
+    }
 }
 
 TEST(CudaDeltaRule, UnsupportedCasesAreRefusedOrTakeTheExactPath) {
@@ -239,6 +347,13 @@ TEST(CudaDeltaRule, UnsupportedCasesAreRefusedOrTakeTheExactPath) {
                  fmt::format("{}: beta: expected dtype F32 on cuda, got BF16", fwd));
     expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, q, in.k, v, beta, nullptr, {}); },
                  fmt::format("{}: k: tensor is on cpu, expected cuda (one device per call)", fwd));
+    const Tensor v_wide = testkit::random_normal({1, 8, 2, 192}, DType::bf16, 9802).to(Device::cuda);
+    Tensor dq = Tensor::zeros(q.shape(), DType::bf16, Device::cuda), dk = dq.clone(), dv = v_wide.clone();
+    Tensor dbeta = Tensor::zeros(beta.shape(), DType::f32, Device::cuda);
+    expect_error([&] {
+        ops::delta_rule_chunkwise_backward(dq, dk, dv, dbeta, nullptr, nullptr, v_wide, nullptr, q, k, v_wide, beta,
+                                           nullptr, {});
+    }, "delta_rule_chunkwise_backward: the CUDA kernel is built for Dk and Dv of 64 or 128, got Dk=64, Dv=192");
 
     // Under mixed precision, packed sequences (no bf16 kernel) take the exact scan: fp32 accuracy.
     const Problem packed_problem{1, 200, 2, 64, 64};

@@ -41,8 +41,10 @@ struct Params {
     const bf16* w;               // the delta rule: W [B,T,H,Dk]; null otherwise
     const float* log_gate;
     const float* initial_state;
-    bf16* o;
+    bf16* o;                     // null: not wanted (the delta rule's backward recomputing the walk)
     float* final_state;
+    bf16* chunk_states;          // null, or S at each chunk's start [B, chunks, H, Dk, Dv] (bf16)
+    bf16* u_out;                 // the delta rule: null, or u [B,T,H,Dv]
     int seq_len, heads, value_dim;
     float scale;
 };
@@ -155,6 +157,19 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
     for (int n = 0; n < num_chunks; ++n) {
         cp_async_wait_all();
         __syncthreads();  // chunk n is in its stage; every warp is done with chunk n − 1 and the state copy is current
+        if (p.chunk_states != nullptr) {
+            bf16* out = p.chunk_states + ((size_t(b) * num_chunks + n) * H + h) * DK * DV + v_col;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const int d = srow0 + mt * 16 + g + half * 8, c = nt * 8 + 2 * t4;
+                        *reinterpret_cast<uint32_t*>(out + size_t(d) * DV + c) =
+                            pack_bf16(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]);
+                    }
+        }
         if (STAGES == 2 && n + 1 < num_chunks)
             load_chunk<DK, DELTA>(smem + ((n + 1) & 1) * L::stage_bytes, p, b, h, v_col, (n + 1) * kChunk);
         cp_async_commit();
@@ -190,6 +205,10 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
                     uint32_t* u = reinterpret_cast<uint32_t*>(vs + (row0 + g + half * 8) * L::v_stride + nt * 8 + 2 * t4);
                     const float2 ut = unpack_bf16(*u);
                     *u = pack_bf16(ut.x - ws_prod[nt][2 * half], ut.y - ws_prod[nt][2 * half + 1]);
+                    const int t = n * kChunk + row0 + g + half * 8;
+                    if (p.u_out != nullptr && t < T)
+                        *reinterpret_cast<uint32_t*>(p.u_out + ((size_t(b) * T + t) * H + h) * DV + v_col + nt * 8 +
+                                                     2 * t4) = *u;
                 }
             __syncthreads();
         }
@@ -299,7 +318,7 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int t = n * kChunk + row0 + g + half * 8;
-            if (t < T) {
+            if (t < T && p.o != nullptr) {
                 bf16* out = p.o + ((size_t(b) * T + t) * H + h) * DV + v_col + 2 * t4;
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt)
@@ -414,6 +433,7 @@ struct WyParams {
     const float* log_gate;  // null: the plain delta rule
     bf16* w;                // [B,T,H,Dk]
     bf16* u;                // ũ [B,T,H,Dv]
+    bf16* t_out;            // null, or T = (I + A)⁻¹ of every chunk [B, chunks, H, 64, 64] (the backward's)
     int seq_len, heads, value_dim;
 };
 
@@ -592,6 +612,11 @@ __global__ void __launch_bounds__(kThreads) delta_rule_wy_kernel(const WyParams 
             tw[i * L::t_stride + c] = __float2bfloat16(x[i] * w_scale);
             tu[i * L::t_stride + c] = __float2bfloat16(x[i] * u_scale);
         }
+        if (p.t_out != nullptr) {
+            bf16* out = p.t_out + ((size_t(b) * gridDim.x + blockIdx.x) * H + h) * kChunk * kChunk + c;
+#pragma unroll
+            for (int i = 0; i < kChunk; ++i) out[i * kChunk] = __float2bfloat16(x[i]);
+        }
     }
     __syncthreads();
 
@@ -635,8 +660,8 @@ void linear_attention_chunkwise_forward(const LinearAttentionForward& a) {
                   "linear_attention_chunkwise_forward (CUDA): B={}, H={}, T={} exceed the grid", a.batch, a.heads,
                   a.seq_len);
     const Params p{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
-                   nullptr, a.log_gate, a.initial_state, static_cast<bf16*>(a.o), a.final_state, int(a.seq_len),
-                   int(a.heads), int(a.value_dim), float(a.scale)};
+                   nullptr, a.log_gate, a.initial_state, static_cast<bf16*>(a.o), a.final_state, nullptr, nullptr,
+                   int(a.seq_len), int(a.heads), int(a.value_dim), float(a.scale)};
     const bool gated = a.log_gate != nullptr;
     const int batch = int(a.batch);
     if (a.key_dim == 64) gated ? launch<64, true, false>(p, batch) : launch<64, false, false>(p, batch);
@@ -649,11 +674,12 @@ void delta_rule_chunkwise_forward(const DeltaRuleForward& a) {
     LINARCH_CHECK(a.batch <= 65535 && a.heads <= 65535 && a.seq_len < (int64_t(1) << 31),
                   "delta_rule_chunkwise_forward (CUDA): B={}, H={}, T={} exceed the grid", a.batch, a.heads, a.seq_len);
     const WyParams wy{static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.beta, a.log_gate,
-                      static_cast<bf16*>(a.w_scratch), static_cast<bf16*>(a.u_scratch), int(a.seq_len), int(a.heads),
-                      int(a.value_dim)};
+                      static_cast<bf16*>(a.w_scratch), static_cast<bf16*>(a.u_scratch), static_cast<bf16*>(a.t_out),
+                      int(a.seq_len), int(a.heads), int(a.value_dim)};
     const Params p{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.u_scratch),
                    static_cast<const bf16*>(a.w_scratch), a.log_gate, a.initial_state, static_cast<bf16*>(a.o),
-                   a.final_state, int(a.seq_len), int(a.heads), int(a.value_dim), float(a.scale)};
+                   a.final_state, static_cast<bf16*>(a.chunk_states), static_cast<bf16*>(a.u_out), int(a.seq_len),
+                   int(a.heads), int(a.value_dim), float(a.scale)};
     const bool gated = a.log_gate != nullptr;
     const int batch = int(a.batch);
     if (a.key_dim == 64) {

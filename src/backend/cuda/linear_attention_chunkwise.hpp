@@ -1,6 +1,6 @@
 // CUDA chunkwise forward and backward of causal linear attention, no decay or a per-head scalar
 // data-dependent log decay (Mamba-2 / simple GLA, mixers.md §1 and §3), and the forward of the (gated)
-// delta rule (§6). Developed, with their variants
+// delta rule (§6) with its backward. Developed, with their variants
 // and figures, in dev/cuda/linear_attention_chunkwise{,_backward}.cu (notes in
 // dev/cuda/NOTES_linear_attention.md).
 //     S_t = exp(g_t) S_{t-1} + k_tᵀ v_t,   o_t = scale · q_t S_t      (g_t ≤ 0; g = 0 without decay)
@@ -43,16 +43,49 @@ struct DeltaRuleForward {
     const float* beta;
     const float* log_gate;       // null: the plain delta rule
     const float* initial_state;  // null: zero start
-    void* o;
+    void* o;                     // null: not wanted
     float* final_state;          // null: not wanted
     void* w_scratch;
     void* u_scratch;
     int64_t batch, seq_len, heads, key_dim, value_dim;
     double scale;
+    void* chunk_states = nullptr;  // for the backward: S at every chunk's start, bf16 [B, ⌈T/64⌉, H, Dk, Dv]
+    void* u_out = nullptr;         // for the backward: u = ũ − W·S, bf16 [B,T,H,Dv]
+    void* t_out = nullptr;         // for the backward: T = (I + A)⁻¹ per chunk, bf16 [B, ⌈T/64⌉, H, 64, 64]
 };
 
 // Head sizes as linear_attention_chunkwise_supports.
 void delta_rule_chunkwise_forward(const DeltaRuleForward& args);
+
+// Its backward (delta_rule_chunkwise_backward.cu): dq, dk, dv (bf16) and dbeta, dlog_gate, dinitial_state
+// (fp32) are added into (dlog_gate and dinitial_state may be null; dfinal_state too). `scratch` holds
+// delta_rule_chunkwise_backward_scratch_bytes(...) of device memory (the recomputed forward's W, u and chunk
+// states, and the passes' intermediate gradients).
+struct DeltaRuleBackward {
+    const void* q;
+    const void* k;
+    const void* v;
+    const void* dout;
+    const float* beta;
+    const float* log_gate;       // null: the plain delta rule
+    const float* initial_state;  // null: zero start
+    const float* dfinal_state;   // null: no gradient into the final state
+    void* dq;
+    void* dk;
+    void* dv;
+    float* dbeta;
+    float* dlog_gate;            // null: not wanted
+    float* dinitial_state;       // null: not wanted
+    void* scratch;
+    int64_t batch, seq_len, heads, key_dim, value_dim;
+    double scale;
+};
+
+// Head sizes the backward is built for: Dk and Dv 64 or 128.
+bool delta_rule_chunkwise_backward_supports(int64_t key_dim, int64_t value_dim);
+size_t delta_rule_chunkwise_backward_scratch_bytes(int64_t batch, int64_t seq_len, int64_t heads, int64_t key_dim,
+                                                   int64_t value_dim);
+void delta_rule_chunkwise_backward(const DeltaRuleBackward& args);
 
 // The backward (linear_attention_chunkwise_backward.cu): dq, dk, dv [B,T,H,·] bf16, dinitial_state
 // [B,H,Dk,Dv] fp32 and dlog_gate [B,T,H] fp32 are added into (the last two may be null); dfinal_state

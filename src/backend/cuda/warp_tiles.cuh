@@ -1,0 +1,86 @@
+// Warp-level tensor-core tiles for the chunkwise kernels: a warp owns 16 rows of a product and
+// accumulates op(A)·op(B) from bf16 shared memory (either operand may be stored transposed), or from an
+// accumulator tile of its own turned into A fragments (FlashAttention-2's register trick).
+//
+// Accumulator layout (mma.sync m16n8k16): acc[nt][e] holds row g + 8·(e ≥ 2) and column
+// 8·nt + 2·t4 + (e & 1) of the warp's 16 × 8·NT tile, with g = lane / 4 and t4 = lane % 4.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "backend/cuda/mma_ptx.cuh"
+
+namespace linarch::cuda {
+
+template <int NT> __device__ __forceinline__ void zero_tile(float (&acc)[NT][4]) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+}
+
+// acc += op(A)[m0 .. m0+15, k0 .. k1) · op(B)[k0 .. k1, n0 .. n0 + 8·NT), skipping the 16-column pairs
+// of n-tiles outside [np_begin, np_end). A(m, k) = a[m·lda + k], or a[k·lda + m] when A_T; B(k, n) =
+// b[k·ldb + n], or b[n·ldb + k] when B_T. k0 and k1 are multiples of 16.
+template <int NT, bool A_T, bool B_T>
+__device__ __forceinline__ void mma_tile(float (&acc)[NT][4], const __nv_bfloat16* a, int lda, int m0,
+                                         const __nv_bfloat16* b, int ldb, int n0, int k0, int k1, int np_begin = 0,
+                                         int np_end = NT / 2) {
+    const int lane = threadIdx.x % 32, mi = lane / 8, r8 = lane % 8;
+    for (int k = k0; k < k1; k += 16) {
+        uint32_t af[4];
+        if constexpr (A_T) ldmatrix_x4_trans(af, a + (k + (mi / 2) * 8 + r8) * lda + m0 + (mi % 2) * 8);
+        else ldmatrix_x4(af, a + (m0 + lane % 16) * lda + k + (lane / 16) * 8);
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            if (np < np_begin || np >= np_end) continue;
+            uint32_t bf[4];
+            if constexpr (B_T) ldmatrix_x4(bf, b + (n0 + np * 16 + (mi / 2) * 8 + r8) * ldb + k + (mi % 2) * 8);
+            else ldmatrix_x4_trans(bf, b + (k + (mi % 2) * 8 + r8) * ldb + n0 + np * 16 + (mi / 2) * 8);
+            mma_bf16(acc[2 * np], af, bf[0], bf[1]);
+            mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+// The A fragments (bf16) of a warp's 16 × 16·KT accumulator tile: k-block kk is columns 16kk .. 16kk+15.
+template <int KT>
+__device__ __forceinline__ void to_a_fragments(uint32_t (&pa)[KT][4], const float (&acc)[2 * KT][4]) {
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+        pa[kk][0] = pack_bf16(acc[2 * kk][0], acc[2 * kk][1]);
+        pa[kk][1] = pack_bf16(acc[2 * kk][2], acc[2 * kk][3]);
+        pa[kk][2] = pack_bf16(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+        pa[kk][3] = pack_bf16(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+    }
+}
+
+// acc += P · op(B) for P given as A fragments, k-blocks kb_begin .. kb_end − 1 of 16 (B as in mma_tile,
+// its k index 16·kk + …).
+template <int NT, int KT, bool B_T>
+__device__ __forceinline__ void mma_tile_from_fragments(float (&acc)[NT][4], const uint32_t (&pa)[KT][4], int kb_begin,
+                                                        int kb_end, const __nv_bfloat16* b, int ldb, int n0) {
+    const int lane = threadIdx.x % 32, mi = lane / 8, r8 = lane % 8;
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+        if (kk < kb_begin || kk >= kb_end) continue;
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            uint32_t bf[4];
+            if constexpr (B_T) ldmatrix_x4(bf, b + (n0 + np * 16 + (mi / 2) * 8 + r8) * ldb + kk * 16 + (mi % 2) * 8);
+            else ldmatrix_x4_trans(bf, b + (kk * 16 + (mi % 2) * 8 + r8) * ldb + n0 + np * 16 + (mi / 2) * 8);
+            mma_bf16(acc[2 * np], pa[kk], bf[0], bf[1]);
+            mma_bf16(acc[2 * np + 1], pa[kk], bf[2], bf[3]);
+        }
+    }
+}
+
+// Sum over the four lanes of a quad (one accumulator row's lanes).
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    return x;
+}
+
+}  // namespace linarch::cuda
