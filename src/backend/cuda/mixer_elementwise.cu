@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/device.hpp"
+#include "core/error.hpp"
 
 namespace linarch::cuda {
 namespace {
@@ -93,27 +95,56 @@ void feature_map_backward(float* dx, const float* dout, const float* x, int64_t 
     });
 }
 
+namespace {
+// A warp per row: its lanes read the row together (a thread per row read 32 rows' worth of cache lines a
+// step: 1.8 ms for one backward at 196k rows of 64, 0.1 ms now).
+__device__ float warp_sum(float x) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+    return x;
+}
+
+__global__ void l2norm_forward_kernel(float* out, float* inv_norm, const float* x, int64_t rows, int64_t dim,
+                                      float eps) {
+    const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const float* row = x + r * dim;
+    float sum = 0.f;
+    for (int64_t d = lane; d < dim; d += 32) sum += row[d] * row[d];
+    const float inv = 1.f / sqrtf(warp_sum(sum) + eps);
+    if (lane == 0) inv_norm[r] = inv;
+    for (int64_t d = lane; d < dim; d += 32) out[r * dim + d] = row[d] * inv;
+}
+
+__global__ void l2norm_backward_kernel(float* dx, const float* dout, const float* out, const float* inv_norm,
+                                       int64_t rows, int64_t dim) {
+    const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const float* y = out + r * dim;
+    const float* g = dout + r * dim;
+    float dot = 0.f;
+    for (int64_t d = lane; d < dim; d += 32) dot += g[d] * y[d];
+    dot = warp_sum(dot);
+    const float inv = inv_norm[r];
+    for (int64_t d = lane; d < dim; d += 32) dx[r * dim + d] += (g[d] - y[d] * dot) * inv;
+}
+}  // namespace
+
 void l2norm_forward(float* out, float* inv_norm, const float* x, int64_t rows, int64_t dim, double eps) {
-    const float e = float(eps);
-    for_each("l2norm_forward", rows, [=] __device__(int64_t r) {
-        const float* row = x + r * dim;
-        float sum = 0.f;
-        for (int64_t d = 0; d < dim; ++d) sum += row[d] * row[d];
-        const float inv = 1.f / sqrtf(sum + e);
-        inv_norm[r] = inv;
-        for (int64_t d = 0; d < dim; ++d) out[r * dim + d] = row[d] * inv;
-    });
+    if (rows == 0) return;
+    l2norm_forward_kernel<<<blocks_for(rows * 32), kThreads, 0, cudaStreamPerThread>>>(out, inv_norm, x, rows, dim,
+                                                                                         float(eps));
+    check_launch("l2norm_forward");
 }
 
 void l2norm_backward(float* dx, const float* dout, const float* out, const float* inv_norm, int64_t rows,
                      int64_t dim) {
-    for_each("l2norm_backward", rows, [=] __device__(int64_t r) {
-        const float* y = out + r * dim;
-        const float* g = dout + r * dim;
-        float dot = 0.f;
-        for (int64_t d = 0; d < dim; ++d) dot += g[d] * y[d];
-        for (int64_t d = 0; d < dim; ++d) dx[r * dim + d] += (g[d] - y[d] * dot) * inv_norm[r];
-    });
+    if (rows == 0) return;
+    l2norm_backward_kernel<<<blocks_for(rows * 32), kThreads, 0, cudaStreamPerThread>>>(dx, dout, out, inv_norm, rows,
+                                                                                          dim);
+    check_launch("l2norm_backward");
 }
 
 void add_bias_forward(float* out, const float* x, const float* bias, int64_t rows, int64_t cols) {
@@ -238,22 +269,67 @@ void short_conv_forward(float* out, const float* x, const float* weight, bool si
     });
 }
 
+namespace {
+constexpr int kConvRowsPerBlock = 256;  // tokens a block of the weight gradient's first pass sums
+constexpr int kMaxConvTaps = 8;         // ops::short_conv_* refuse more
+
+// First pass of dweight: block (channel tile, token block) sums dpre[row, c] · x[row − K + 1 + j, c] over its
+// tokens for every tap j, a thread per channel (reads coalesced over c), into partial[block][c][j].
+__global__ void short_conv_dweight_partial_kernel(float* partial, const float* dpre, const float* x, int64_t rows,
+                                                  int64_t T, int64_t C, int64_t K) {
+    const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc[kMaxConvTaps] = {};
+    const int64_t first = int64_t(blockIdx.y) * kConvRowsPerBlock, last = min(rows, first + kConvRowsPerBlock);
+    for (int64_t row = first; row < last; ++row) {
+        const int64_t t = row % T;
+        const float d = dpre[row * C + c];
+#pragma unroll
+        for (int j = 0; j < kMaxConvTaps; ++j)
+            if (j < K && t >= K - 1 - j) acc[j] += d * x[(row - K + 1 + j) * C + c];
+    }
+    float* out = partial + (int64_t(blockIdx.y) * C + c) * K;
+#pragma unroll
+    for (int j = 0; j < kMaxConvTaps; ++j)
+        if (j < K) out[j] = acc[j];
+}
+}  // namespace
+
 void short_conv_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight, bool silu,
                          int64_t batch, int64_t seq_len, int64_t channels, int64_t kernel_size) {
-    const int64_t T = seq_len, C = channels, K = kernel_size;
-    // dx[b,s,c] += Σ_j w[c,j] · dpre[b, s+K−1−j, c]  (the pre-activation recomputed per tap).
-    for_each("short_conv_backward (dx)", batch * T * C, [=] __device__(int64_t i) {
-        const int64_t c = i % C, s = (i / C) % T, b = i / (C * T);
+    const int64_t T = seq_len, C = channels, K = kernel_size, rows = batch * T;
+    LINARCH_CHECK(K <= kMaxConvTaps, "short_conv_backward (CUDA): at most {} taps, got {}", kMaxConvTaps, K);
+    if (rows == 0 || C == 0) return;
+    // dpre = ∂out/∂pre once (recomputing it per tap and per weight cost K² loads an element: 12 ms a step).
+    const float* dpre = dout;
+    DeviceBuffer dpre_buffer(silu ? size_t(rows * C) * sizeof(float) : 0);
+    if (silu) {
+        float* buffer = dpre_buffer.as<float>();
+        for_each("short_conv_backward (dpre)", rows * C, [=] __device__(int64_t i) {
+            const int64_t c = i % C, t = (i / C) % T, b = i / (C * T);
+            buffer[i] = conv_dpre(dout, x, weight, true, b, t, c, T, C, K);
+        });
+        dpre = buffer;
+    }
+    // dx[b,s,c] += Σ_j w[c,j] · dpre[b, s+K−1−j, c].
+    for_each("short_conv_backward (dx)", rows * C, [=] __device__(int64_t i) {
+        const int64_t c = i % C, s = (i / C) % T;
         float sum = 0.f;
-        for (int64_t j = max(int64_t(0), s + K - T); j < K; ++j)
-            sum += weight[c * K + j] * conv_dpre(dout, x, weight, silu, b, s + K - 1 - j, c, T, C, K);
+        for (int64_t j = max(int64_t(0), s + K - T); j < K; ++j) sum += weight[c * K + j] * dpre[i + (K - 1 - j) * C];
         dx[i] += sum;
     });
-    // dweight[c,j] += Σ_{b,t} dpre[b,t,c] · x[b, t−K+1+j, c]  (rows are tokens b·T + t)
-    sum_rows("short_conv_backward (dweight)", dweight, C * K, batch * T, [=] __device__(int64_t i, int64_t row) {
-        const int64_t c = i / K, j = i % K, b = row / T, t = row % T;
-        if (t < K - 1 - j) return 0.f;
-        return conv_dpre(dout, x, weight, silu, b, t, c, T, C, K) * x[(b * T + t - K + 1 + j) * C + c];
+    // dweight[c,j] += Σ_{b,t} dpre[b,t,c] · x[b, t−K+1+j, c]: token blocks, then their partials in a fixed order.
+    const int64_t blocks = (rows + kConvRowsPerBlock - 1) / kConvRowsPerBlock;
+    LINARCH_CHECK(blocks <= 65535, "short_conv_backward (CUDA): {} tokens exceed the grid", rows);
+    DeviceBuffer partial(size_t(blocks * C * K) * sizeof(float));
+    float* partials = partial.as<float>();
+    short_conv_dweight_partial_kernel<<<dim3(blocks_for(C), unsigned(blocks)), kThreads, 0, cudaStreamPerThread>>>(
+        partials, dpre, x, rows, T, C, K);
+    check_launch("short_conv_backward (dweight partials)");
+    for_each("short_conv_backward (dweight)", C * K, [=] __device__(int64_t i) {
+        float sum = 0.f;
+        for (int64_t blk = 0; blk < blocks; ++blk) sum += partials[blk * C * K + i];
+        dweight[i] += sum;
     });
 }
 
