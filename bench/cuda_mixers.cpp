@@ -221,7 +221,10 @@ int main(int argc, char** argv) {
         const double floor_ms = r.bytes / copy_rate * 1e3;
         fmt::print("| {} | {} | {:.3f} | {} | {} | {:.0f}% |\n", r.what, r.shape, r.ms,
                    r.fla_ms ? fmt::format("{:.3f}", *r.fla_ms) : "–",
-                   r.fla_ms ? fmt::format("{:.2f}× faster", *r.fla_ms / r.ms) : "–", 100.0 * floor_ms / r.ms);
+                   r.fla_ms ? fmt::format("{:.2f}× {}", std::max(*r.fla_ms / r.ms, r.ms / *r.fla_ms),
+                                          *r.fla_ms >= r.ms ? "faster" : "slower")
+                            : "–",
+                   100.0 * floor_ms / r.ms);
     }
     for (const Row& r : rows) {
         nlohmann::json j{{"op", r.what},       {"shape", r.shape},       {"ms", r.ms},

@@ -375,8 +375,23 @@ void run_shape(const Run& r) {
     std::printf("  main, delta, 1 stage              %.3f ms\n", t_main1);
     std::printf("  main, delta, 2 stages             %.3f ms\n", t_main2);
     std::printf("  main, linear attention (gated) 2 stages %.3f ms, 1 stage %.3f ms\n", t_la, t_la1);
-    std::printf("  forward (wy v2 + main, the library's choice of stages)  %.3f ms\n",
-                t_wy + (r.B * r.H * 2 >= 132 ? t_main1 : t_main2));
+    if (r.B * r.H * 2 < 132) {
+        // Narrower value tiles for few (sequence, head) pairs: more blocks, each redoing q kᵀ.
+        const float d32 = median_ms([&] { launch<D, true, true, 2, 32>(delta2, r.B); });
+        const float d16 = median_ms([&] { launch<D, true, true, 2, 16>(delta2, r.B); });
+        const float l32 = median_ms([&] { launch<D, true, false, 2, 32>(la, r.B); });
+        const float l16 = median_ms([&] { launch<D, true, false, 2, 16>(la, r.B); });
+        std::printf("  main, 2 stages, value tiles 64 / 32 / 16: delta %.3f / %.3f / %.3f ms, linear attention (gated) "
+                    "%.3f / %.3f / %.3f ms\n", t_main2, d32, d16, t_la, l32, l16);
+    }
+    launch<D, true, true, 2, 64>(delta2, r.B);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    const auto o_tile64 = download(o2, n);
+    launch<D, true, true, 2, 16>(delta2, r.B);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    std::printf("  value tile 16 against 64: %s\n",
+                std::memcmp(o_tile64.data(), download(o2, n).data(), n * 2) == 0 ? "identical" : "DIFFER");
+    std::printf("  forward (wy v2 + main, the library's choice)  %.3f ms\n", t_wy + (r.B * r.H * 2 >= 132 ? t_main1 : t_main2));
     for (void* p : {(void*)dq, (void*)dk, (void*)dv, (void*)o, (void*)o2, (void*)w, (void*)u, (void*)dbeta, (void*)dgate})
         CHECK_CUDA(cudaFree(p));
 }

@@ -50,7 +50,6 @@ CudaShapes check_cuda_delta_rule(const char* op, const Tensor& q, const Tensor& 
     const int64_t Dv = v.size(3);
     check_cuda_operand(op, "v", v, DType::bf16, {B, T, H, Dv});
     check_cuda_operand(op, "beta", beta, DType::f32, {B, T, H});
-    LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
     // (f32 tensors take the exact scan, which has them.)
     LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", op);
     if (args.log_gate.defined()) check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {B, T, H});

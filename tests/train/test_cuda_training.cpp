@@ -117,9 +117,8 @@ TEST(CudaTraining, AGpuCheckpointResumesOnTheCpu) {
 TEST(CudaTraining, Bf16MixedPrecisionStaysWithinTwoPercentAndConverges) {
     SKIP_WITHOUT_GPU();
     const testkit::TempDir dir;
-    // Heads of 64: the bf16 attention kernels' size (linear attention without decay and Mamba-2's scalar
-    // gate take them in both directions; Gated DeltaNet's delta rule in its forward, its backward staying
-    // the fp32 scan), and every GEMM goes bf16.
+    // Heads of 64: the bf16 attention kernels' size (linear attention without decay, Mamba-2's scalar gate
+    // and Gated DeltaNet's delta rule take them in both directions), and every GEMM goes bf16.
     for (const std::string preset : {"linear_attention", "mamba2", "gated_deltanet"}) {
         SCOPED_TRACE(preset);
         const Spec spec = preset_at_test_size(preset, "model.head_dim=64");

@@ -68,7 +68,7 @@ __device__ __forceinline__ void load_rows(bf16* dst, int stride, const bf16* src
 
 // out[8·nt + 0, 1] += scale · (acc[nt][2·half], acc[nt][2·half + 1]) (+ extra[nt]) for one accumulator row
 // of a lane, out bf16. Every load is issued before any store: interleaved, each load waited for the
-// previous store (the compiler cannot tell the rows apart), ~200k cycles a block in the WY backward.
+// previous store (the compiler cannot tell the rows apart): 230k of ~280k cycles a block in the WY backward.
 template <int NT>
 __device__ __forceinline__ void add_row_into_bf16(bf16* out, const float (&acc)[NT][4], int half, float scale,
                                                   const float* extra = nullptr) {
@@ -87,10 +87,6 @@ __device__ __forceinline__ void add_row_into_bf16(bf16* out, const float (&acc)[
     }
 }
 
-__device__ __forceinline__ uint32_t scale_bf16x2(uint32_t x, float lo, float hi) {
-    const float2 f = unpack_bf16(x);
-    return pack_bf16(f.x * lo, f.y * hi);
-}
 
 struct BackwardParams {
     const bf16* q;
@@ -140,7 +136,7 @@ template <int DK> struct StateBackwardLayout {
 template <int DK>
 __global__ void __launch_bounds__(kThreads, 2) delta_rule_state_backward_kernel(const BackwardParams p) {
     using L = StateBackwardLayout<DK>;
-    constexpr int MT = DK / 64, NT = kValueTile / 8, KD = DK / 16;
+    constexpr int MT = DK / 64, NT = kValueTile / 8;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* qs = reinterpret_cast<bf16*>(smem + L::q_off);
     bf16* ks = reinterpret_cast<bf16*>(smem + L::k_off);
@@ -268,7 +264,6 @@ __global__ void __launch_bounds__(kThreads, 2) delta_rule_state_backward_kernel(
         }
         __syncthreads();  // every warp is done with this chunk's shared memory
     }
-    (void)KD;
     if (p.dinitial_state != nullptr) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
@@ -304,7 +299,7 @@ template <int DK, int DV> struct ChunkGradsLayout {
 template <int DK, int DV>
 __global__ void __launch_bounds__(kThreads) delta_rule_chunk_grads_kernel(const BackwardParams p) {
     using L = ChunkGradsLayout<DK, DV>;
-    constexpr int NK = DK / 8, NV = DV / 8;
+    constexpr int NK = DK / 8;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* qs = reinterpret_cast<bf16*>(smem + L::q_off);
     bf16* ks = reinterpret_cast<bf16*>(smem + L::k_off);
@@ -485,7 +480,6 @@ __global__ void __launch_bounds__(kThreads) delta_rule_chunk_grads_kernel(const 
         dgs[rows - 1] += __expf(g_last) * (red[0] + red[1] + red[2] + red[3]) + (red[4] + red[5] + red[6] + red[7]);
     __syncthreads();
     if (int(threadIdx.x) < rows) p.dg_part[token0 + size_t(threadIdx.x) * H] = dgs[threadIdx.x];
-    (void)NV;
 }
 
 // ---- step 4: through W = T diag(βγ) k, ũ = T diag(β) v and T = (I + A)⁻¹, chunk by chunk ----
@@ -508,8 +502,8 @@ template <int DK, int DV> struct WyBackwardLayout {
     static_assert(bytes <= 113 * 1024, "two blocks a multiprocessor");
 };
 
-// Two blocks a multiprocessor (≤ 113 KB of shared memory each): with one, each warp waited ~34 cycles per
-// instruction (4.6 ms at B=8 T=2048; dev/cuda/NOTES_delta_rule.md).
+// Two blocks a multiprocessor (≤ 113 KB of shared memory each, T from the forward rather than solved again):
+// the first version, one block a multiprocessor, waited ~34 cycles per instruction (dev/cuda/NOTES_delta_rule.md).
 template <int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 2) delta_rule_wy_backward_kernel(const BackwardParams p) {
     using L = WyBackwardLayout<DK, DV>;

@@ -1,7 +1,8 @@
 // CUDA chunkwise forward of causal linear attention and of the (gated) delta rule (see the header).
 // Variant 3 of dev/cuda/linear_attention_chunkwise.cu: one fused kernel; a block owns one (batch row,
-// head, slice of kValueTile value columns) and walks the sequence's chunks of 64 tokens in order, keeping
-// its Dk × kValueTile slice of the state in fp32 registers, so no per-chunk state reaches device memory.
+// head, slice of BV value columns: 64, or 32 or 16 for few sequences) and walks the sequence's chunks of
+// 64 tokens in order, keeping its Dk × BV slice of the state in fp32 registers, so no per-chunk state
+// reaches device memory.
 // Per chunk, warp w (4 warps) takes query rows 16w .. 16w+15:
 //     A = q kᵀ (causal tiles only), masked and decayed by exp(G_i − G_j) in registers (exponent ≤ 0:
 //         mixers.md §13), then reused as the A operand of P·v (FlashAttention-2's register trick);
@@ -52,9 +53,9 @@ struct Params {
 // One stage holds a chunk's q, k, [W,] v and gates; rows are padded by 16 bytes so that ldmatrix's eight
 // row addresses fall in different banks. STAGES of them (2: the next chunk loads during this one), then
 // the bf16 copy of the state slice.
-template <int DK, bool DELTA> struct StageLayout {
+template <int DK, bool DELTA, int BV> struct StageLayout {
     static constexpr int qk_stride = DK + 8;  // elements
-    static constexpr int v_stride = kValueTile + 8;
+    static constexpr int v_stride = BV + 8;
     static constexpr int q_off = 0;
     static constexpr int k_off = q_off + kChunk * qk_stride * 2;
     static constexpr int w_off = k_off + kChunk * qk_stride * 2;
@@ -63,23 +64,23 @@ template <int DK, bool DELTA> struct StageLayout {
     static constexpr int stage_bytes = g_off + kChunk * 4;
     static_assert(stage_bytes % 16 == 0 && k_off % 16 == 0 && v_off % 16 == 0 && g_off % 16 == 0);
 };
-template <int DK, bool DELTA, int STAGES> struct Layout : StageLayout<DK, DELTA> {
-    static constexpr int s_off = STAGES * StageLayout<DK, DELTA>::stage_bytes;
-    static constexpr int bytes = s_off + DK * StageLayout<DK, DELTA>::v_stride * 2;
+template <int DK, bool DELTA, int STAGES, int BV> struct Layout : StageLayout<DK, DELTA, BV> {
+    static constexpr int s_off = STAGES * StageLayout<DK, DELTA, BV>::stage_bytes;
+    static constexpr int bytes = s_off + DK * StageLayout<DK, DELTA, BV>::v_stride * 2;
 };
 
 
 // Starts copying one chunk of q, k, (W,) v (columns v_col ..) and the gates into a stage; rows past the
 // sequence end are zero-filled, and their gates 0, so the chunk's total decay is its last token's.
-template <int DK, bool DELTA>
+template <int DK, bool DELTA, int BV>
 __device__ __forceinline__ void load_chunk(unsigned char* stage, const Params& p, int b, int h, int v_col, int t0) {
-    using L = StageLayout<DK, DELTA>;
+    using L = StageLayout<DK, DELTA, BV>;
     bf16* qs = reinterpret_cast<bf16*>(stage + L::q_off);
     bf16* ks = reinterpret_cast<bf16*>(stage + L::k_off);
     bf16* ws = reinterpret_cast<bf16*>(stage + L::w_off);
     bf16* vs = reinterpret_cast<bf16*>(stage + L::v_off);
     const int T = p.seq_len, H = p.heads, DV = p.value_dim;
-    constexpr int qk_vecs = DK / 8, v_vecs = kValueTile / 8;
+    constexpr int qk_vecs = DK / 8, v_vecs = BV / 8;
     for (int idx = threadIdx.x; idx < kChunk * qk_vecs; idx += kThreads) {
         const int r = idx / qk_vecs, c = (idx % qk_vecs) * 8, t = t0 + r;
         const bool valid = t < T;
@@ -102,16 +103,10 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, const Params& p
     }
 }
 
-// Scales the two bf16 of x by lo and hi.
-__device__ __forceinline__ uint32_t scale_bf16x2(uint32_t x, float lo, float hi) {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
-    return pack_bf16(f.x * lo, f.y * hi);
-}
 
-template <int DK, bool GATED, bool DELTA, int STAGES>
+template <int DK, bool GATED, bool DELTA, int STAGES, int BV>
 __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forward_kernel(const Params p) {
-    constexpr int BV = kValueTile;
-    using L = Layout<DK, DELTA, STAGES>;
+    using L = Layout<DK, DELTA, STAGES, BV>;
     constexpr int MT = DK / 64;
     constexpr int NT = BV / 8;
     constexpr int KD = DK / 16;
@@ -152,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
     write_state_bf16();
 
     const int num_chunks = (T + kChunk - 1) / kChunk;
-    load_chunk<DK, DELTA>(smem, p, b, h, v_col, 0);
+    load_chunk<DK, DELTA, BV>(smem, p, b, h, v_col, 0);
     cp_async_commit();
     for (int n = 0; n < num_chunks; ++n) {
         cp_async_wait_all();
@@ -171,7 +166,7 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
                     }
         }
         if (STAGES == 2 && n + 1 < num_chunks)
-            load_chunk<DK, DELTA>(smem + ((n + 1) & 1) * L::stage_bytes, p, b, h, v_col, (n + 1) * kChunk);
+            load_chunk<DK, DELTA, BV>(smem + ((n + 1) & 1) * L::stage_bytes, p, b, h, v_col, (n + 1) * kChunk);
         cp_async_commit();
         unsigned char* stage = smem + (STAGES == 2 ? (n & 1) : 0) * L::stage_bytes;
         const bf16* qs = reinterpret_cast<const bf16*>(stage + L::q_off);
@@ -371,7 +366,7 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
         __syncthreads();  // every warp is done reading the state copy (and, with one stage, the chunk)
         write_state_bf16();
         if (STAGES == 1 && n + 1 < num_chunks) {
-            load_chunk<DK, DELTA>(smem, p, b, h, v_col, (n + 1) * kChunk);
+            load_chunk<DK, DELTA, BV>(smem, p, b, h, v_col, (n + 1) * kChunk);
             cp_async_commit();
         }
     }
@@ -389,19 +384,19 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
     }
 }
 
-template <int DK, bool GATED, bool DELTA, int STAGES = 2> void launch(const Params& p, int batch) {
-    auto* kernel = linear_attention_chunkwise_forward_kernel<DK, GATED, DELTA, STAGES>;
-    constexpr int bytes = Layout<DK, DELTA, STAGES>::bytes;
+template <int DK, bool GATED, bool DELTA, int STAGES = 2, int BV = kValueTile> void launch(const Params& p, int batch) {
+    auto* kernel = linear_attention_chunkwise_forward_kernel<DK, GATED, DELTA, STAGES, BV>;
+    constexpr int bytes = Layout<DK, DELTA, STAGES, BV>::bytes;
     // Over 48 KB of dynamic shared memory needs the opt-in (per device; cheap to repeat).
     cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (status == cudaSuccess) {
-        const dim3 grid(unsigned(p.value_dim / kValueTile), unsigned(p.heads), unsigned(batch));
+        const dim3 grid(unsigned(p.value_dim / BV), unsigned(p.heads), unsigned(batch));
         kernel<<<grid, kThreads, bytes, cudaStreamPerThread>>>(p);
         status = cudaGetLastError();
     }
     if (status != cudaSuccess)
-        fail("CUDA kernel linear_attention_chunkwise_forward_kernel<Dk={}, gated={}, delta={}, stages={}> failed to "
-             "launch: {}", DK, GATED, DELTA, STAGES, cudaGetErrorString(status));
+        fail("CUDA kernel linear_attention_chunkwise_forward_kernel<Dk={}, gated={}, delta={}, stages={}, value tile={}> "
+             "failed to launch: {}", DK, GATED, DELTA, STAGES, BV, cudaGetErrorString(status));
 }
 
 int multiprocessor_count() {
@@ -414,14 +409,22 @@ int multiprocessor_count() {
     return count;
 }
 
-// The delta rule's walk keeps its stage count by the grid: with a block for every multiprocessor or more,
-// one stage (80 KB for Dk 128, so two blocks share a multiprocessor and hide each other's loads: 0.24 ms
-// against 0.29 ms with two stages at B=8 T=2048); with fewer, two stages and the prefetch (2.19 ms
-// against 2.56 at B=1 T=32768). dev/cuda/NOTES_delta_rule.md.
-template <int DK, bool GATED> void launch_delta(const Params& p, int batch) {
-    const int64_t blocks = int64_t(p.value_dim / kValueTile) * p.heads * batch;
-    if (blocks >= multiprocessor_count()) launch<DK, GATED, true, 1>(p, batch);
-    else launch<DK, GATED, true, 2>(p, batch);
+// The walk's shape by the grid (dev/cuda/NOTES_delta_rule.md). With a block of 64 value columns for every
+// multiprocessor or more: 64 columns, and for the delta rule one stage (80 KB for Dk 128, so two blocks
+// share a multiprocessor and hide each other's loads: 0.24 ms against 0.29 ms with two stages at B=8
+// T=2048). With fewer (a few long sequences): two stages, and value tiles of 32 or 16 columns for more
+// blocks, each redoing its chunks' q kᵀ.
+template <int DK, bool GATED, bool DELTA> void launch_walk(const Params& p, int batch) {
+    const int64_t sequence_heads = int64_t(p.heads) * batch;
+    const int multiprocessors = multiprocessor_count();
+    if (sequence_heads * (p.value_dim / 64) >= multiprocessors) {
+        if constexpr (DELTA) launch<DK, GATED, DELTA, 1, 64>(p, batch);
+        else launch<DK, GATED, DELTA, 2, 64>(p, batch);
+    } else if (sequence_heads * (p.value_dim / 32) >= multiprocessors) {
+        launch<DK, GATED, DELTA, 2, 32>(p, batch);
+    } else {
+        launch<DK, GATED, DELTA, 2, 16>(p, batch);
+    }
 }
 
 // ---- the delta rule's chunk-local solve ----
@@ -507,7 +510,7 @@ __device__ __forceinline__ void store_lower_product(bf16* dst, int width, int co
 //   2. T = (I + A)⁻¹ in fp32 by forward substitution, a column per thread (threads 0..63; column c is zero
 //      above row c, so the 16-row blocks above c's are skipped), kept as bf16 T diag(β exp(G)) and T diag(β);
 //   3. W = T diag(β exp(G)) k and ũ = T diag(β) v on the tensor cores, 64 value columns at a time.
-// (v1 solved every column of W and ũ by substitution, each thread reading all of A: 4× slower;
+// (v1 solved every column of W and ũ by substitution, each thread reading all of A: 2× slower;
 // dev/cuda/delta_rule_chunkwise.cu.) Rows past the sequence end have k = v = β = 0 and are not written.
 template <int DK>
 __global__ void __launch_bounds__(kThreads) delta_rule_wy_kernel(const WyParams p) {
@@ -664,8 +667,8 @@ void linear_attention_chunkwise_forward(const LinearAttentionForward& a) {
                    int(a.seq_len), int(a.heads), int(a.value_dim), float(a.scale)};
     const bool gated = a.log_gate != nullptr;
     const int batch = int(a.batch);
-    if (a.key_dim == 64) gated ? launch<64, true, false>(p, batch) : launch<64, false, false>(p, batch);
-    else gated ? launch<128, true, false>(p, batch) : launch<128, false, false>(p, batch);
+    if (a.key_dim == 64) gated ? launch_walk<64, true, false>(p, batch) : launch_walk<64, false, false>(p, batch);
+    else gated ? launch_walk<128, true, false>(p, batch) : launch_walk<128, false, false>(p, batch);
 }
 
 void delta_rule_chunkwise_forward(const DeltaRuleForward& a) {
@@ -684,10 +687,10 @@ void delta_rule_chunkwise_forward(const DeltaRuleForward& a) {
     const int batch = int(a.batch);
     if (a.key_dim == 64) {
         launch_wy<64>(wy, batch);
-        gated ? launch_delta<64, true>(p, batch) : launch_delta<64, false>(p, batch);
+        gated ? launch_walk<64, true, true>(p, batch) : launch_walk<64, false, true>(p, batch);
     } else {
         launch_wy<128>(wy, batch);
-        gated ? launch_delta<128, true>(p, batch) : launch_delta<128, false>(p, batch);
+        gated ? launch_walk<128, true, true>(p, batch) : launch_walk<128, false, true>(p, batch);
     }
 }
 

@@ -76,10 +76,6 @@ template <int KD> struct ScanLayout {
     static_assert(stage_bytes % 16 == 0 && k_off % 16 == 0 && v_off % 16 == 0 && g_off % 16 == 0);
 };
 
-__device__ __forceinline__ uint32_t scale_bf16x2(uint32_t x, float lo, float hi) {
-    const float2 f = unpack_bf16(x);
-    return pack_bf16(f.x * lo, f.y * hi);
-}
 
 // Starts copying chunk rows t0 .. t0+63 into a stage; rows past the sequence end are zero, their gates
 // 0, so a partial chunk's total decay is its last token's.

@@ -97,7 +97,7 @@ void feature_map_backward(float* dx, const float* dout, const float* x, int64_t 
 
 namespace {
 // A warp per row: its lanes read the row together (a thread per row read 32 rows' worth of cache lines a
-// step: 1.8 ms for one backward at 196k rows of 64, 0.1 ms now).
+// step: the backward's four calls in a 2-layer Gated DeltaNet step took 7.2 ms, 0.33 ms now; bench/NOTES.md).
 __device__ float warp_sum(float x) {
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
@@ -273,14 +273,14 @@ namespace {
 constexpr int kConvRowsPerBlock = 256;  // tokens a block of the weight gradient's first pass sums
 constexpr int kMaxConvTaps = 8;         // ops::short_conv_* refuse more
 
-// First pass of dweight: block (channel tile, token block) sums dpre[row, c] · x[row − K + 1 + j, c] over its
+// First pass of dweight: block (token block, channel tile) sums dpre[row, c] · x[row − K + 1 + j, c] over its
 // tokens for every tap j, a thread per channel (reads coalesced over c), into partial[block][c][j].
 __global__ void short_conv_dweight_partial_kernel(float* partial, const float* dpre, const float* x, int64_t rows,
                                                   int64_t T, int64_t C, int64_t K) {
-    const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
     if (c >= C) return;
     float acc[kMaxConvTaps] = {};
-    const int64_t first = int64_t(blockIdx.y) * kConvRowsPerBlock, last = min(rows, first + kConvRowsPerBlock);
+    const int64_t first = int64_t(blockIdx.x) * kConvRowsPerBlock, last = min(rows, first + kConvRowsPerBlock);
     for (int64_t row = first; row < last; ++row) {
         const int64_t t = row % T;
         const float d = dpre[row * C + c];
@@ -288,7 +288,7 @@ __global__ void short_conv_dweight_partial_kernel(float* partial, const float* d
         for (int j = 0; j < kMaxConvTaps; ++j)
             if (j < K && t >= K - 1 - j) acc[j] += d * x[(row - K + 1 + j) * C + c];
     }
-    float* out = partial + (int64_t(blockIdx.y) * C + c) * K;
+    float* out = partial + (int64_t(blockIdx.x) * C + c) * K;
 #pragma unroll
     for (int j = 0; j < kMaxConvTaps; ++j)
         if (j < K) out[j] = acc[j];
@@ -320,10 +320,10 @@ void short_conv_backward(float* dx, float* dweight, const float* dout, const flo
     });
     // dweight[c,j] += Σ_{b,t} dpre[b,t,c] · x[b, t−K+1+j, c]: token blocks, then their partials in a fixed order.
     const int64_t blocks = (rows + kConvRowsPerBlock - 1) / kConvRowsPerBlock;
-    LINARCH_CHECK(blocks <= 65535, "short_conv_backward (CUDA): {} tokens exceed the grid", rows);
+    LINARCH_CHECK(C <= int64_t(65535) * kThreads, "short_conv_backward (CUDA): {} channels exceed the grid", C);
     DeviceBuffer partial(size_t(blocks * C * K) * sizeof(float));
     float* partials = partial.as<float>();
-    short_conv_dweight_partial_kernel<<<dim3(blocks_for(C), unsigned(blocks)), kThreads, 0, cudaStreamPerThread>>>(
+    short_conv_dweight_partial_kernel<<<dim3(unsigned(blocks), blocks_for(C)), kThreads, 0, cudaStreamPerThread>>>(
         partials, dpre, x, rows, T, C, K);
     check_launch("short_conv_backward (dweight partials)");
     for_each("short_conv_backward (dweight)", C * K, [=] __device__(int64_t i) {

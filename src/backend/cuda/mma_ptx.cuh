@@ -44,5 +44,10 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 __device__ __forceinline__ float2 unpack_bf16(uint32_t x) {
     return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
 }
+// Scales the two bf16 of x by lo and hi.
+__device__ __forceinline__ uint32_t scale_bf16x2(uint32_t x, float lo, float hi) {
+    const float2 f = unpack_bf16(x);
+    return pack_bf16(f.x * lo, f.y * hi);
+}
 
 }  // namespace linarch::cuda
