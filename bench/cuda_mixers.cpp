@@ -98,10 +98,8 @@ struct Problem {
         dbeta = Tensor::zeros(tokens, DType::f32, Device::cuda);
         scalar_gate = gpu_uniform(tokens, 6, -0.2, -0.001);
         dscalar_gate = Tensor::zeros(tokens, DType::f32, Device::cuda);
-        if (dtype == DType::f32) {
-            vector_gate = gpu_uniform(qk, 7, -0.1, -0.001);
-            dvector_gate = Tensor::zeros(qk, DType::f32, Device::cuda);
-        }
+        vector_gate = gpu_uniform(qk, 7, -0.1, -0.001);
+        dvector_gate = Tensor::zeros(qk, DType::f32, Device::cuda);
     }
 };
 
@@ -191,6 +189,19 @@ int main(int argc, char** argv) {
         rows.push_back({"delta rule (no gate): forward (bf16 kernels)", shape,
                         median_ms(repeats, [&] { ops::delta_rule_chunkwise_forward(p16.o, nullptr, p16.q, p16.k, p16.v, p16.beta, nullptr, plain); }),
                         std::nullopt, io_bf16});
+        ops::LinearAttentionArgs gla16;
+        gla16.scale = scale;
+        gla16.log_gate = p16.vector_gate;
+        const double io_gate = tokens * s.D * 4;  // the fp32 gate read
+        rows.push_back({"GLA (vector gate): forward (bf16 kernels)", shape,
+                        median_ms(repeats, [&] { ops::linear_attention_chunkwise_forward(p16.o, nullptr, p16.q, p16.k, p16.v, nullptr, gla16); }),
+                        s.T > 8192 ? std::nullopt : anchor(0.826), io_bf16 + io_gate});
+        rows.push_back({"GLA (vector gate): forward + backward (bf16 kernels)", shape, median_ms(repeats, [&] {
+                            ops::linear_attention_chunkwise_forward(p16.o, nullptr, p16.q, p16.k, p16.v, nullptr, gla16);
+                            ops::linear_attention_chunkwise_backward(p16.dq, p16.dk, p16.dv, nullptr, p16.dout, nullptr,
+                                                                     p16.q, p16.k, p16.v, nullptr, gla16, &p16.dvector_gate);
+                        }),
+                        s.T > 8192 ? std::nullopt : anchor(3.492), (io_bf16 + io_gate) * 2});
         if (s.T > 8192) return;
         // The exact fp32 scan: what f32 tensors take (fp32 training mode), for every member.
         Problem p32(s, DType::f32);
@@ -210,7 +221,7 @@ int main(int argc, char** argv) {
                             ops::linear_attention_chunkwise_backward(p32.dq, p32.dk, p32.dv, nullptr, p32.dout, nullptr,
                                                                      p32.q, p32.k, p32.v, nullptr, gla, &p32.dvector_gate);
                         }),
-                        anchor(3.492), io_bf16 * 4});
+                        std::nullopt, io_bf16 * 4});
     };
     const bool anchors_apply = heads == 16 && head_dim == 128;
     measure({batch, seq_len, heads, head_dim}, anchors_apply && batch == 8 && seq_len == 2048);

@@ -1,9 +1,9 @@
 // Linear attention and short conv ops: check every tensor (device, dtype, contiguity, shape) and the
 // decay and sequence arguments, then dispatch to the backend: the CPU one; for f32 CUDA tensors the
 // exact fp32 recurrent scan, every form and decay (ops/cuda_recurrent_scan.hpp); for bf16 CUDA tensors
-// the tensor-core chunkwise forward and backward without decay or with a scalar gate
-// (backend/cuda/linear_attention_chunkwise.hpp), which f32 tensors take too under mixed precision
-// (ops/precision.hpp) through bf16 copies.
+// the tensor-core chunkwise forward and backward without decay, with a scalar gate or with a gate per key
+// dimension (GLA) (backend/cuda/linear_attention_chunkwise.hpp), which f32 tensors take too under mixed
+// precision (ops/precision.hpp) through bf16 copies.
 #include "ops/linear_attention.hpp"
 
 #include <string>
@@ -130,12 +130,13 @@ CudaScanInputs scan_inputs(const Tensor& q, const Tensor& k, const Tensor& v, co
 // The shapes the CUDA forward and backward agree on, from q [B,T,H,Dk] and v [B,T,H,Dv].
 struct CudaShapes {
     int64_t B = 0, T = 0, H = 0, Dk = 0, Dv = 0;
-    const float* log_gate = nullptr;  // [B,T,H] or null
+    const float* log_gate = nullptr;  // [B,T,H], [B,T,H,Dk] (vector_gate) or null
+    bool vector_gate = false;
     Shape state_shape() const { return {B, H, Dk, Dv}; }
 };
 
 // The checks both CUDA directions share: q, k, v bf16 on the GPU; no packed sequences or fixed decay
-// (not implemented there yet); a scalar fp32 gate at most; an fp32 initial state.
+// (not implemented there yet); an fp32 gate, scalar or per key dimension; an fp32 initial state.
 CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor* initial_state, const LinearAttentionArgs& args) {
     LINARCH_CHECK(q.dtype() == DType::bf16, "{}: q: the CUDA kernels take bf16 q, k, v and their gradients, got {}",
@@ -155,11 +156,15 @@ CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Te
     LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", op);
     LINARCH_CHECK(!args.log_decay.defined(), "{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", op);
     if (args.log_gate.defined()) {
-        LINARCH_CHECK(args.log_gate.dim() == 3,
-                      "{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no bf16 CUDA kernel yet, got shape {}",
-                      op, shape_string(args.log_gate.shape()));
-        check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {d.B, d.T, d.H});
-        d.log_gate = args.log_gate.data<float>();
+        const Tensor& g = args.log_gate;
+        d.vector_gate = g.dim() == 4;
+        check_cuda_operand(op, "log_gate", g, DType::f32,
+                           d.vector_gate ? Shape{d.B, d.T, d.H, d.Dk} : Shape{d.B, d.T, d.H});
+        d.log_gate = g.data<float>();
+        if (d.vector_gate)
+            LINARCH_CHECK(cuda::gla_chunkwise_supports(d.Dk, d.Dv),
+                          "{}: the CUDA kernels for a gate per key dimension are built for Dk and Dv of 64 or 128, "
+                          "got Dk={}, Dv={}", op, d.Dk, d.Dv);
     }
     if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, d.state_shape());
     return d;
@@ -179,6 +184,14 @@ void linear_attention_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, con
                   "{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk={}, Dv={}", op, d.Dk,
                   d.Dv);
     if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, d.state_shape());
+    if (d.vector_gate) {
+        Tensor scratch = Tensor::empty({int64_t(cuda::gla_chunkwise_forward_scratch_bytes(d.B, d.T, d.H, d.Dk) / 4)},
+                                       DType::f32, Device::cuda);
+        return cuda::gla_chunkwise_forward({q.raw_data(), k.raw_data(), v.raw_data(), d.log_gate,
+                                            data_or_null<float>(initial_state), o.raw_data(),
+                                            data_or_null<float>(final_state), scratch.raw_data(), d.B, d.T, d.H, d.Dk,
+                                            d.Dv, args.scale});
+    }
     cuda::linear_attention_chunkwise_forward({q.raw_data(), k.raw_data(), v.raw_data(), d.log_gate,
                                               data_or_null<float>(initial_state), o.raw_data(),
                                               data_or_null<float>(final_state), d.B, d.T, d.H, d.Dk, d.Dv,
@@ -205,10 +218,21 @@ void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv
     if (present(dfinal_state)) check_cuda_operand(op, "dfinal_state", *dfinal_state, DType::f32, d.state_shape());
     if (present(dinitial_state))
         check_cuda_operand(op, "dinitial_state", *dinitial_state, DType::f32, d.state_shape());
-    Tensor gate_scratch;
     if (present(dlog_gate)) {
         LINARCH_CHECK(log_gate != nullptr, "{}: dlog_gate: given, but args.log_gate is not defined", op);
-        check_cuda_operand(op, "dlog_gate", *dlog_gate, DType::f32, {B, T, H});
+        check_cuda_operand(op, "dlog_gate", *dlog_gate, DType::f32, args.log_gate.shape());
+    }
+    if (d.vector_gate) {
+        Tensor scratch = Tensor::empty(
+            {int64_t(cuda::gla_chunkwise_backward_scratch_bytes(B, T, H, Dk, Dv) / 4)}, DType::f32, Device::cuda);
+        return cuda::gla_chunkwise_backward({q.raw_data(), k.raw_data(), v.raw_data(), dout.raw_data(), log_gate,
+                                             data_or_null<float>(initial_state), data_or_null<float>(dfinal_state),
+                                             dq.raw_data(), dk.raw_data(), dv.raw_data(),
+                                             data_or_null<float>(dlog_gate), data_or_null<float>(dinitial_state),
+                                             scratch.raw_data(), B, T, H, Dk, Dv, args.scale});
+    }
+    Tensor gate_scratch;
+    if (present(dlog_gate)) {
         gate_scratch = Tensor::empty(
             {int64_t(cuda::linear_attention_chunkwise_backward_scratch_floats(B, T, H, Dk))}, DType::f32, Device::cuda);
     }
@@ -225,10 +249,9 @@ void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv
 bool bf16_kernels_take(const Tensor& q, const Tensor& v, const LinearAttentionArgs& args) {
     if (compute_precision() != Precision::bf16 || q.dim() != 4 || v.dim() != 4) return false;
     const int64_t Dk = q.size(3), Dv = v.size(3);
-    return args.cu_seqlens.empty() && !args.log_decay.defined() &&
-           (!args.log_gate.defined() || args.log_gate.dim() == 3) && args.scale != 0 &&
-           cuda::linear_attention_chunkwise_supports(Dk, Dv) &&
-           cuda::linear_attention_chunkwise_backward_supports(Dk, Dv);
+    if (!args.cu_seqlens.empty() || args.log_decay.defined() || args.scale == 0) return false;
+    if (args.log_gate.defined() && args.log_gate.dim() == 4) return cuda::gla_chunkwise_supports(Dk, Dv);
+    return cuda::linear_attention_chunkwise_supports(Dk, Dv) && cuda::linear_attention_chunkwise_backward_supports(Dk, Dv);
 }
 
 void linear_attention_mixed_forward(Tensor& o, Tensor* final_state, const Tensor& q, const Tensor& k,

@@ -1,51 +1,22 @@
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
-#include <functional>
-#include <random>
 
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.hpp"
 #include "core/safetensors.hpp"
+#include "support/process.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::TempDir;
+using testkit::error_of;
+using testkit::expect_contains;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory under the system temp dir, removed with everything in it.
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        std::random_device device;
-        do {
-            path = fs::temp_directory_path() / fmt::format("linarch-test-st-{}-{:08x}", ::getpid(), device());
-        } while (!fs::create_directory(path));
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        fs::remove_all(path, ignored);
-    }
-};
-
-std::string error_of(const std::function<void()>& action) {
-    try {
-        action();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    ADD_FAILURE() << "expected an Error";
-    return "";
-}
-
-void expect_contains(const std::string& message, std::initializer_list<std::string> parts) {
-    for (const std::string& part : parts)
-        EXPECT_NE(message.find(part), std::string::npos) << "message: " << message << "\nlacks: " << part;
-}
 
 std::string raw_bytes(const Tensor& t) {
     const Tensor c = t.contiguous();
@@ -84,7 +55,7 @@ TEST(SafetensorsRoundTrip, EveryDtypeAndShapeWithMetadata) {
                                testkit::random_normal(shape, dtype, stream++)});
     const std::map<std::string, std::string> metadata = {
         {"format", "linarch"}, {"spec", "[model]\nd_model = 64\n"}, {"empty", ""}, {"ünï \"q\"", "\\"}};
-    const fs::path path = dir.path / "model.safetensors";
+    const fs::path path = dir.path() / "model.safetensors";
     save_safetensors(path, tensors, metadata);
 
     const SafetensorsFile file = load_safetensors(path);
@@ -112,7 +83,7 @@ TEST(SafetensorsRoundTrip, NonContiguousTensorsAndEmptyFiles) {
     const std::vector<NamedTensor> views = {{"transposed", base.transpose(0, 2)},
                                             {"narrowed", base.narrow(1, 2, 3)},
                                             {"selected", base.select(2, 4)}};
-    const fs::path path = dir.path / "views.safetensors";
+    const fs::path path = dir.path() / "views.safetensors";
     save_safetensors(path, views);
     const SafetensorsFile file = load_safetensors(path);
     EXPECT_TRUE(file.metadata.empty());
@@ -121,8 +92,8 @@ TEST(SafetensorsRoundTrip, NonContiguousTensorsAndEmptyFiles) {
         EXPECT_EQ(file.at(view.name).to_vector(), view.tensor.to_vector()) << view.name;
     }
 
-    save_safetensors(dir.path / "empty.safetensors", {});
-    const SafetensorsFile empty = load_safetensors(dir.path / "empty.safetensors");
+    save_safetensors(dir.path() / "empty.safetensors", {});
+    const SafetensorsFile empty = load_safetensors(dir.path() / "empty.safetensors");
     EXPECT_TRUE(empty.tensors.empty());
     EXPECT_TRUE(empty.metadata.empty());
 }
@@ -136,7 +107,7 @@ TEST(SafetensorsFormat, HeaderLayoutFollowsTheSpec) {
         {"b.fourth", testkit::random_normal({2, 0}, DType::f16, 53)},
         {"c.fifth", testkit::random_normal({3}, DType::f16, 54)},
     };
-    const fs::path path = dir.path / "layout.safetensors";
+    const fs::path path = dir.path() / "layout.safetensors";
     save_safetensors(path, tensors, {{"step", "12"}});
     const std::string bytes = read_file(path);
 
@@ -177,7 +148,7 @@ TEST(SafetensorsFormat, HeaderLayoutFollowsTheSpec) {
 
 TEST(SafetensorsCorruption, ShortFilesAndBadHeadersNameTheFile) {
     TempDir dir;
-    const fs::path path = dir.path / "bad.safetensors";
+    const fs::path path = dir.path() / "bad.safetensors";
     const std::string file = path.string();
     auto load_error = [&] { return error_of([&] { load_safetensors(path); }); };
 
@@ -196,13 +167,13 @@ TEST(SafetensorsCorruption, ShortFilesAndBadHeadersNameTheFile) {
     write_raw(path, R"({"__metadata__": {"k": 3}})", "");
     expect_contains(load_error(), {file, "__metadata__", "\"k\"", "expected a string"});
 
-    expect_contains(error_of([&] { load_safetensors(dir.path / "missing.safetensors"); }),
-                    {(dir.path / "missing.safetensors").string(), "No such file or directory"});
+    expect_contains(error_of([&] { load_safetensors(dir.path() / "missing.safetensors"); }),
+                    {(dir.path() / "missing.safetensors").string(), "No such file or directory"});
 }
 
 TEST(SafetensorsCorruption, BadTensorEntriesNameFileAndTensor) {
     TempDir dir;
-    const fs::path path = dir.path / "bad.safetensors";
+    const fs::path path = dir.path() / "bad.safetensors";
     const std::string file = path.string();
     const std::string eight_bytes(8, '\x01');
     struct Case {
@@ -247,7 +218,7 @@ TEST(SafetensorsCorruption, BadTensorEntriesNameFileAndTensor) {
 
 TEST(SafetensorsCorruption, TruncatedFileNamesTheTensorWhoseDataIsMissing) {
     TempDir dir;
-    const fs::path path = dir.path / "cut.safetensors";
+    const fs::path path = dir.path() / "cut.safetensors";
     save_safetensors(path, {{"first", testkit::random_normal({4}, DType::f32, 60)},
                             {"second", testkit::random_normal({3}, DType::f64, 61)}});
     const uint64_t full = fs::file_size(path);
@@ -259,7 +230,7 @@ TEST(SafetensorsCorruption, TruncatedFileNamesTheTensorWhoseDataIsMissing) {
 
 TEST(SafetensorsAtomic, FailedSavesLeaveTheTargetAndNoTemporaryFiles) {
     TempDir dir;
-    const fs::path path = dir.path / "ckpt.safetensors";
+    const fs::path path = dir.path() / "ckpt.safetensors";
     const Tensor a = testkit::random_normal({3, 4}, DType::f32, 70);
     const Tensor b = testkit::random_normal({5}, DType::bf16, 71);
     save_safetensors(path, {{"a", a}});
@@ -274,11 +245,11 @@ TEST(SafetensorsAtomic, FailedSavesLeaveTheTargetAndNoTemporaryFiles) {
     EXPECT_EQ(read_file(path), before);
 
     // A write into a missing directory fails and creates nothing.
-    const fs::path missing = dir.path / "missing" / "ckpt.safetensors";
+    const fs::path missing = dir.path() / "missing" / "ckpt.safetensors";
     expect_contains(error_of([&] { save_safetensors(missing, {{"a", a}}); }),
                     {missing.string(), "No such file or directory"});
-    EXPECT_FALSE(fs::exists(dir.path / "missing"));
-    EXPECT_TRUE(temp_files_in(dir.path).empty());
+    EXPECT_FALSE(fs::exists(dir.path() / "missing"));
+    EXPECT_TRUE(temp_files_in(dir.path()).empty());
 
     // A successful save replaces the old content.
     save_safetensors(path, {{"b", b}}, {{"step", "2"}});
@@ -287,5 +258,5 @@ TEST(SafetensorsAtomic, FailedSavesLeaveTheTargetAndNoTemporaryFiles) {
     EXPECT_EQ(file.tensors[0].name, "b");
     EXPECT_EQ(raw_bytes(file.tensors[0].tensor), raw_bytes(b));
     EXPECT_EQ(file.metadata.at("step"), "2");
-    EXPECT_TRUE(temp_files_in(dir.path).empty());
+    EXPECT_TRUE(temp_files_in(dir.path()).empty());
 }

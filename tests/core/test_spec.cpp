@@ -1,52 +1,22 @@
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <functional>
-#include <random>
 
 #include "core/atomic_file.hpp"
 #include "core/rng.hpp"
 #include "core/spec.hpp"
+#include "support/process.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::TempDir;
+using testkit::error_of;
+using testkit::expect_contains;
 
 namespace {
-
-// A fresh directory under the system temp dir, removed with everything in it.
-struct SpecTempDir {
-    std::filesystem::path path;
-    SpecTempDir() {
-        std::random_device device;
-        do {
-            path = std::filesystem::temp_directory_path() /
-                   fmt::format("linarch-test-spec-{}-{:08x}", ::getpid(), device());
-        } while (!std::filesystem::create_directory(path));
-    }
-    ~SpecTempDir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path, ignored);
-    }
-};
-
-// The message of the Error `action` throws (a test failure when it throws nothing).
-std::string error_of(const std::function<void()>& action) {
-    try {
-        action();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    ADD_FAILURE() << "expected an Error";
-    return "";
-}
-
-void expect_contains(const std::string& message, std::initializer_list<std::string> parts) {
-    for (const std::string& part : parts)
-        EXPECT_NE(message.find(part), std::string::npos) << "message: " << message << "\nlacks: " << part;
-}
 
 std::string parse_error(const std::string& text, const std::vector<std::string>& overrides = {}) {
     return error_of([&] { parse_spec(text, "configs/demo.toml", overrides); });
@@ -164,8 +134,8 @@ TEST(SpecDefaults, EmptyFileAndEmptyTablesGiveTheStructDefaults) {
 }
 
 TEST(SpecFile, FullFileLoadsAndRoundTrips) {
-    SpecTempDir dir;
-    const auto path = dir.path / "full.toml";
+    TempDir dir;
+    const auto path = dir.path() / "full.toml";
     write_file_atomic(path, kFullFile);
     const Spec spec = load_spec(path.string());
     EXPECT_TRUE(spec == full_spec()) << spec_to_toml(spec);
@@ -181,8 +151,8 @@ TEST(SpecFile, FullFileLoadsAndRoundTrips) {
 }
 
 TEST(SpecFile, MissingFileIsAnErrorNamingIt) {
-    SpecTempDir dir;
-    const std::string path = (dir.path / "x.toml").string();
+    TempDir dir;
+    const std::string path = (dir.path() / "x.toml").string();
     expect_contains(error_of([&] { load_spec(path); }),
                     {"cannot open spec file \"" + path + "\": No such file or directory"});
 }
@@ -304,9 +274,9 @@ TEST(SpecOverrides, ValidOverridesApplyOnTopOfTheFile) {
     // A bare word is a string.
     EXPECT_EQ(parse_spec("", "x.toml", {"model.mixer.decay=fixed"}).model.mixer.decay, "fixed");
 
-    SpecTempDir dir;
-    write_file_atomic(dir.path / "s.toml", text);
-    EXPECT_EQ(load_spec((dir.path / "s.toml").string(), {"optim.lr=2e-3"}).optim.lr, 2e-3);
+    TempDir dir;
+    write_file_atomic(dir.path() / "s.toml", text);
+    EXPECT_EQ(load_spec((dir.path() / "s.toml").string(), {"optim.lr=2e-3"}).optim.lr, 2e-3);
 }
 
 TEST(SpecOverrides, BadValuesNameTheOverride) {

@@ -26,15 +26,6 @@ namespace {
 const std::string kCli = LINARCH_CLI;
 constexpr int32_t kEos = 257;  // the byte tokenizer's
 
-void expect_error(const std::function<void()>& body, const std::vector<std::string>& fragments) {
-    try {
-        body();
-        ADD_FAILURE() << "expected an Error";
-    } catch (const Error& e) {
-        for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
-    }
-}
-
 // Words with multi-byte UTF-8, quotes and backslashes, so JSON escaping is exercised.
 std::string random_text(RngStream& rng, size_t bytes) {
     static const char* words[] = {"the", "Lord", "said", "unto", "him", "naïve", "café", "東京", "\"quoted\"",

@@ -3,17 +3,16 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <map>
 #include <numeric>
 #include <set>
 
-#include "core/error.hpp"
 #include "core/rng.hpp"
 #include "data/synthetic_tasks.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::expect_error;
 
 namespace {
 
@@ -46,16 +45,6 @@ DataSpec induction_spec(int64_t vocab, int64_t seq_len) {
 
 std::span<const int32_t> row_of(const std::vector<int32_t>& values, const Batch& batch, int64_t row) {
     return std::span(values).subspan(size_t(row * batch.seq_len), size_t(batch.seq_len));
-}
-
-void expect_error(const std::function<void()>& body, const std::vector<std::string>& fragments) {
-    try {
-        body();
-        ADD_FAILURE() << "expected an Error";
-    } catch (const Error& e) {
-        for (const auto& f : fragments)
-            EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what() << "\nlacks: " << f;
-    }
 }
 
 // The task's rule applied to the inputs: the answer a perfect model gives at every position.

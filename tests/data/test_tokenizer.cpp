@@ -7,7 +7,6 @@
 #include <chrono>
 #include <set>
 
-#include "core/error.hpp"
 #include "core/rng.hpp"
 #include "data/tokenizer.hpp"
 #include "support/process.hpp"
@@ -18,15 +17,6 @@ using namespace linarch::testkit;
 namespace fs = std::filesystem;
 
 namespace {
-
-void expect_error(const std::function<void()>& body, const std::vector<std::string>& fragments) {
-    try {
-        body();
-        ADD_FAILURE() << "expected an Error";
-    } catch (const Error& e) {
-        for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
-    }
-}
 
 // Lines of made-up words (some with accents, CJK and emoji) separated by spaces, with the odd tab
 // and double space: enough for a few hundred pieces of each kind.

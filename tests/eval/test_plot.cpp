@@ -7,28 +7,16 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
-#include <random>
 
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "eval/plot.hpp"
+#include "support/process.hpp"
 
 using namespace linarch;
+using testkit::TempDir;
 
 namespace {
-struct TempDir {
-    std::filesystem::path path;
-    TempDir() {
-        std::random_device device;
-        path = std::filesystem::temp_directory_path() / fmt::format("linarch-test-plot-{:08x}", device());
-        std::filesystem::create_directories(path);
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path, ignored);
-    }
-};
-
 // Pixels of the decoded image whose colour is exactly (r, g, b).
 int pixels_of_colour(gdImagePtr image, int r, int g, int b) {
     int count = 0;
@@ -60,7 +48,7 @@ TEST(Plot, WritesAPngWithEachSeriesDrawn) {
     options.log2_x = true;
     options.width = 640;
     options.height = 400;
-    const auto path = dir.path / "plot.png";
+    const auto path = dir.path() / "plot.png";
     write_line_plot_png(path, series, options);
     if (const char* keep = std::getenv("LINARCH_KEEP_PLOT")) std::filesystem::copy_file(path, keep);
     const std::string bytes = read_file(path, "plot");
@@ -96,13 +84,13 @@ TEST(Plot, TicksAreRoundAndCoverTheRange) {
 TEST(Plot, BadSeriesAreErrors) {
     TempDir dir;
     std::vector<PlotSeries> mismatched{{"a", {1, 2}, {1}}};
-    EXPECT_THROW(write_line_plot_png(dir.path / "x.png", mismatched, {}), Error);
+    EXPECT_THROW(write_line_plot_png(dir.path() / "x.png", mismatched, {}), Error);
     std::vector<PlotSeries> empty{{"a", {}, {}}};
     try {
-        write_line_plot_png(dir.path / "y.png", empty, {});
+        write_line_plot_png(dir.path() / "y.png", empty, {});
         ADD_FAILURE() << "expected an error";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("no finite points"), std::string::npos) << e.what();
     }
-    EXPECT_FALSE(std::filesystem::exists(dir.path / "y.png"));
+    EXPECT_FALSE(std::filesystem::exists(dir.path() / "y.png"));
 }

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -19,6 +18,8 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::count_non_finite;
+using testkit::expect_error;
 
 namespace {
 
@@ -97,21 +98,6 @@ Result run_reference(const Problem& p, const Inputs& in, double scale) {
     return out;
 }
 
-size_t count_non_finite(const Tensor& t) {
-    size_t n = 0;
-    for (double x : t.to_vector()) n += !std::isfinite(x);
-    return n;
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
 // bf16 operands, and W, ũ, u rounded to bf16 as the tensor cores' operands, fp32 accumulation, solve
 // and state: a few 1e-3 relative (as fla's kernels); a wrong index or sign is O(1).
 constexpr double kTolerance = 2e-2;
@@ -139,8 +125,8 @@ TEST(CudaDeltaRule, ChunkwiseForwardMatchesF64Recurrence) {
                 const double scale = 1.0 / std::sqrt(double(p.key_dim));
                 const Result out = run_cuda(p, in, scale);
                 const Result ref = run_reference(p, in, scale);
-                EXPECT_EQ(count_non_finite(out.o), 0u);
-                EXPECT_EQ(count_non_finite(out.final_state), 0u);
+                EXPECT_EQ(count_non_finite(out.o), 0);
+                EXPECT_EQ(count_non_finite(out.final_state), 0);
                 const double err_o = testkit::relative_error(out.o, ref.o);
                 const double err_s = testkit::relative_error(out.final_state, ref.final_state);
                 EXPECT_LT(err_o, kTolerance);
@@ -158,7 +144,7 @@ TEST(CudaDeltaRule, StrongGatesStayFinite) {
     const Inputs in(p, 9500, true, true, 20.0);
     const Result out = run_cuda(p, in, 0.125);
     const Result ref = run_reference(p, in, 0.125);
-    EXPECT_EQ(count_non_finite(out.o), 0u);
+    EXPECT_EQ(count_non_finite(out.o), 0);
     EXPECT_LT(testkit::relative_error(out.o, ref.o), kTolerance);
     EXPECT_LT(testkit::relative_error(out.final_state, ref.final_state), kTolerance);
 }
@@ -275,7 +261,7 @@ TEST(CudaDeltaRule, ChunkwiseBackwardMatchesF64) {
                                           std::tuple{"dlog_gate", &out.dlog_gate, &ref.dlog_gate},
                                           std::tuple{"dinitial_state", &out.dinitial_state, &ref.dinitial_state}}) {
                     if (!b->defined()) continue;
-                    EXPECT_EQ(count_non_finite(*a), 0u) << name;
+                    EXPECT_EQ(count_non_finite(*a), 0) << name;
                     const double err = testkit::relative_error(*a, *b);
                     EXPECT_LT(err, kGradientTolerance) << name;
                     line += fmt::format(" {} {:.2e}", name, err);
@@ -338,22 +324,23 @@ TEST(CudaDeltaRule, UnsupportedCasesAreRefusedOrTakeTheExactPath) {
     ops::DeltaRuleArgs packed;
     packed.cu_seqlens = {0, 3, 8};
     expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, q, k, v, beta, nullptr, packed); },
-                 fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", fwd));
+                 {fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", fwd)});
     const Tensor q_odd = testkit::random_unit_rows({1, 8, 2, 96}, DType::bf16, 9801).to(Device::cuda);
-    expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, q_odd, q_odd, v, beta, nullptr, {}); },
-                 fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk=96", fwd));
+    expect_error(
+        [&] { ops::delta_rule_chunkwise_forward(o, nullptr, q_odd, q_odd, v, beta, nullptr, {}); },
+        {fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk=96", fwd)});
     const Tensor beta16 = beta.to(DType::bf16);
     expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, q, k, v, beta16, nullptr, {}); },
-                 fmt::format("{}: beta: expected dtype F32 on cuda, got BF16", fwd));
+                 {fmt::format("{}: beta: expected dtype F32 on cuda, got BF16", fwd)});
     expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, q, in.k, v, beta, nullptr, {}); },
-                 fmt::format("{}: k: tensor is on cpu, expected cuda (one device per call)", fwd));
+                 {fmt::format("{}: k: tensor is on cpu, expected cuda (one device per call)", fwd)});
     const Tensor v_wide = testkit::random_normal({1, 8, 2, 192}, DType::bf16, 9802).to(Device::cuda);
     Tensor dq = Tensor::zeros(q.shape(), DType::bf16, Device::cuda), dk = dq.clone(), dv = v_wide.clone();
     Tensor dbeta = Tensor::zeros(beta.shape(), DType::f32, Device::cuda);
     expect_error([&] {
         ops::delta_rule_chunkwise_backward(dq, dk, dv, dbeta, nullptr, nullptr, v_wide, nullptr, q, k, v_wide, beta,
                                            nullptr, {});
-    }, "delta_rule_chunkwise_backward: the CUDA kernel is built for Dk and Dv of 64 or 128, got Dk=64, Dv=192");
+    }, {"delta_rule_chunkwise_backward: the CUDA kernel is built for Dk and Dv of 64 or 128, got Dk=64, Dv=192"});
 
     // Under mixed precision, packed sequences (no bf16 kernel) take the exact scan: fp32 accuracy.
     const Problem packed_problem{1, 200, 2, 64, 64};

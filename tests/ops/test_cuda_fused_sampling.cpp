@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -23,6 +22,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::expect_error;
 
 namespace {
 
@@ -30,15 +30,6 @@ std::vector<RngStream> streams(int64_t rows, uint64_t seed) {
     std::vector<RngStream> rngs;
     for (int64_t r = 0; r < rows; ++r) rngs.emplace_back(seed, uint64_t(r) * 7 + 3, uint64_t(r) * 1000);
     return rngs;
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
 }
 
 // logits[b, v] in float64 from the (bf16-rounded) values of hidden [B, D] and weight [V, D].
@@ -203,25 +194,26 @@ TEST(CudaFusedSampling, BadInputsGiveClearErrors) {
     const auto sample = [&](const Tensor& h, const Tensor& w, const SamplingOptions& o, Tensor* logprobs = nullptr) {
         ops::lm_head_sample(tokens, logprobs, h, w, o, rngs);
     };
-    expect_error([&] { sample(hidden, weight, {.top_k = 5}); }, "top_k = 5: top-k has no CUDA implementation");
-    expect_error([&] { sample(hidden, weight, {.top_p = 0.9}); }, "top_p = 0.9: top-p has no CUDA implementation");
-    expect_error([&] { sample(hidden, weight, {.min_p = 0.1}); }, "min_p = 0.1: min-p has no CUDA implementation");
-    expect_error([&] { sample(hidden, weight, {.repetition_penalty = 1.2}); }, "penalties need the generated tokens");
-    expect_error([&] { sample(hidden, weight, {.temperature = -1}); }, "temperature must be ≥ 0");
-    expect_error([&] { sample(hidden, weight.to(Device::cpu), {}); }, "lm_head_sample: weight: tensor is on cpu");
+    expect_error([&] { sample(hidden, weight, {.top_k = 5}); }, {"top_k = 5: top-k has no CUDA implementation"});
+    expect_error([&] { sample(hidden, weight, {.top_p = 0.9}); }, {"top_p = 0.9: top-p has no CUDA implementation"});
+    expect_error([&] { sample(hidden, weight, {.min_p = 0.1}); }, {"min_p = 0.1: min-p has no CUDA implementation"});
+    expect_error([&] { sample(hidden, weight, {.repetition_penalty = 1.2}); }, {"penalties need the generated tokens"});
+    expect_error([&] { sample(hidden, weight, {.temperature = -1}); }, {"temperature must be ≥ 0"});
+    expect_error([&] { sample(hidden, weight.to(Device::cpu), {}); }, {"lm_head_sample: weight: tensor is on cpu"});
     expect_error([&] { sample(hidden, weight.to(Device::cpu).to(DType::f32).to(Device::cuda), {}); },
-                 "lm_head_sample: weight: expected dtype BF16");
+                 {"lm_head_sample: weight: expected dtype BF16"});
     expect_error([&] { sample(hidden.to(Device::cpu).to(DType::f64).to(Device::cuda), weight, {}); },
-                 "the CUDA path takes bf16 (or f32) hidden and weight");
+                 {"the CUDA path takes bf16 (or f32) hidden and weight"});
     expect_error([&] { sample(hidden, testkit::random_normal({17, 9}, DType::bf16, 13).to(Device::cuda), {}); },
-                 "lm_head_sample: weight: expected shape [V, 8]");
+                 {"lm_head_sample: weight: expected shape [V, 8]"});
     Tensor wrong_logprobs = Tensor::empty({3}, DType::f32, Device::cuda);
-    expect_error([&] { sample(hidden, weight, {}, &wrong_logprobs); }, "lm_head_sample: logprobs: expected shape [2]");
+    expect_error([&] { sample(hidden, weight, {}, &wrong_logprobs); },
+                 {"lm_head_sample: logprobs: expected shape [2]"});
     Tensor host_logprobs = Tensor::empty({2}, DType::f32);
-    expect_error([&] { sample(hidden, weight, {}, &host_logprobs); }, "lm_head_sample: logprobs: tensor is on cpu");
+    expect_error([&] { sample(hidden, weight, {}, &host_logprobs); }, {"lm_head_sample: logprobs: tensor is on cpu"});
     std::vector<int32_t> short_tokens(1);
     expect_error([&] { ops::lm_head_sample(short_tokens, nullptr, hidden, weight, {}, rngs); },
-                 "lm_head_sample: tokens: expected 2 entries");
+                 {"lm_head_sample: tokens: expected 2 entries"});
     // Greedy ignores the truncations, as on the CPU.
     sample(hidden, weight, {.temperature = 0, .top_k = 3});
 }

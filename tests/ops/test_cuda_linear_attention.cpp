@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -15,6 +14,8 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::count_non_finite;
+using testkit::expect_error;
 
 namespace {
 
@@ -91,21 +92,6 @@ Result run_reference(const Problem& p, const Inputs& in, double scale) {
     return out;
 }
 
-size_t count_non_finite(const Tensor& t) {
-    size_t n = 0;
-    for (double x : t.to_vector()) n += !std::isfinite(x);
-    return n;
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
 }  // namespace
 
 TEST(CudaLinearAttention, ChunkwiseForwardMatchesF64Recurrence) {
@@ -129,8 +115,8 @@ TEST(CudaLinearAttention, ChunkwiseForwardMatchesF64Recurrence) {
                 const double scale = 1.0 / std::sqrt(double(p.key_dim));
                 const Result out = run_cuda(p, in, scale, true);
                 const Result ref = run_reference(p, in, scale);
-                EXPECT_EQ(count_non_finite(out.o), 0u);
-                EXPECT_EQ(count_non_finite(out.final_state), 0u);
+                EXPECT_EQ(count_non_finite(out.o), 0);
+                EXPECT_EQ(count_non_finite(out.final_state), 0);
                 // bf16 operands and output, fp32 accumulation and state: a few 1e-3 relative
                 EXPECT_LT(testkit::relative_error(out.o, ref.o), 1e-2);
                 EXPECT_LT(testkit::relative_error(out.final_state, ref.final_state), 1e-2);
@@ -168,27 +154,24 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
     const Tensor q = in.q.to(Device::cuda), k = in.k.to(Device::cuda), v = in.v.to(Device::cuda);
     Tensor o = Tensor::empty({1, 8, 2, 64}, DType::bf16, Device::cuda);
     const char* fwd = "linear_attention_chunkwise_forward";
-    ops::LinearAttentionArgs vector_gate;
-    vector_gate.log_gate = Tensor::zeros({1, 8, 2, 64}, DType::f32).to(Device::cuda);
-    expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, vector_gate); },
-                 fmt::format("{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no bf16 CUDA kernel yet", fwd));
     ops::LinearAttentionArgs packed;
     packed.cu_seqlens = {0, 3, 8};
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, packed); },
-                 fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", fwd));
+                 {fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", fwd)});
     ops::LinearAttentionArgs fixed;
     fixed.log_decay = Tensor::zeros({2}, DType::f32).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, fixed); },
-                 fmt::format("{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", fwd));
+                 {fmt::format("{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", fwd)});
     // An f32 q takes the exact fp32 path (cuda_recurrent_scan), which wants every operand in f32.
     const Tensor q32 = testkit::random_normal({1, 8, 2, 64}, DType::f32, 7601).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q32, k, v, nullptr, {}); },
-                 fmt::format("{}: k: expected F32 (the exact CUDA path), got BF16", fwd));
+                 {fmt::format("{}: k: expected F32 (the exact CUDA path), got BF16", fwd)});
     const Tensor q_small = testkit::random_normal({1, 8, 2, 32}, DType::bf16, 7602).to(Device::cuda);
-    expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q_small, q_small, v, nullptr, {}); },
-                 fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk=32", fwd));
+    expect_error(
+        [&] { ops::linear_attention_chunkwise_forward(o, nullptr, q_small, q_small, v, nullptr, {}); },
+        {fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk=32", fwd)});
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, in.k, v, nullptr, {}); },
-                 fmt::format("{}: k: tensor is on cpu, expected cuda (one device per call)", fwd));
+                 {fmt::format("{}: k: tensor is on cpu, expected cuda (one device per call)", fwd)});
     const char* bwd = "linear_attention_chunkwise_backward";
     Tensor dq = Tensor::zeros({1, 8, 2, 64}, DType::bf16).to(Device::cuda);
     Tensor dk = dq.clone(), dv = dq.clone();
@@ -196,23 +179,23 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
     auto backward = [&](const ops::LinearAttentionArgs& args, Tensor* dlog_gate = nullptr) {
         ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, o, nullptr, q, k, v, nullptr, args, dlog_gate);
     };
-    expect_error([&] { backward(vector_gate); },
-                 fmt::format("{}: log_gate: a vector gate (GLA, [B, T, H, Dk]) has no bf16 CUDA kernel yet", bwd));
     expect_error([&] { backward(packed); },
-                 fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", bwd));
-    expect_error([&] { backward(fixed); }, fmt::format("{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", bwd));
+                 {fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", bwd)});
+    expect_error([&] { backward(fixed); },
+                 {fmt::format("{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", bwd)});
     Tensor dq_small = Tensor::zeros({1, 8, 2, 32}, DType::bf16).to(Device::cuda), dk_small = dq_small.clone();
     expect_error(
         [&] {
             ops::linear_attention_chunkwise_backward(dq_small, dk_small, dv, nullptr, o, nullptr, q_small, q_small, v,
                                                      nullptr, {});
         },
-        fmt::format("{}: the CUDA kernel is built for Dk and Dv of 64 or 128, got Dk=32", bwd));
+        {fmt::format("{}: the CUDA kernel is built for Dk and Dv of 64 or 128, got Dk=32", bwd)});
     Tensor dlog_gate = Tensor::zeros({1, 8, 2}, DType::f32).to(Device::cuda);
     expect_error([&] { backward({}, &dlog_gate); },
-                 fmt::format("{}: dlog_gate: given, but args.log_gate is not defined", bwd));
-    expect_error([&] { ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, in.v, nullptr, q, k, v, nullptr, {}); },
-                 fmt::format("{}: dout: tensor is on cpu, expected cuda (one device per call)", bwd));
+                 {fmt::format("{}: dlog_gate: given, but args.log_gate is not defined", bwd)});
+    expect_error(
+        [&] { ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, in.v, nullptr, q, k, v, nullptr, {}); },
+        {fmt::format("{}: dout: tensor is on cpu, expected cuda (one device per call)", bwd)});
 }
 
 namespace {
@@ -314,7 +297,7 @@ TEST(CudaLinearAttention, ChunkwiseBackwardMatchesF64) {
                       std::tuple{"dlog_gate", &out.dlog_gate, &ref.dlog_gate, gate_tol}}) {
                     if (!b->defined()) continue;
                     SCOPED_TRACE(name);
-                    EXPECT_EQ(count_non_finite(*a), 0u);
+                    EXPECT_EQ(count_non_finite(*a), 0);
                     EXPECT_LT(testkit::relative_error(*a, *b), tol);
                 }
             }

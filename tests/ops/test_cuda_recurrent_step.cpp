@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,6 +20,8 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::count_non_finite;
+using testkit::expect_error;
 
 namespace {
 
@@ -69,21 +70,6 @@ void step(const Kind& kind, Tensor& o, Tensor& state, const Tensor& q, const Ten
     else ops::linear_attention_step(o, state, q, k, v, log_gate, scale);
 }
 
-size_t count_non_finite(const Tensor& t) {
-    size_t n = 0;
-    for (double x : t.to_vector()) n += !std::isfinite(x);
-    return n;
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
 }  // namespace
 
 TEST(CudaRecurrentStep, StepsMatchF64OnTheCpu) {
@@ -118,12 +104,12 @@ TEST(CudaRecurrentStep, StepsMatchF64OnTheCpu) {
                 step(kind, o_ref, state_ref, in.q.to(DType::f64), in.k.to(DType::f64), in.v.to(DType::f64),
                      in.beta.to(DType::f64), as(in.log_gate, DType::f64), scale);
                 const Tensor o = o_gpu.to(Device::cpu);
-                EXPECT_EQ(count_non_finite(o), 0u) << "step " << t;
+                EXPECT_EQ(count_non_finite(o), 0) << "step " << t;
                 // bf16: o rounded to bf16 (a few 1e-3); fp32: fp32 arithmetic throughout.
                 EXPECT_LT(testkit::relative_error(o, o_ref), c.io == DType::bf16 ? 1e-2 : 1e-5) << "step " << t;
             }
             const Tensor state = state_gpu.to(Device::cpu);
-            EXPECT_EQ(count_non_finite(state), 0u);
+            EXPECT_EQ(count_non_finite(state), 0);
             // The state stays fp32 (never rounded to bf16).
             EXPECT_LT(testkit::relative_error(state, state_ref), 1e-5);
         }
@@ -140,37 +126,37 @@ TEST(CudaRecurrentStep, BadInputsAreErrors) {
     const char* la = "linear_attention_step";
     const char* dr = "delta_rule_step";
     expect_error([&] { ops::linear_attention_step(o, state, q, in.k, v, g, 1.0); },
-                 fmt::format("{}: k: tensor is on cpu, expected cuda like q", la));
+                 {fmt::format("{}: k: tensor is on cpu, expected cuda like q", la)});
     Tensor state_bf16 = Tensor::zeros({N, H, Dk, Dv}, DType::bf16).to(Device::cuda);
     expect_error([&] { ops::linear_attention_step(o, state_bf16, q, k, v, g, 1.0); },
-                 fmt::format("{}: state: expected dtype F32 on cuda, got BF16", la));
+                 {fmt::format("{}: state: expected dtype F32 on cuda, got BF16", la)});
     const Tensor q64 = in.q.to(DType::f64).to(Device::cuda);
     expect_error([&] { ops::linear_attention_step(o, state, q64, k, v, g, 1.0); },
-                 fmt::format("{}: q: expected dtype BF16 or F32 on cuda, got F64", la));
+                 {fmt::format("{}: q: expected dtype BF16 or F32 on cuda, got F64", la)});
     const Tensor k32 = in.k.to(DType::f32).to(Device::cuda);
     expect_error([&] { ops::linear_attention_step(o, state, q, k32, v, g, 1.0); },
-                 fmt::format("{}: k: expected dtype BF16 on cuda, got F32", la));
+                 {fmt::format("{}: k: expected dtype BF16 on cuda, got F32", la)});
     Tensor o_bad = Tensor::empty({N, H, Dv + 1}, DType::bf16, Device::cuda);
     expect_error([&] { ops::linear_attention_step(o_bad, state, q, k, v, g, 1.0); },
-                 fmt::format("{}: o: expected shape [2, 3, 64], got [2, 3, 65]", la));
+                 {fmt::format("{}: o: expected shape [2, 3, 64], got [2, 3, 65]", la)});
     const Tensor g_vector_bad = Tensor::zeros({N, H, Dk + 1}).to(Device::cuda);
     expect_error([&] { ops::linear_attention_step(o, state, q, k, v, g_vector_bad, 1.0); },
-                 fmt::format("{}: log_gate: expected shape [2, 3, 64], got [2, 3, 65]", la));
+                 {fmt::format("{}: log_gate: expected shape [2, 3, 64], got [2, 3, 65]", la)});
     const Tensor g_bf16 = in.log_gate.to(DType::bf16).to(Device::cuda);
     expect_error([&] { ops::linear_attention_step(o, state, q, k, v, g_bf16, 1.0); },
-                 fmt::format("{}: log_gate: expected dtype F32 on cuda, got BF16", la));
+                 {fmt::format("{}: log_gate: expected dtype F32 on cuda, got BF16", la)});
     // A head size the kernel is not built for.
     const Tensor q_small = testkit::random_normal({N, H, 32}, DType::bf16, 8501).to(Device::cuda);
     Tensor state_small = Tensor::zeros({N, H, 32, Dv}).to(Device::cuda);
-    expect_error([&] { ops::linear_attention_step(o, state_small, q_small, q_small, v, Tensor(), 1.0); },
-                 fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 16, got Dk=32, Dv=64",
-                             la));
+    expect_error(
+        [&] { ops::linear_attention_step(o, state_small, q_small, q_small, v, Tensor(), 1.0); },
+        {fmt::format("{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 16, got Dk=32, Dv=64", la)});
     // The delta rule: β on the GPU in fp32, a per-head gate only.
     expect_error([&] { ops::delta_rule_step(o, state, q, k, v, in.beta, g, 1.0); },
-                 fmt::format("{}: beta: tensor is on cpu, expected cuda like q", dr));
+                 {fmt::format("{}: beta: tensor is on cpu, expected cuda like q", dr)});
     const Tensor g_vector = Tensor::zeros({N, H, Dk}).to(Device::cuda);
     expect_error([&] { ops::delta_rule_step(o, state, q, k, v, beta, g_vector, 1.0); },
-                 fmt::format("{}: log_gate: expected shape [2, 3], got [2, 3, 64]", dr));
+                 {fmt::format("{}: log_gate: expected shape [2, 3], got [2, 3, 64]", dr)});
     // Nothing above launched anything: the state is still zero.
     for (double x : state.to(Device::cpu).to_vector()) ASSERT_EQ(x, 0.0);
 }

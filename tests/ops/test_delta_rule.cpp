@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -17,6 +16,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::expect_error;
 
 namespace {
 
@@ -445,20 +445,6 @@ TEST(DeltaRuleNumerics, T4096StaysFiniteAndMatchesReference) {
     }
 }
 
-namespace {
-
-// Expects fn to throw linarch::Error whose message contains `needle` (the op and tensor name).
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
-}  // namespace
-
 TEST(DeltaRule, BadInputsAreErrors) {
     const Problem p{2, 5, 3, 4, 6, 4};
     const Inputs in(p, DType::f32, 5000, kGate, true);
@@ -471,61 +457,58 @@ TEST(DeltaRule, BadInputsAreErrors) {
     };
     const Tensor bad_v = testkit::random_normal({2, 5, 4, 6}, DType::f32, 5010);
     expect_error([&] { forward(in.q, in.k, bad_v, in.beta, in.initial(), in.args); },
-                 fmt::format("{}: v: expected shape [2, 5, 3, Dv], got [2, 5, 4, 6]", fwd));
+                 {fmt::format("{}: v: expected shape [2, 5, 3, Dv], got [2, 5, 4, 6]", fwd)});
     const Tensor bad_k = testkit::random_normal({2, 5, 3, 5}, DType::f32, 5011);
     expect_error([&] { forward(in.q, bad_k, in.v, in.beta, in.initial(), in.args); },
-                 fmt::format("{}: k: expected shape [2, 5, 3, 4], got [2, 5, 3, 5]", fwd));
+                 {fmt::format("{}: k: expected shape [2, 5, 3, 4], got [2, 5, 3, 5]", fwd)});
     const Tensor bad_beta_shape = testkit::random_uniform({2, 5, 2}, DType::f32, 5012, 0, 1);
     expect_error([&] { forward(in.q, in.k, in.v, bad_beta_shape, in.initial(), in.args); },
-                 fmt::format("{}: beta: expected shape [2, 5, 3], got [2, 5, 2]", fwd));
+                 {fmt::format("{}: beta: expected shape [2, 5, 3], got [2, 5, 2]", fwd)});
     Tensor bad_beta = in.beta.clone();
     bad_beta.data<float>()[7] = 1.5f;
     expect_error([&] { forward(in.q, in.k, in.v, bad_beta, in.initial(), in.args); },
-                 fmt::format("{}: beta: expected every value in [0, 1], got 1.5 at index 7", fwd));
+                 {fmt::format("{}: beta: expected every value in [0, 1], got 1.5 at index 7", fwd)});
     bad_beta.data<float>()[7] = std::nanf("");
     expect_error([&] { forward(in.q, in.k, in.v, bad_beta, in.initial(), in.args); },
-                 fmt::format("{}: beta: expected every value in [0, 1]", fwd));
+                 {fmt::format("{}: beta: expected every value in [0, 1]", fwd)});
     const Tensor bad_state = testkit::random_normal({2, 3, 6, 4}, DType::f32, 5013);
     expect_error([&] { forward(in.q, in.k, in.v, in.beta, &bad_state, in.args); },
-                 fmt::format("{}: initial_state: expected shape [2, 3, 4, 6], got [2, 3, 6, 4]", fwd));
+                 {fmt::format("{}: initial_state: expected shape [2, 3, 4, 6], got [2, 3, 6, 4]", fwd)});
     expect_error([&] { forward(in.q, in.k.to(DType::f64), in.v, in.beta, in.initial(), in.args); },
-                 fmt::format("{}: k: expected dtype F32", fwd));
+                 {fmt::format("{}: k: expected dtype F32", fwd)});
     expect_error([&] { forward(in.q, in.k, in.v, in.beta.to(DType::f64), in.initial(), in.args); },
-                 fmt::format("{}: beta: expected dtype F32", fwd));
+                 {fmt::format("{}: beta: expected dtype F32", fwd)});
     expect_error([&] { forward(in.q.to(DType::bf16), in.k, in.v, in.beta, in.initial(), in.args); },
-                 fmt::format("{}: q: expected dtype F32 or F64, got BF16", fwd));
+                 {fmt::format("{}: q: expected dtype F32 or F64, got BF16", fwd)});
     const Tensor strided_q = testkit::random_normal({2, 3, 5, 4}, DType::f32, 5014).transpose(1, 2);
     expect_error([&] { forward(strided_q, in.k, in.v, in.beta, in.initial(), in.args); },
-                 fmt::format("{}: q: expected a contiguous tensor", fwd));
+                 {fmt::format("{}: q: expected a contiguous tensor", fwd)});
 
     ops::DeltaRuleArgs args = in.args;
     args.log_gate = in.args.log_gate.clone();
     args.log_gate.data<float>()[4] = 0.25f;
     expect_error([&] { forward(in.q, in.k, in.v, in.beta, in.initial(), args); },
-                 fmt::format("{}: log_gate: expected every value ≤ 0, got 0.25 at index 4", fwd));
-    expect_error(
-        [&] { ops::delta_rule_recurrent_forward(o, &state, in.q, in.k, in.v, in.beta, in.initial(), args); },
-        "delta_rule_recurrent_forward: log_gate: expected every value ≤ 0");
-    expect_error(
-        [&] { ops::delta_rule_parallel_forward(o, &state, in.q, in.k, in.v, in.beta, in.initial(), args); },
-        "delta_rule_parallel_forward: log_gate: expected every value ≤ 0");
+                 {fmt::format("{}: log_gate: expected every value ≤ 0, got 0.25 at index 4", fwd)});
+    expect_error([&] { ops::delta_rule_recurrent_forward(o, &state, in.q, in.k, in.v, in.beta, in.initial(), args); },
+                 {"delta_rule_recurrent_forward: log_gate: expected every value ≤ 0"});
+    expect_error([&] { ops::delta_rule_parallel_forward(o, &state, in.q, in.k, in.v, in.beta, in.initial(), args); },
+                 {"delta_rule_parallel_forward: log_gate: expected every value ≤ 0"});
     args.log_gate = testkit::random_uniform({2, 5}, DType::f32, 5015, -1, 0);
     expect_error([&] { forward(in.q, in.k, in.v, in.beta, in.initial(), args); },
-                 fmt::format("{}: log_gate: expected shape [2, 5, 3], got [2, 5]", fwd));
+                 {fmt::format("{}: log_gate: expected shape [2, 5, 3], got [2, 5]", fwd)});
     args = in.args;
     args.chunk_size = 0;
     expect_error([&] { forward(in.q, in.k, in.v, in.beta, in.initial(), args); },
-                 fmt::format("{}: chunk_size: expected ≥ 1, got 0", fwd));
+                 {fmt::format("{}: chunk_size: expected ≥ 1, got 0", fwd)});
     Tensor bad_o = Tensor::empty({2, 5, 3, 4});
-    expect_error(
-        [&] { ops::delta_rule_chunkwise_forward(bad_o, &state, in.q, in.k, in.v, in.beta, nullptr, in.args); },
-        fmt::format("{}: o: expected shape [2, 5, 3, 6], got [2, 5, 3, 4]", fwd));
+    expect_error([&] { ops::delta_rule_chunkwise_forward(bad_o, &state, in.q, in.k, in.v, in.beta, nullptr, in.args); },
+                 {fmt::format("{}: o: expected shape [2, 5, 3, 6], got [2, 5, 3, 4]", fwd)});
 
     // cu_seqlens: batch 1, offsets from 0 to T, strictly increasing; states have one row per sequence.
     args = in.args;
     args.cu_seqlens = {0, 2, 5};
     expect_error([&] { forward(in.q, in.k, in.v, in.beta, in.initial(), args); },
-                 fmt::format("{}: cu_seqlens: packed sequences need batch size 1, got q of shape [2, 5, 3, 4]", fwd));
+                 {fmt::format("{}: cu_seqlens: packed sequences need batch size 1, got q of shape [2, 5, 3, 4]", fwd)});
     const Problem p1{1, 5, 3, 4, 6, 4};
     const Inputs one(p1, DType::f32, 5020, kNoGate, false);
     Tensor o1 = Tensor::empty({1, 5, 3, 6});
@@ -535,19 +518,19 @@ TEST(DeltaRule, BadInputsAreErrors) {
         ops::delta_rule_chunkwise_forward(o1, final_state, one.q, one.k, one.v, one.beta, s0, a);
     };
     expect_error([&] { packed({1, 3, 5}, nullptr, nullptr); },
-                 fmt::format("{}: cu_seqlens: expected offsets from 0 to T = 5", fwd));
+                 {fmt::format("{}: cu_seqlens: expected offsets from 0 to T = 5", fwd)});
     expect_error([&] { packed({0, 3, 4}, nullptr, nullptr); },
-                 fmt::format("{}: cu_seqlens: expected offsets from 0 to T = 5", fwd));
+                 {fmt::format("{}: cu_seqlens: expected offsets from 0 to T = 5", fwd)});
     expect_error([&] { packed({0}, nullptr, nullptr); },
-                 fmt::format("{}: cu_seqlens: expected offsets from 0 to T = 5 (at least two)", fwd));
+                 {fmt::format("{}: cu_seqlens: expected offsets from 0 to T = 5 (at least two)", fwd)});
     expect_error([&] { packed({0, 3, 3, 5}, nullptr, nullptr); },
-                 fmt::format("{}: cu_seqlens: expected strictly increasing offsets, got 3 then 3", fwd));
+                 {fmt::format("{}: cu_seqlens: expected strictly increasing offsets, got 3 then 3", fwd)});
     const Tensor s0_batch = Tensor::zeros({1, 3, 4, 6});
     expect_error([&] { packed({0, 2, 5}, &s0_batch, nullptr); },
-                 fmt::format("{}: initial_state: expected shape [2, 3, 4, 6], got [1, 3, 4, 6]", fwd));
+                 {fmt::format("{}: initial_state: expected shape [2, 3, 4, 6], got [1, 3, 4, 6]", fwd)});
     Tensor final_batch = Tensor::empty({1, 3, 4, 6});
     expect_error([&] { packed({0, 2, 5}, nullptr, &final_batch); },
-                 fmt::format("{}: final_state: expected shape [2, 3, 4, 6], got [1, 3, 4, 6]", fwd));
+                 {fmt::format("{}: final_state: expected shape [2, 3, 4, 6], got [1, 3, 4, 6]", fwd)});
 
     const char* bwd = "delta_rule_chunkwise_backward";
     Tensor dq = Tensor::zeros(in.q.shape()), dk = Tensor::zeros(in.k.shape()), dv = Tensor::zeros(in.v.shape());
@@ -559,21 +542,21 @@ TEST(DeltaRule, BadInputsAreErrors) {
             ops::delta_rule_chunkwise_backward(bad_dq, dk, dv, dbeta, &dgate, nullptr, dout, nullptr, in.q, in.k,
                                                in.v, in.beta, nullptr, in.args);
         },
-        fmt::format("{}: dq: expected shape [2, 5, 3, 4], got [2, 5, 3, 6]", bwd));
+        {fmt::format("{}: dq: expected shape [2, 5, 3, 4], got [2, 5, 3, 6]", bwd)});
     Tensor bad_dbeta = Tensor::zeros({2, 5});
     expect_error(
         [&] {
             ops::delta_rule_chunkwise_backward(dq, dk, dv, bad_dbeta, &dgate, nullptr, dout, nullptr, in.q, in.k,
                                                in.v, in.beta, nullptr, in.args);
         },
-        fmt::format("{}: dbeta: expected shape [2, 5, 3], got [2, 5]", bwd));
+        {fmt::format("{}: dbeta: expected shape [2, 5, 3], got [2, 5]", bwd)});
     const Tensor dout64 = dout.to(DType::f64);
     expect_error(
         [&] {
             ops::delta_rule_chunkwise_backward(dq, dk, dv, dbeta, &dgate, nullptr, dout64, nullptr, in.q, in.k,
                                                in.v, in.beta, nullptr, in.args);
         },
-        fmt::format("{}: dout: expected dtype F32", bwd));
+        {fmt::format("{}: dout: expected dtype F32", bwd)});
     ops::DeltaRuleArgs no_gate = in.args;
     no_gate.log_gate = Tensor();
     expect_error(
@@ -581,7 +564,7 @@ TEST(DeltaRule, BadInputsAreErrors) {
             ops::delta_rule_chunkwise_backward(dq, dk, dv, dbeta, &dgate, nullptr, dout, nullptr, in.q, in.k, in.v,
                                                in.beta, nullptr, no_gate);
         },
-        fmt::format("{}: dlog_gate: given, but there is no log_gate", bwd));
+        {fmt::format("{}: dlog_gate: given, but there is no log_gate", bwd)});
 }
 
 // A GPU tensor among CPU ones is an error naming it, not a crash.
@@ -591,11 +574,9 @@ TEST(DeltaRule, MixedDevicesAreRefused) {
     const Inputs in(p, DType::f32, 5100, kNoGate, false);
     Tensor o = Tensor::empty({1, 4, 2, 5});
     const Tensor k_gpu = in.k.to(Device::cuda);
-    expect_error(
-        [&] { ops::delta_rule_chunkwise_forward(o, nullptr, in.q, k_gpu, in.v, in.beta, nullptr, in.args); },
-        "delta_rule_chunkwise_forward: k: tensor is on cuda, expected cpu");
+    expect_error([&] { ops::delta_rule_chunkwise_forward(o, nullptr, in.q, k_gpu, in.v, in.beta, nullptr, in.args); },
+                 {"delta_rule_chunkwise_forward: k: tensor is on cuda, expected cpu"});
     const Tensor beta_gpu = in.beta.to(Device::cuda);
-    expect_error(
-        [&] { ops::delta_rule_recurrent_forward(o, nullptr, in.q, in.k, in.v, beta_gpu, nullptr, in.args); },
-        "delta_rule_recurrent_forward: beta: tensor is on cuda, expected cpu");
+    expect_error([&] { ops::delta_rule_recurrent_forward(o, nullptr, in.q, in.k, in.v, beta_gpu, nullptr, in.args); },
+                 {"delta_rule_recurrent_forward: beta: tensor is on cuda, expected cpu"});
 }

@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -27,6 +26,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::expect_error;
 
 namespace {
 
@@ -272,15 +272,6 @@ std::vector<int32_t> fused_tokens(const Tensor& hidden, const Tensor& weight, co
     return tokens;
 }
 
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
 }  // namespace
 
 // The chi-square machinery itself: Q(k/2, x/2) against closed forms and a tabulated quantile.
@@ -493,24 +484,25 @@ TEST(FusedSampling, BadInputsGiveClearErrors) {
         ops::lm_head_sample(tokens, logprobs, h, w, o, rngs);
     };
     expect_error([&] { sample(hidden, testkit::random_normal({17, 9}, DType::f32, 13), {}); },
-                 "lm_head_sample: weight: expected shape [V, 8]");
-    expect_error([&] { sample(hidden, weight.to(DType::f64), {}); }, "lm_head_sample: weight: expected dtype F32");
+                 {"lm_head_sample: weight: expected shape [V, 8]"});
+    expect_error([&] { sample(hidden, weight.to(DType::f64), {}); }, {"lm_head_sample: weight: expected dtype F32"});
     expect_error([&] { sample(testkit::random_normal({2, 2, 8}, DType::f32, 14), weight, {}); },
-                 "lm_head_sample: hidden: expected a [B, D] tensor");
-    expect_error([&] { sample(hidden, weight, {.temperature = -0.5}); }, "temperature must be ≥ 0, got -0.5");
-    expect_error([&] { sample(hidden, weight, {.temperature = NAN}); }, "temperature must be ≥ 0");
-    expect_error([&] { sample(hidden, weight, {.top_p = 0}); }, "top_p must be in (0, 1], got 0");
-    expect_error([&] { sample(hidden, weight, {.top_p = 1.5}); }, "top_p must be in (0, 1], got 1.5");
-    expect_error([&] { sample(hidden, weight, {.top_k = -1}); }, "top_k must be ≥ 0");
-    expect_error([&] { sample(hidden, weight, {.repetition_penalty = 1.2}); }, "penalties need the generated tokens");
+                 {"lm_head_sample: hidden: expected a [B, D] tensor"});
+    expect_error([&] { sample(hidden, weight, {.temperature = -0.5}); }, {"temperature must be ≥ 0, got -0.5"});
+    expect_error([&] { sample(hidden, weight, {.temperature = NAN}); }, {"temperature must be ≥ 0"});
+    expect_error([&] { sample(hidden, weight, {.top_p = 0}); }, {"top_p must be in (0, 1], got 0"});
+    expect_error([&] { sample(hidden, weight, {.top_p = 1.5}); }, {"top_p must be in (0, 1], got 1.5"});
+    expect_error([&] { sample(hidden, weight, {.top_k = -1}); }, {"top_k must be ≥ 0"});
+    expect_error([&] { sample(hidden, weight, {.repetition_penalty = 1.2}); }, {"penalties need the generated tokens"});
     Tensor wrong_logprobs = Tensor::empty({3}, DType::f32);
-    expect_error([&] { sample(hidden, weight, {}, &wrong_logprobs); }, "lm_head_sample: logprobs: expected shape [2]");
+    expect_error([&] { sample(hidden, weight, {}, &wrong_logprobs); },
+                 {"lm_head_sample: logprobs: expected shape [2]"});
     std::vector<int32_t> short_tokens(1);
     expect_error([&] { ops::lm_head_sample(short_tokens, nullptr, hidden, weight, {}, rngs); },
-                 "lm_head_sample: tokens: expected 2 entries");
+                 {"lm_head_sample: tokens: expected 2 entries"});
     std::vector<RngStream> short_rngs = streams(1, 1);
     expect_error([&] { ops::lm_head_sample(tokens, nullptr, hidden, weight, {}, short_rngs); },
-                 "lm_head_sample: rngs: expected 2 streams");
+                 {"lm_head_sample: rngs: expected 2 streams"});
     expect_error([&] { ops::lm_head_sample(tokens, nullptr, hidden, weight, {}, rngs, {.vocab_tile = 0}); },
-                 "tiling.vocab_tile must be > 0");
+                 {"tiling.vocab_tile must be > 0"});
 }

@@ -9,7 +9,6 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -23,6 +22,8 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::count_non_finite;
+using testkit::expect_error;
 
 namespace {
 
@@ -159,12 +160,6 @@ void expect_close(const Outputs& out, const Outputs& ref, double bound) {
     EXPECT_LT(testkit::relative_error(out.final_state, ref.final_state), bound);
 }
 
-bool all_finite(const Tensor& t) {
-    for (double x : t.to_vector())
-        if (!std::isfinite(x)) return false;
-    return true;
-}
-
 }  // namespace
 
 // In f64 the forms are the same algebra, so they agree to rounding (mixers.md §13: ~1e-10).
@@ -241,7 +236,8 @@ TEST(GatedLinearAttentionForward, EveryIntraChunkPathMatchesReference) {
         expect_close(run_chunkwise(p, in), ref, 1e-10);
         const Inputs in32 = in.to(DType::f32);
         const Outputs out32 = run_chunkwise(p, in32);
-        EXPECT_TRUE(all_finite(out32.o) && all_finite(out32.final_state));
+        EXPECT_EQ(count_non_finite(out32.o), 0);
+        EXPECT_EQ(count_non_finite(out32.final_state), 0);
         expect_close(out32, run_reference(p, in32), 1e-5);
     }
 }
@@ -544,7 +540,8 @@ TEST(GatedLinearAttentionNumerics, StrongAndWeakDecayOverLongSequences) {
             for (Forward forward :
                  {&ops::linear_attention_recurrent_forward, &ops::linear_attention_chunkwise_forward}) {
                 const Outputs out = run_forward(forward, p, in);
-                EXPECT_TRUE(all_finite(out.o) && all_finite(out.final_state));
+                EXPECT_EQ(count_non_finite(out.o), 0);
+                EXPECT_EQ(count_non_finite(out.final_state), 0);
                 expect_close(out, ref, 1e-4);
             }
             const Tensor dout = testkit::random_normal(ref.o.shape(), DType::f32, stream + 10);
@@ -554,25 +551,12 @@ TEST(GatedLinearAttentionNumerics, StrongAndWeakDecayOverLongSequences) {
             const Gradients g64 = run_backward(p, in.to(DType::f64), dout.to(DType::f64), &dfinal64);
             for (auto [a, b] : {std::pair{&g32.dq, &g64.dq}, std::pair{&g32.dk, &g64.dk}, std::pair{&g32.dv, &g64.dv},
                                 std::pair{&g32.dinitial_state, &g64.dinitial_state}}) {
-                EXPECT_TRUE(all_finite(*a));
+                EXPECT_EQ(count_non_finite(*a), 0);
                 EXPECT_LT(testkit::relative_error(*a, *b), 1e-4);
             }
-            EXPECT_TRUE(all_finite(g32.dlog_gate));
+            EXPECT_EQ(count_non_finite(g32.dlog_gate), 0);
         }
 }
-
-namespace {
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
-}  // namespace
 
 TEST(GatedLinearAttention, BadInputsAreErrors) {
     const Problem p{2, 5, 3, 4, 6, 4};
@@ -586,27 +570,26 @@ TEST(GatedLinearAttention, BadInputsAreErrors) {
     ops::LinearAttentionArgs args = in.args;
     args.log_gate = Tensor::from_vector({2, 5, 3, 5}, std::vector<double>(150, -0.1));
     expect_error([&] { forward(args, in.initial()); },
-                 fmt::format("{}: log_gate: expected shape [2, 5, 3] or [2, 5, 3, 4], got [2, 5, 3, 5]", fwd));
+                 {fmt::format("{}: log_gate: expected shape [2, 5, 3] or [2, 5, 3, 4], got [2, 5, 3, 5]", fwd)});
     args.log_gate = Tensor::from_vector({2, 5, 3}, std::vector<double>(30, -0.1));
     args.log_gate.data<float>()[7] = 0.5f;
     expect_error([&] { forward(args, in.initial()); },
-                 fmt::format("{}: log_gate: expected every value ≤ 0, got 0.5 at index 7", fwd));
-    expect_error(
-        [&] { ops::linear_attention_parallel_forward(o, &state, in.q, in.k, in.v, in.initial(), args); },
-        "linear_attention_parallel_forward: log_gate: expected every value ≤ 0");
+                 {fmt::format("{}: log_gate: expected every value ≤ 0, got 0.5 at index 7", fwd)});
+    expect_error([&] { ops::linear_attention_parallel_forward(o, &state, in.q, in.k, in.v, in.initial(), args); },
+                 {"linear_attention_parallel_forward: log_gate: expected every value ≤ 0"});
     args = in.args;
     args.log_decay = Tensor::from_vector({3}, {-0.1, -0.2, -0.3});
     expect_error([&] { forward(args, in.initial()); },
-                 fmt::format("{}: log_gate: expected at most one of log_decay and log_gate, got both", fwd));
+                 {fmt::format("{}: log_gate: expected at most one of log_decay and log_gate, got both", fwd)});
     args = in.args;
     args.log_gate = in.args.log_gate.to(DType::f64);
-    expect_error([&] { forward(args, in.initial()); }, fmt::format("{}: log_gate: expected dtype F32", fwd));
+    expect_error([&] { forward(args, in.initial()); }, {fmt::format("{}: log_gate: expected dtype F32", fwd)});
 
     // Varlen: B must be 1, offsets 0 = c_0 < ... < c_N = T, states [N, H, Dk, Dv].
     args = in.args;
     args.cu_seqlens = {0, 2, 5};
     expect_error([&] { forward(args, in.initial()); },
-                 fmt::format("{}: cu_seqlens: expected batch 1 with packed sequences, got q batch 2", fwd));
+                 {fmt::format("{}: cu_seqlens: expected batch 1 with packed sequences, got q batch 2", fwd)});
     const Problem p1{1, 5, 3, 4, 6, 4};
     const Inputs one(p1, DType::f32, 18100, Decay::scalar_gate, false);
     Tensor o1 = Tensor::empty({1, 5, 3, 6});
@@ -618,19 +601,19 @@ TEST(GatedLinearAttention, BadInputsAreErrors) {
     };
     const char* rec = "linear_attention_recurrent_forward";
     expect_error([&] { forward1({1, 2, 5}, nullptr, &state1); },
-                 fmt::format("{}: cu_seqlens: expected to start at 0, got 1", rec));
+                 {fmt::format("{}: cu_seqlens: expected to start at 0, got 1", rec)});
     expect_error([&] { forward1({0, 3, 3, 5}, nullptr, &state1); },
-                 fmt::format("{}: cu_seqlens: expected strictly increasing offsets, got 3 after 3 at index 2", rec));
+                 {fmt::format("{}: cu_seqlens: expected strictly increasing offsets, got 3 after 3 at index 2", rec)});
     expect_error([&] { forward1({0, 2, 4}, nullptr, &state1); },
-                 fmt::format("{}: cu_seqlens: expected to end at T = 5, got 4", rec));
+                 {fmt::format("{}: cu_seqlens: expected to end at T = 5, got 4", rec)});
     expect_error([&] { forward1({0}, nullptr, &state1); },
-                 fmt::format("{}: cu_seqlens: expected at least 2 offsets", rec));
+                 {fmt::format("{}: cu_seqlens: expected at least 2 offsets", rec)});
     const Tensor wrong_initial = Tensor::zeros({1, 3, 4, 6});
     expect_error([&] { forward1({0, 2, 5}, &wrong_initial, &state1); },
-                 fmt::format("{}: initial_state: expected shape [2, 3, 4, 6], got [1, 3, 4, 6]", rec));
+                 {fmt::format("{}: initial_state: expected shape [2, 3, 4, 6], got [1, 3, 4, 6]", rec)});
     Tensor wrong_final = Tensor::zeros({3, 3, 4, 6});
     expect_error([&] { forward1({0, 2, 5}, nullptr, &wrong_final); },
-                 fmt::format("{}: final_state: expected shape [2, 3, 4, 6], got [3, 3, 4, 6]", rec));
+                 {fmt::format("{}: final_state: expected shape [2, 3, 4, 6], got [3, 3, 4, 6]", rec)});
     forward1({0, 2, 5}, nullptr, &state1);  // the right shapes pass
 
     // Backward: the gate gradient has the gate's shape.
@@ -642,7 +625,7 @@ TEST(GatedLinearAttention, BadInputsAreErrors) {
             ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, dout, nullptr, in.q, in.k, in.v, nullptr,
                                                      in.args, &bad_dg);
         },
-        "linear_attention_chunkwise_backward: dlog_gate: expected shape [2, 5, 3, 4], got [2, 5, 3]");
+        {"linear_attention_chunkwise_backward: dlog_gate: expected shape [2, 5, 3, 4], got [2, 5, 3]"});
     ops::LinearAttentionArgs no_gate = in.args;
     no_gate.log_gate = Tensor();
     expect_error(
@@ -650,7 +633,7 @@ TEST(GatedLinearAttention, BadInputsAreErrors) {
             ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, dout, nullptr, in.q, in.k, in.v, nullptr,
                                                      no_gate, &bad_dg);
         },
-        "linear_attention_chunkwise_backward: dlog_gate: given, but args.log_gate is not defined");
+        {"linear_attention_chunkwise_backward: dlog_gate: given, but args.log_gate is not defined"});
 }
 
 // The kernels' vectorisable float exp (backend/cpu/vector_math.hpp) against libm's double exp rounded

@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -18,6 +17,8 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::count_non_finite;
+using testkit::expect_error;
 
 namespace {
 
@@ -622,12 +623,6 @@ Segment fold(const std::vector<Segment>& tokens, size_t begin, size_t end, int64
     return combine(fold(tokens, begin, middle, Dk, Dv), fold(tokens, middle, end, Dk, Dv), Dk, Dv);
 }
 
-bool all_finite(const Tensor& t) {
-    for (double x : t.to_vector())
-        if (!std::isfinite(x)) return false;
-    return true;
-}
-
 }  // namespace
 
 // (A ⊕ B) ⊕ C = A ⊕ (B ⊕ C) on random segments, to rounding; the §8.3 rule, which decays G by ρ_B once, is
@@ -723,14 +718,14 @@ TEST(HigherOrderNumerics, LongSequenceStrongAndWeakDecay) {
                 const Inputs in64 = in32.to(DType::f64);
 
                 const Outputs ref = run_forward(&ops::higher_order_attention_recurrent_forward, in64);
-                EXPECT_TRUE(all_finite(ref.o));
+                EXPECT_EQ(count_non_finite(ref.o), 0);
                 const Outputs explicit_sums = run_reference(in64.narrow(0, prefix));
                 EXPECT_LT(testkit::relative_error(ref.o.narrow(1, 0, prefix), explicit_sums.o), 1e-10);
                 expect_close(run_forward(&ops::higher_order_attention_chunkwise_forward, in64), ref, masked, 1e-10,
                              "chunkwise F64");
                 for (auto [name, forward] : kForms) {
                     const Outputs out = run_forward(forward, in32);
-                    EXPECT_TRUE(all_finite(out.o)) << name;
+                    EXPECT_EQ(count_non_finite(out.o), 0) << name;
                     expect_close(out, ref, masked, 1e-4, name);
                 }
 
@@ -742,26 +737,12 @@ TEST(HigherOrderNumerics, LongSequenceStrongAndWeakDecay) {
                 Inputs a = in32, b = in64;
                 const auto p32 = pairs_of(a, g32), p64 = pairs_of(b, g64);
                 for (size_t i = 0; i < p32.size(); ++i) {
-                    EXPECT_TRUE(all_finite(*std::get<2>(p32[i]))) << std::get<0>(p32[i]);
+                    EXPECT_EQ(count_non_finite(*std::get<2>(p32[i])), 0) << std::get<0>(p32[i]);
                     EXPECT_LT(testkit::relative_error(*std::get<2>(p32[i]), *std::get<2>(p64[i])), 1e-4)
                         << std::get<0>(p32[i]);
                 }
             }
 }
-
-namespace {
-
-// Expects fn to throw linarch::Error whose message contains `needle` (the op and tensor name).
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
-}  // namespace
 
 TEST(HigherOrderAttention, BadInputsAreErrors) {
     const Problem p{2, 6, 2, 4, 3, 4};
@@ -779,50 +760,50 @@ TEST(HigherOrderAttention, BadInputsAreErrors) {
 
     Inputs bad = in;
     bad.k = testkit::random_normal({2, 6, 2, 5}, DType::f64, 1);
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": k: expected shape");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": k: expected shape"});
     bad = in;
     bad.v = in.v.to(DType::f32);
-    expect_error(run(rec_fn, bad, o, &fin), std::string(recurrent) + ": v: expected dtype");
+    expect_error(run(rec_fn, bad, o, &fin), {std::string(recurrent) + ": v: expected dtype"});
     bad = in;
     bad.q = in.q.to(DType::bf16);
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": q: expected dtype F32 or F64");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": q: expected dtype F32 or F64"});
     bad = in;
     bad.v = testkit::random_normal({2, 6, 3, 2}, DType::f64, 2).narrow(2, 0, 2);
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": v: expected a contiguous tensor");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": v: expected a contiguous tensor"});
     bad = in;
     bad.initial_state.query_value_moment = testkit::random_normal({2, 2, 4, 4}, DType::f64, 3);
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": initial_state.query_value_moment");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": initial_state.query_value_moment"});
     bad = in;
     bad.initial_state.correction = Tensor();
-    expect_error(run(rec_fn, bad, o, &fin), std::string(recurrent) + ": initial_state.correction: tensor is not");
+    expect_error(run(rec_fn, bad, o, &fin), {std::string(recurrent) + ": initial_state.correction: tensor is not"});
     bad = in;
     bad.args.masked = false;  // a correction moment given to the unmasked form
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": initial_state.correction: the unmasked");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": initial_state.correction: the unmasked"});
     bad = in;
     bad.args.log_decay = Tensor::zeros({2}, DType::f64);
     bad.args.log_gate = Tensor::zeros({2, 6, 2}, DType::f64);
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": log_gate: expected at most one");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": log_gate: expected at most one"});
     bad = in;
     bad.args.log_decay = Tensor::zeros({3}, DType::f64);
-    expect_error(run(rec_fn, bad, o, &fin), std::string(recurrent) + ": log_decay: expected shape");
+    expect_error(run(rec_fn, bad, o, &fin), {std::string(recurrent) + ": log_decay: expected shape"});
     bad = in;
     bad.args.log_gate = Tensor::zeros({2, 6, 2}, DType::f32);
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": log_gate: expected dtype");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": log_gate: expected dtype"});
     bad = in;
     bad.args.log_gate = Tensor::zeros({2, 6, 2}, DType::f64);
     bad.args.log_gate.data<double>()[7] = 1e-3;  // α > 1
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": log_gate: expected every value ≤ 0");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": log_gate: expected every value ≤ 0"});
     bad = in;
     bad.args.chunk_size = 0;
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": chunk_size");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": chunk_size"});
     bad = in;
     bad.args.cu_seqlens = {0, 3, 6};  // B = 2
-    expect_error(run(chunk_fn, bad, o, &fin), std::string(chunkwise) + ": cu_seqlens: packed sequences need");
+    expect_error(run(chunk_fn, bad, o, &fin), {std::string(chunkwise) + ": cu_seqlens: packed sequences need"});
     Tensor bad_o = Tensor::empty({2, 6, 2, 4}, DType::f64);
-    expect_error(run(chunk_fn, in, bad_o, &fin), std::string(chunkwise) + ": o: expected shape");
+    expect_error(run(chunk_fn, in, bad_o, &fin), {std::string(chunkwise) + ": o: expected shape"});
     ops::HigherOrderState bad_fin = fin;
     bad_fin.key_moment = Tensor::empty({2, 2, 4, 3}, DType::f64);
-    expect_error(run(rec_fn, in, o, &bad_fin), std::string(recurrent) + ": final_state.key_moment: expected shape");
+    expect_error(run(rec_fn, in, o, &bad_fin), {std::string(recurrent) + ": final_state.key_moment: expected shape"});
 
     const Tensor dout = testkit::random_normal(in.v.shape(), DType::f64, 4);
     Gradients g = zero_gradients(in);
@@ -830,28 +811,28 @@ TEST(HigherOrderAttention, BadInputsAreErrors) {
     expect_error([&] { ops::higher_order_attention_chunkwise_backward(g.dq, g.dk, bad_dv, &g.dinitial_state, dout,
                                                                       nullptr, in.q, in.k, in.v, in.initial(),
                                                                       in.args); },
-                 std::string(backward) + ": dv: expected shape");
+                 {std::string(backward) + ": dv: expected shape"});
     ops::HigherOrderState bad_dfinal = in.random_state(DType::f64, 5);
     bad_dfinal.correction = bad_dfinal.correction.to(DType::f32);
     expect_error([&] { ops::higher_order_attention_chunkwise_backward(g.dq, g.dk, g.dv, &g.dinitial_state, dout,
                                                                       &bad_dfinal, in.q, in.k, in.v, in.initial(),
                                                                       in.args); },
-                 std::string(backward) + ": dfinal_state.correction: expected dtype");
+                 {std::string(backward) + ": dfinal_state.correction: expected dtype"});
     Tensor bad_dout = testkit::random_normal({2, 5, 2, 3}, DType::f64, 6);
     expect_error([&] { ops::higher_order_attention_chunkwise_backward(g.dq, g.dk, g.dv, &g.dinitial_state, bad_dout,
                                                                       nullptr, in.q, in.k, in.v, in.initial(),
                                                                       in.args); },
-                 std::string(backward) + ": dout: expected shape");
+                 {std::string(backward) + ": dout: expected shape"});
     Tensor dlog_gate = Tensor::zeros({2, 6, 2}, DType::f64);
     expect_error([&] { ops::higher_order_attention_chunkwise_backward(g.dq, g.dk, g.dv, &g.dinitial_state, dout,
                                                                       nullptr, in.q, in.k, in.v, in.initial(),
                                                                       in.args, &dlog_gate); },
-                 std::string(backward) + ": dlog_gate: given, but args.log_gate is not defined");
+                 {std::string(backward) + ": dlog_gate: given, but args.log_gate is not defined"});
     Inputs gated = in;
     gated.args.log_gate = Tensor::zeros({2, 6, 2}, DType::f64);
     Tensor bad_dlog_gate = Tensor::zeros({2, 6, 3}, DType::f64);
     expect_error([&] { ops::higher_order_attention_chunkwise_backward(g.dq, g.dk, g.dv, &g.dinitial_state, dout,
                                                                       nullptr, gated.q, gated.k, gated.v,
                                                                       gated.initial(), gated.args, &bad_dlog_gate); },
-                 std::string(backward) + ": dlog_gate: expected shape");
+                 {std::string(backward) + ": dlog_gate: expected shape"});
 }

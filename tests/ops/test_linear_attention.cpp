@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -16,6 +15,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::expect_error;
 
 namespace {
 
@@ -258,20 +258,6 @@ TEST(LinearAttention, StateCarriesAcrossSegments) {
     }
 }
 
-namespace {
-
-// Expects fn to throw linarch::Error whose message contains `needle` (the op and tensor name).
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
-}  // namespace
-
 TEST(LinearAttention, BadInputsAreErrors) {
     const Problem p{2, 5, 3, 4, 6, 4};
     const Inputs in(p, DType::f32, 5000, true, true);
@@ -284,37 +270,36 @@ TEST(LinearAttention, BadInputsAreErrors) {
     };
     const Tensor bad_v = testkit::random_normal({2, 5, 4, 6}, DType::f32, 5010);
     expect_error([&] { forward(in.q, in.k, bad_v, in.initial(), in.args); },
-                 fmt::format("{}: v: expected shape [2, 5, 3, Dv], got [2, 5, 4, 6]", fwd));
+                 {fmt::format("{}: v: expected shape [2, 5, 3, Dv], got [2, 5, 4, 6]", fwd)});
     const Tensor bad_k = testkit::random_normal({2, 5, 3, 5}, DType::f32, 5011);
     expect_error([&] { forward(in.q, bad_k, in.v, in.initial(), in.args); },
-                 fmt::format("{}: k: expected shape [2, 5, 3, 4], got [2, 5, 3, 5]", fwd));
+                 {fmt::format("{}: k: expected shape [2, 5, 3, 4], got [2, 5, 3, 5]", fwd)});
     const Tensor bad_state = testkit::random_normal({2, 3, 6, 4}, DType::f32, 5012);
     expect_error([&] { forward(in.q, in.k, in.v, &bad_state, in.args); },
-                 fmt::format("{}: initial_state: expected shape [2, 3, 4, 6], got [2, 3, 6, 4]", fwd));
+                 {fmt::format("{}: initial_state: expected shape [2, 3, 4, 6], got [2, 3, 6, 4]", fwd)});
     expect_error([&] { forward(in.q, in.k.to(DType::f64), in.v, in.initial(), in.args); },
-                 fmt::format("{}: k: expected dtype F32", fwd));
+                 {fmt::format("{}: k: expected dtype F32", fwd)});
     expect_error([&] { forward(in.q.to(DType::bf16), in.k, in.v, in.initial(), in.args); },
-                 fmt::format("{}: q: expected dtype F32 or F64, got BF16", fwd));
+                 {fmt::format("{}: q: expected dtype F32 or F64, got BF16", fwd)});
     const Tensor strided_q = testkit::random_normal({2, 3, 5, 4}, DType::f32, 5013).transpose(1, 2);
     expect_error([&] { forward(strided_q, in.k, in.v, in.initial(), in.args); },
-                 fmt::format("{}: q: expected a contiguous tensor", fwd));
+                 {fmt::format("{}: q: expected a contiguous tensor", fwd)});
     ops::LinearAttentionArgs args = in.args;
     args.log_decay = Tensor::from_vector({3}, {-0.1, 0.25, -0.3});
     expect_error([&] { forward(in.q, in.k, in.v, in.initial(), args); },
-                 fmt::format("{}: log_decay: expected every value ≤ 0, got 0.25 at head 1", fwd));
-    expect_error(
-        [&] { ops::linear_attention_recurrent_forward(o, &state, in.q, in.k, in.v, in.initial(), args); },
-        "linear_attention_recurrent_forward: log_decay: expected every value ≤ 0");
+                 {fmt::format("{}: log_decay: expected every value ≤ 0, got 0.25 at head 1", fwd)});
+    expect_error([&] { ops::linear_attention_recurrent_forward(o, &state, in.q, in.k, in.v, in.initial(), args); },
+                 {"linear_attention_recurrent_forward: log_decay: expected every value ≤ 0"});
     args.log_decay = Tensor::from_vector({2}, {-0.1, -0.2});
     expect_error([&] { forward(in.q, in.k, in.v, in.initial(), args); },
-                 fmt::format("{}: log_decay: expected shape [3], got [2]", fwd));
+                 {fmt::format("{}: log_decay: expected shape [3], got [2]", fwd)});
     args = in.args;
     args.chunk_size = 0;
     expect_error([&] { forward(in.q, in.k, in.v, in.initial(), args); },
-                 fmt::format("{}: chunk_size: expected ≥ 1, got 0", fwd));
+                 {fmt::format("{}: chunk_size: expected ≥ 1, got 0", fwd)});
     Tensor bad_o = Tensor::empty({2, 5, 3, 4});
     expect_error([&] { ops::linear_attention_chunkwise_forward(bad_o, &state, in.q, in.k, in.v, nullptr, in.args); },
-                 fmt::format("{}: o: expected shape [2, 5, 3, 6], got [2, 5, 3, 4]", fwd));
+                 {fmt::format("{}: o: expected shape [2, 5, 3, 6], got [2, 5, 3, 4]", fwd)});
 
     Tensor dq = Tensor::zeros(in.q.shape()), dk = Tensor::zeros(in.k.shape()), dv = Tensor::zeros(in.v.shape());
     Tensor bad_dq = Tensor::zeros({2, 5, 3, 6});
@@ -324,14 +309,14 @@ TEST(LinearAttention, BadInputsAreErrors) {
             ops::linear_attention_chunkwise_backward(bad_dq, dk, dv, nullptr, dout, nullptr, in.q, in.k, in.v,
                                                      nullptr, in.args);
         },
-        "linear_attention_chunkwise_backward: dq: expected shape [2, 5, 3, 4], got [2, 5, 3, 6]");
+        {"linear_attention_chunkwise_backward: dq: expected shape [2, 5, 3, 4], got [2, 5, 3, 6]"});
     const Tensor dout64 = dout.to(DType::f64);
     expect_error(
         [&] {
             ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, dout64, nullptr, in.q, in.k, in.v, nullptr,
                                                      in.args);
         },
-        "linear_attention_chunkwise_backward: dout: expected dtype F32");
+        {"linear_attention_chunkwise_backward: dout: expected dtype F32"});
 }
 
 // A GPU tensor among CPU ones is an error naming it, not a crash.
@@ -342,12 +327,12 @@ TEST(LinearAttention, MixedDevicesAreRefused) {
     Tensor o = Tensor::empty({1, 4, 2, 5});
     const Tensor k_gpu = in.k.to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, in.q, k_gpu, in.v, nullptr, in.args); },
-                 "linear_attention_chunkwise_forward: k: tensor is on cuda, expected cpu");
+                 {"linear_attention_chunkwise_forward: k: tensor is on cuda, expected cpu"});
     Tensor out = Tensor::empty({1, 4, 3});
     const Tensor x_gpu = testkit::random_normal({1, 4, 3}, DType::f32, 5101).to(Device::cuda);
     const Tensor w = testkit::random_normal({3, 4}, DType::f32, 5102);
     expect_error([&] { ops::short_conv_forward(out, x_gpu, w, true); },
-                 "short_conv_forward: weight: tensor is on cpu, expected cuda (one device per call)");
+                 {"short_conv_forward: weight: tensor is on cpu, expected cuda (one device per call)"});
 }
 
 TEST(ShortConv, ForwardMatchesReference) {
@@ -397,17 +382,17 @@ TEST(ShortConv, BadInputsAreErrors) {
     Tensor out = Tensor::empty({2, 5, 4});
     const Tensor w9 = testkit::random_normal({4, 9}, DType::f32, 8001);
     expect_error([&] { ops::short_conv_forward(out, x, w9, true); },
-                 "short_conv_forward: weight: expected shape [4, K] with 1 ≤ K ≤ 8, got [4, 9]");
+                 {"short_conv_forward: weight: expected shape [4, K] with 1 ≤ K ≤ 8, got [4, 9]"});
     const Tensor w_channels = testkit::random_normal({5, 3}, DType::f32, 8002);
     expect_error([&] { ops::short_conv_forward(out, x, w_channels, true); },
-                 "short_conv_forward: weight: expected shape [4, K] with 1 ≤ K ≤ 8, got [5, 3]");
+                 {"short_conv_forward: weight: expected shape [4, K] with 1 ≤ K ≤ 8, got [5, 3]"});
     const Tensor w = testkit::random_normal({4, 3}, DType::f32, 8003);
     expect_error([&] { ops::short_conv_forward(out, x, w.to(DType::f64), true); },
-                 "short_conv_forward: weight: expected dtype F32");
+                 {"short_conv_forward: weight: expected dtype F32"});
     Tensor bad_out = Tensor::empty({2, 4, 4});
     expect_error([&] { ops::short_conv_forward(bad_out, x, w, false); },
-                 "short_conv_forward: out: expected shape [2, 5, 4], got [2, 4, 4]");
+                 {"short_conv_forward: out: expected shape [2, 5, 4], got [2, 4, 4]"});
     Tensor dx = Tensor::zeros({2, 5, 4}), bad_dw = Tensor::zeros({4, 2});
     expect_error([&] { ops::short_conv_backward(dx, bad_dw, x, x, w, true); },
-                 "short_conv_backward: dweight: expected shape [4, 3], got [4, 2]");
+                 {"short_conv_backward: dweight: expected shape [4, 3], got [4, 2]"});
 }

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <string>
 
 #include "core/tensor.hpp"
@@ -14,6 +13,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::expect_error;
 
 namespace {
 
@@ -48,15 +48,6 @@ struct Tokens {
     // Token t of a [N,T,…] tensor as a contiguous [N,…] tensor.
     static Tensor at(const Tensor& x, int64_t t) { return x.defined() ? x.select(1, t).contiguous() : Tensor(); }
 };
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
 
 }  // namespace
 
@@ -108,35 +99,35 @@ TEST(RecurrentStep, BadInputsAreErrors) {
     const char* la = "linear_attention_step";
     const char* dr = "delta_rule_step";
     expect_error([&] { ops::linear_attention_step(o, state, q, in.k, v, g, 1.0); },
-                 fmt::format("{}: k: expected shape [2, 3, 8], got [2, 1, 3, 8]", la));
+                 {fmt::format("{}: k: expected shape [2, 3, 8], got [2, 1, 3, 8]", la)});
     const Tensor v_bad = testkit::random_normal({N, H + 1, Dv}, DType::f32, 901);
     expect_error([&] { ops::linear_attention_step(o, state, q, k, v_bad, g, 1.0); },
-                 fmt::format("{}: v: expected shape [2, 3, 4], got [2, 4, 4]", la));
+                 {fmt::format("{}: v: expected shape [2, 3, 4], got [2, 4, 4]", la)});
     Tensor state_bad = Tensor::zeros({N, H, Dk, Dv + 1});
     expect_error([&] { ops::linear_attention_step(o, state_bad, q, k, v, g, 1.0); },
-                 fmt::format("{}: state: expected shape [2, 3, 8, 4], got [2, 3, 8, 5]", la));
+                 {fmt::format("{}: state: expected shape [2, 3, 8, 4], got [2, 3, 8, 5]", la)});
     Tensor state_f64 = state.to(DType::f64);
     expect_error([&] { ops::linear_attention_step(o, state_f64, q, k, v, g, 1.0); },
-                 fmt::format("{}: state: expected dtype F32 on cpu, got F64", la));
+                 {fmt::format("{}: state: expected dtype F32 on cpu, got F64", la)});
     const Tensor q_bf16 = q.to(DType::bf16);
     expect_error([&] { ops::linear_attention_step(o, state, q_bf16, k, v, g, 1.0); },
-                 fmt::format("{}: q: expected dtype F32 or F64 on cpu, got BF16", la));
+                 {fmt::format("{}: q: expected dtype F32 or F64 on cpu, got BF16", la)});
     const Tensor g_bad = testkit::random_uniform({N, H, Dk + 1}, DType::f32, 902, -1.0, 0.0);
     expect_error([&] { ops::linear_attention_step(o, state, q, k, v, g_bad, 1.0); },
-                 fmt::format("{}: log_gate: expected shape [2, 3, 8], got [2, 3, 9]", la));
+                 {fmt::format("{}: log_gate: expected shape [2, 3, 8], got [2, 3, 9]", la)});
     const Tensor g_positive = testkit::random_uniform({N, H}, DType::f32, 903, 0.5, 1.0);
     expect_error([&] { ops::linear_attention_step(o, state, q, k, v, g_positive, 1.0); },
-                 "log_gate: expected every value ≤ 0");
+                 {"log_gate: expected every value ≤ 0"});
     const Tensor q_strided = testkit::random_normal({N, H, 2 * Dk}, DType::f32, 904).narrow(2, 0, Dk);
     expect_error([&] { ops::linear_attention_step(o, state, q_strided, k, v, g, 1.0); },
-                 fmt::format("{}: q: expected a contiguous tensor", la));
+                 {fmt::format("{}: q: expected a contiguous tensor", la)});
     // The delta rule: β's shape and range, no per-key-channel gate.
     const Tensor g_vector = Tokens::at(Tokens(N, 1, H, Dk, Dv, kKinds[2], DType::f32, 905).log_gate, 0);
     expect_error([&] { ops::delta_rule_step(o, state, q, k, v, beta, g_vector, 1.0); },
-                 fmt::format("{}: log_gate: expected shape [2, 3], got [2, 3, 8]", dr));
+                 {fmt::format("{}: log_gate: expected shape [2, 3], got [2, 3, 8]", dr)});
     expect_error([&] { ops::delta_rule_step(o, state, q, k, v, Tensor(), g, 1.0); },
-                 fmt::format("{}: beta: tensor is not defined", dr));
+                 {fmt::format("{}: beta: tensor is not defined", dr)});
     const Tensor beta_big = testkit::random_uniform({N, H}, DType::f32, 906, 1.5, 2.0);
     expect_error([&] { ops::delta_rule_step(o, state, q, k, v, beta_big, g, 1.0); },
-                 "beta: expected every value in [0, 1]");
+                 {"beta: expected every value in [0, 1]"});
 }

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -15,6 +14,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::expect_error;
 
 namespace {
 
@@ -320,20 +320,6 @@ TEST(SoftmaxAttention, AlibiSlopesFollowThePaper) {
     EXPECT_EQ(ops::alibi_slopes(3).dtype(), DType::f32);
 }
 
-namespace {
-
-// Expects fn to throw linarch::Error whose message contains `needle` (the op and tensor name).
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
-}  // namespace
-
 TEST(SoftmaxAttention, BadInputsAreErrors) {
     const Problem p{2, 5, 3, 4, 6};
     const Inputs in(p, DType::f32, 6000, Bias::forget, 0);
@@ -344,43 +330,43 @@ TEST(SoftmaxAttention, BadInputsAreErrors) {
     };
     const Tensor bad_v = testkit::random_normal({2, 5, 4, 6}, DType::f32, 6010);
     expect_error([&] { forward(in.q, in.k, bad_v, in.args); },
-                 fmt::format("{}: v: expected shape [2, 5, 3, Dv], got [2, 5, 4, 6]", fwd));
+                 {fmt::format("{}: v: expected shape [2, 5, 3, Dv], got [2, 5, 4, 6]", fwd)});
     const Tensor bad_k = testkit::random_normal({2, 5, 3, 5}, DType::f32, 6011);
     expect_error([&] { forward(in.q, bad_k, in.v, in.args); },
-                 fmt::format("{}: k: expected shape [2, 5, 3, 4], got [2, 5, 3, 5]", fwd));
+                 {fmt::format("{}: k: expected shape [2, 5, 3, 4], got [2, 5, 3, 5]", fwd)});
     expect_error([&] { forward(in.q, in.k.to(DType::f64), in.v, in.args); },
-                 fmt::format("{}: k: expected dtype F32", fwd));
+                 {fmt::format("{}: k: expected dtype F32", fwd)});
     expect_error([&] { forward(in.q.to(DType::bf16), in.k, in.v, in.args); },
-                 fmt::format("{}: q: expected dtype F32 or F64, got BF16", fwd));
+                 {fmt::format("{}: q: expected dtype F32 or F64, got BF16", fwd)});
     const Tensor q3 = testkit::random_normal({2, 5, 12}, DType::f32, 6012);
     expect_error([&] { forward(q3, in.k, in.v, in.args); },
-                 fmt::format("{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape [2, 5, 12]", fwd));
+                 {fmt::format("{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape [2, 5, 12]", fwd)});
     const Tensor strided_q = testkit::random_normal({2, 3, 5, 4}, DType::f32, 6013).transpose(1, 2);
     expect_error([&] { forward(strided_q, in.k, in.v, in.args); },
-                 fmt::format("{}: q: expected a contiguous tensor", fwd));
+                 {fmt::format("{}: q: expected a contiguous tensor", fwd)});
 
     ops::SoftmaxAttentionArgs args = in.args;
     args.log_forget = args.log_forget.clone();
     args.log_forget.data<float>()[(1 * 5 + 2) * 3 + 1] = 0.25f;
     expect_error([&] { forward(in.q, in.k, in.v, args); },
-                 fmt::format("{}: log_forget: expected every value ≤ 0, got 0.25 at [1, 2, 1]", fwd));
+                 {fmt::format("{}: log_forget: expected every value ≤ 0, got 0.25 at [1, 2, 1]", fwd)});
     args.log_forget = Tensor::zeros({2, 5, 4});
     expect_error([&] { forward(in.q, in.k, in.v, args); },
-                 fmt::format("{}: log_forget: expected shape [2, 5, 3], got [2, 5, 4]", fwd));
+                 {fmt::format("{}: log_forget: expected shape [2, 5, 3], got [2, 5, 4]", fwd)});
     args = in.args;
     args.alibi_slopes = Tensor::zeros({2});
     expect_error([&] { forward(in.q, in.k, in.v, args); },
-                 fmt::format("{}: alibi_slopes: expected shape [3], got [2]", fwd));
+                 {fmt::format("{}: alibi_slopes: expected shape [3], got [2]", fwd)});
     args = in.args;
     args.window = -1;
     expect_error([&] { forward(in.q, in.k, in.v, args); },
-                 fmt::format("{}: window: expected ≥ 0 (0 = full causal), got -1", fwd));
+                 {fmt::format("{}: window: expected ≥ 0 (0 = full causal), got -1", fwd)});
 
     // cu_seqlens: B must be 1, the bounds must cover [0, T] and increase.
     args = in.args;
     args.cu_seqlens = {0, 2, 5};
     expect_error([&] { forward(in.q, in.k, in.v, args); },
-                 fmt::format("{}: cu_seqlens: packed sequences need B == 1, got q of shape [2, 5, 3, 4]", fwd));
+                 {fmt::format("{}: cu_seqlens: packed sequences need B == 1, got q of shape [2, 5, 3, 4]", fwd)});
     const Inputs one(Problem{1, 5, 3, 4, 6}, DType::f32, 6020, Bias::none, 0);
     Tensor o1 = Tensor::empty({1, 5, 3, 6}), lse1 = Tensor::empty({1, 5, 3});
     for (const std::vector<int64_t>& bad : {std::vector<int64_t>{0, 2, 4}, std::vector<int64_t>{1, 5},
@@ -388,18 +374,18 @@ TEST(SoftmaxAttention, BadInputsAreErrors) {
         args = one.args;
         args.cu_seqlens = bad;
         expect_error([&] { ops::softmax_attention_forward(o1, lse1, one.q, one.k, one.v, args); },
-                     fmt::format("{}: cu_seqlens: expected 0 = cu_seqlens[0] < … < cu_seqlens[last] = T = 5", fwd));
+                     {fmt::format("{}: cu_seqlens: expected 0 = cu_seqlens[0] < … < cu_seqlens[last] = T = 5", fwd)});
     }
     args.cu_seqlens = {0, 3, 3, 5};
     expect_error([&] { ops::softmax_attention_forward(o1, lse1, one.q, one.k, one.v, args); },
-                 fmt::format("{}: cu_seqlens: expected strictly increasing bounds, got 3 then 3 at 1", fwd));
+                 {fmt::format("{}: cu_seqlens: expected strictly increasing bounds, got 3 then 3 at 1", fwd)});
 
     Tensor bad_o = Tensor::empty({2, 5, 3, 4});
     expect_error([&] { ops::softmax_attention_forward(bad_o, lse, in.q, in.k, in.v, in.args); },
-                 fmt::format("{}: o: expected shape [2, 5, 3, 6], got [2, 5, 3, 4]", fwd));
+                 {fmt::format("{}: o: expected shape [2, 5, 3, 6], got [2, 5, 3, 4]", fwd)});
     Tensor bad_lse = Tensor::empty({2, 5});
     expect_error([&] { ops::softmax_attention_forward(o, bad_lse, in.q, in.k, in.v, in.args); },
-                 fmt::format("{}: logsumexp: expected shape [2, 5, 3], got [2, 5]", fwd));
+                 {fmt::format("{}: logsumexp: expected shape [2, 5, 3], got [2, 5]", fwd)});
 
     // Backward.
     ops::softmax_attention_forward(o, lse, in.q, in.k, in.v, in.args);
@@ -408,21 +394,25 @@ TEST(SoftmaxAttention, BadInputsAreErrors) {
     const Tensor dout = testkit::random_normal(in.v.shape(), DType::f32, 6030);
     const char* bwd = "softmax_attention_backward";
     Tensor bad_dq = Tensor::zeros({2, 5, 3, 6});
-    expect_error([&] { ops::softmax_attention_backward(bad_dq, dk, dv, &dlog_forget, dout, in.q, in.k, in.v, o, lse, in.args); },
-                 fmt::format("{}: dq: expected shape [2, 5, 3, 4], got [2, 5, 3, 6]", bwd));
+    expect_error(
+        [&] { ops::softmax_attention_backward(bad_dq, dk, dv, &dlog_forget, dout, in.q, in.k, in.v, o, lse, in.args); },
+        {fmt::format("{}: dq: expected shape [2, 5, 3, 4], got [2, 5, 3, 6]", bwd)});
     const Tensor dout64 = dout.to(DType::f64);
-    expect_error([&] { ops::softmax_attention_backward(dq, dk, dv, &dlog_forget, dout64, in.q, in.k, in.v, o, lse, in.args); },
-                 fmt::format("{}: dout: expected dtype F32", bwd));
+    expect_error(
+        [&] { ops::softmax_attention_backward(dq, dk, dv, &dlog_forget, dout64, in.q, in.k, in.v, o, lse, in.args); },
+        {fmt::format("{}: dout: expected dtype F32", bwd)});
     Tensor bad_dlog_forget = Tensor::zeros({2, 5});
     expect_error(
         [&] { ops::softmax_attention_backward(dq, dk, dv, &bad_dlog_forget, dout, in.q, in.k, in.v, o, lse, in.args); },
-        fmt::format("{}: dlog_forget: expected shape [2, 5, 3], got [2, 5]", bwd));
+        {fmt::format("{}: dlog_forget: expected shape [2, 5, 3], got [2, 5]", bwd)});
     args = in.args;
     args.log_forget = Tensor();
-    expect_error([&] { ops::softmax_attention_backward(dq, dk, dv, &dlog_forget, dout, in.q, in.k, in.v, o, lse, args); },
-                 fmt::format("{}: dlog_forget: given, but args.log_forget is undefined", bwd));
+    expect_error(
+        [&] { ops::softmax_attention_backward(dq, dk, dv, &dlog_forget, dout, in.q, in.k, in.v, o, lse, args); },
+        {fmt::format("{}: dlog_forget: given, but args.log_forget is undefined", bwd)});
     args = in.args;
     args.window = -3;
-    expect_error([&] { ops::softmax_attention_backward(dq, dk, dv, &dlog_forget, dout, in.q, in.k, in.v, o, lse, args); },
-                 fmt::format("{}: window: expected ≥ 0", bwd));
+    expect_error(
+        [&] { ops::softmax_attention_backward(dq, dk, dv, &dlog_forget, dout, in.q, in.k, in.v, o, lse, args); },
+        {fmt::format("{}: window: expected ≥ 0", bwd)});
 }

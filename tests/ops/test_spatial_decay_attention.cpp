@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -19,6 +18,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::expect_error;
 
 namespace {
 
@@ -510,19 +510,6 @@ TEST(SpatialDecayChunkwise, StrongAndWeakDecayStayFiniteAndMatch) {
     }
 }
 
-namespace {
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "expected an Error containing: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-    }
-}
-
-}  // namespace
-
 TEST(SpatialDecayErrors, BadInputsNameOpAndField) {
     const Grid g{2, 3, 4, 2, 5, 6};
     const Inputs in(g, DType::f32, 46000);
@@ -534,48 +521,48 @@ TEST(SpatialDecayErrors, BadInputsNameOpAndField) {
     ops::SpatialDecayAttentionArgs args = in.args;
     args.grid_width = 5;
     expect_error([&] { forward(args); },
-                 fmt::format("{}: grid_height, grid_width: the grid of 3 × 5 = 15 cells must hold the sequence "
-                             "length T = 12",
-                             fwd));
+                 {fmt::format("{}: grid_height, grid_width: the grid of 3 × 5 = 15 cells must hold the sequence "
+                              "length T = 12",
+                              fwd)});
     expect_error([&] { ops::spatial_decay_attention_parallel_forward(o, in.q, in.k, in.v, args); },
-                 "spatial_decay_attention_parallel_forward: grid_height, grid_width: the grid of 3 × 5");
+                 {"spatial_decay_attention_parallel_forward: grid_height, grid_width: the grid of 3 × 5"});
     args = in.args;
     args.chunk_rows = 0;
     expect_error([&] { ops::spatial_decay_attention_chunkwise_forward(o, in.q, in.k, in.v, args); },
-                 "spatial_decay_attention_chunkwise_forward: chunk_rows: expected ≥ 1, got 0");
+                 {"spatial_decay_attention_chunkwise_forward: chunk_rows: expected ≥ 1, got 0"});
     args = in.args;
     args.grid_height = -3;
     args.grid_width = -4;
     expect_error([&] { forward(args); },
-                 fmt::format("{}: grid_height, grid_width: expected both ≥ 1, got -3 × -4", fwd));
+                 {fmt::format("{}: grid_height, grid_width: expected both ≥ 1, got -3 × -4", fwd)});
 
     args = in.args;
     args.log_decay_row = Tensor::from_vector({2}, {-0.1, 0.25});
     expect_error([&] { forward(args); },
-                 fmt::format("{}: log_decay_row: expected every value finite and ≤ 0 (a decay rate in (0, 1]), got "
-                             "0.25 at head 1",
-                             fwd));
+                 {fmt::format("{}: log_decay_row: expected every value finite and ≤ 0 (a decay rate in (0, 1]), got "
+                              "0.25 at head 1",
+                              fwd)});
     args = in.args;
     args.log_decay_col = Tensor::from_vector({2}, {NAN, -0.1});
-    expect_error([&] { forward(args); }, fmt::format("{}: log_decay_col: expected every value finite and ≤ 0", fwd));
+    expect_error([&] { forward(args); }, {fmt::format("{}: log_decay_col: expected every value finite and ≤ 0", fwd)});
     args.log_decay_col = Tensor::from_vector({2}, {-INFINITY, -0.1});
-    expect_error([&] { forward(args); }, fmt::format("{}: log_decay_col: expected every value finite and ≤ 0", fwd));
+    expect_error([&] { forward(args); }, {fmt::format("{}: log_decay_col: expected every value finite and ≤ 0", fwd)});
     args.log_decay_col = Tensor::from_vector({3}, {-0.1, -0.1, -0.1});
-    expect_error([&] { forward(args); }, fmt::format("{}: log_decay_col: expected shape [2], got [3]", fwd));
+    expect_error([&] { forward(args); }, {fmt::format("{}: log_decay_col: expected shape [2], got [3]", fwd)});
     args.log_decay_col = Tensor();
-    expect_error([&] { forward(args); }, fmt::format("{}: log_decay_col: tensor is not defined", fwd));
+    expect_error([&] { forward(args); }, {fmt::format("{}: log_decay_col: tensor is not defined", fwd)});
     args.log_decay_col = in.args.log_decay_col.to(DType::f64);
-    expect_error([&] { forward(args); }, fmt::format("{}: log_decay_col: expected dtype F32", fwd));
+    expect_error([&] { forward(args); }, {fmt::format("{}: log_decay_col: expected dtype F32", fwd)});
 
     const Tensor k64 = in.k.to(DType::f64);
     expect_error([&] { ops::spatial_decay_attention_recurrent_forward(o, in.q, k64, in.v, in.args); },
-                 fmt::format("{}: k: expected dtype F32", fwd));
+                 {fmt::format("{}: k: expected dtype F32", fwd)});
     const Tensor v_short = Tensor::zeros({2, 11, 2, 6});
     expect_error([&] { ops::spatial_decay_attention_recurrent_forward(o, in.q, in.k, v_short, in.args); },
-                 fmt::format("{}: v: expected shape [2, 12, 2, Dv], got [2, 11, 2, 6]", fwd));
+                 {fmt::format("{}: v: expected shape [2, 12, 2, Dv], got [2, 11, 2, 6]", fwd)});
     Tensor o_wrong = Tensor::empty({2, 12, 2, 5});
     expect_error([&] { ops::spatial_decay_attention_recurrent_forward(o_wrong, in.q, in.k, in.v, in.args); },
-                 fmt::format("{}: o: expected shape [2, 12, 2, 6], got [2, 12, 2, 5]", fwd));
+                 {fmt::format("{}: o: expected shape [2, 12, 2, 6], got [2, 12, 2, 5]", fwd)});
 
     const char* bwd = "spatial_decay_attention_recurrent_backward";
     Tensor dq = Tensor::zeros(in.q.shape()), dk = Tensor::zeros(in.k.shape()), dv = Tensor::zeros(in.v.shape());
@@ -586,14 +573,14 @@ TEST(SpatialDecayErrors, BadInputsNameOpAndField) {
             ops::spatial_decay_attention_recurrent_backward(dq, dk, dv, &ddecay, nullptr, dout, in.q, in.k, in.v,
                                                             in.args);
         },
-        fmt::format("{}: dlog_decay_row: expected shape [2], got [3]", bwd));
+        {fmt::format("{}: dlog_decay_row: expected shape [2], got [3]", bwd)});
     Tensor dk_wrong = Tensor::zeros({2, 12, 2, 4});
     expect_error(
         [&] {
             ops::spatial_decay_attention_parallel_backward(dq, dk_wrong, dv, nullptr, nullptr, dout, in.q, in.k, in.v,
                                                            in.args);
         },
-        "spatial_decay_attention_parallel_backward: dk: expected shape [2, 12, 2, 5], got [2, 12, 2, 4]");
+        {"spatial_decay_attention_parallel_backward: dk: expected shape [2, 12, 2, 5], got [2, 12, 2, 4]"});
     args = in.args;
     args.grid_height = 4;
     expect_error(
@@ -601,5 +588,5 @@ TEST(SpatialDecayErrors, BadInputsNameOpAndField) {
             ops::spatial_decay_attention_recurrent_backward(dq, dk, dv, nullptr, nullptr, dout, in.q, in.k, in.v,
                                                             args);
         },
-        fmt::format("{}: grid_height, grid_width: the grid of 4 × 4 = 16 cells", bwd));
+        {fmt::format("{}: grid_height, grid_width: the grid of 4 × 4 = 16 cells", bwd)});
 }

@@ -10,10 +10,12 @@
 #include "search/report.hpp"
 #include "search/report_svg.hpp"
 #include "support/process.hpp"
+#include "support/testkit.hpp"
 #include "synthetic_study.hpp"
 
 using namespace linarch;
 using namespace linarch::report_test;
+using testkit::error_of;
 
 namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -24,16 +26,6 @@ std::vector<int64_t> numbers(const nlohmann::json& array, const char* key = null
     std::vector<int64_t> out;
     for (const auto& item : array) out.push_back(key ? item.at(key).get<int64_t>() : item.get<int64_t>());
     return out;
-}
-
-std::string error_of(const std::function<void()>& action) {
-    try {
-        action();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    ADD_FAILURE() << "expected an Error";
-    return "";
 }
 
 // The text of the first element that `marker` (an attribute, say) is in, up to its closing tag.

@@ -22,20 +22,11 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::error_of;
 
 namespace {
 
 std::string url_of(const std::filesystem::path& file) { return "sqlite:///" + file.string(); }
-
-std::string error_of(const std::function<void()>& action) {
-    try {
-        action();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    ADD_FAILURE() << "expected an Error";
-    return "";
-}
 
 // Runs `body` in a child process (which opens its own connection) and returns its pid. The child
 // exits 0 when body returns, 1 when it throws, without running the parent's destructors.

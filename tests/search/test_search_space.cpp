@@ -1,6 +1,5 @@
 #include <gtest/gtest.h>
 
-#include <functional>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
@@ -10,19 +9,9 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::error_of;
 
 namespace {
-
-// The message of the Error `action` throws (a test failure when it throws nothing).
-std::string error_of(const std::function<void()>& action) {
-    try {
-        action();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    ADD_FAILURE() << "expected an Error";
-    return "";
-}
 
 // A small inline base: two layers of Gated DeltaNet at d = 32.
 constexpr const char* kInlineBase = R"(

@@ -1,10 +1,13 @@
 #include "support/testkit.hpp"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 
+#include "core/error.hpp"
 #include "core/rng.hpp"
 
 namespace linarch::testkit {
@@ -72,6 +75,12 @@ double relative_error(const Tensor& out, const Tensor& ref) {
     return std::sqrt(diff / norm);
 }
 
+int64_t count_non_finite(const Tensor& t) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < t.numel(); ++i) count += !std::isfinite(t.flat(i));
+    return count;
+}
+
 double dot(const Tensor& a, const Tensor& b) {
     LINARCH_CHECK(a.shape() == b.shape(), "dot: shapes {} and {}", shape_string(a.shape()), shape_string(b.shape()));
     double sum = 0;
@@ -109,6 +118,36 @@ double gradient_check(const std::function<double()>& loss, Tensor& input, const 
     }
     LINARCH_CHECK(norm > 0, "gradient_check: the finite-difference gradient is all zeros");
     return std::sqrt(diff / norm);
+}
+
+std::string error_of(const std::function<void()>& action, std::source_location where) {
+    try {
+        action();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    ADD_FAILURE_AT(where.file_name(), int(where.line())) << "expected a linarch::Error, nothing was thrown";
+    return "";
+}
+
+void expect_contains(const std::string& message, const std::vector<std::string>& fragments,
+                     std::source_location where) {
+    for (const std::string& fragment : fragments)
+        if (message.find(fragment) == std::string::npos)
+            ADD_FAILURE_AT(where.file_name(), int(where.line())) << "message: " << message << "\nlacks: " << fragment;
+}
+
+void expect_error(const std::function<void()>& action, const std::vector<std::string>& fragments,
+                  std::source_location where) {
+    try {
+        action();
+    } catch (const Error& e) {
+        expect_contains(e.what(), fragments, where);
+        return;
+    }
+    std::string wanted;
+    for (const std::string& fragment : fragments) wanted += "\n  " + fragment;
+    ADD_FAILURE_AT(where.file_name(), int(where.line())) << "expected a linarch::Error mentioning:" << wanted;
 }
 
 }  // namespace linarch::testkit

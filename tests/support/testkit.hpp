@@ -1,7 +1,9 @@
-// Shared test helpers: fresh random inputs, relative error, finite-difference gradient checks.
+// Shared test helpers: fresh random inputs, relative error, finite-difference gradient checks,
+// expected errors.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <source_location>
 #include <string>
 #include <vector>
 
@@ -25,6 +27,9 @@ std::vector<int32_t> random_ids(int64_t count, int32_t n, uint64_t stream);
 // ‖out − ref‖ / ‖ref‖ over all elements, in double; shapes must match.
 double relative_error(const Tensor& out, const Tensor& ref);
 
+// Entries of a CPU tensor that are NaN or ±inf.
+int64_t count_non_finite(const Tensor& t);
+
 // Σ_i a_i · b_i in double (projects an output onto a random direction to make a scalar loss).
 double dot(const Tensor& a, const Tensor& b);
 
@@ -37,5 +42,20 @@ double dot(const Tensor& a, const Tensor& b);
 // (a head's first output, q·k ≈ 0) makes the loss so curved there that D(h) alone is off by ~1e-4.
 double gradient_check(const std::function<double()>& loss, Tensor& input, const Tensor& analytic,
                       int64_t max_entries = 64, double step = 1e-6, bool extrapolate = false);
+
+// The checks below run inside testkit.cpp, so they report a failure at `where`, the caller's line,
+// rather than at a line of theirs that every test shares.
+
+// The message of the linarch::Error that `action` throws; a test failure (and "") when it throws nothing.
+std::string error_of(const std::function<void()>& action,
+                     std::source_location where = std::source_location::current());
+
+// A test failure for each of `fragments` that `message` does not contain.
+void expect_contains(const std::string& message, const std::vector<std::string>& fragments,
+                     std::source_location where = std::source_location::current());
+
+// Runs `action` and expects a linarch::Error whose message contains every one of `fragments`.
+void expect_error(const std::function<void()>& action, const std::vector<std::string>& fragments,
+                  std::source_location where = std::source_location::current());
 
 }  // namespace linarch::testkit

@@ -23,6 +23,7 @@
 
 #include "backend/cuda/linear_attention_chunkwise.hpp"
 #include "backend/cuda/mma_ptx.cuh"
+#include "backend/cuda/warp_tiles.cuh"
 #include "core/error.hpp"
 
 namespace linarch::cuda {
@@ -48,12 +49,15 @@ struct Params {
     bf16* u_out;                 // the delta rule: null, or u [B,T,H,Dv]
     int seq_len, heads, value_dim;
     float scale;
+    const bf16* a_intra = nullptr;    // GLA: the chunks' intra-chunk matrices [B,T,H,64] (gla_chunkwise.cu)
+    const float* row_decay = nullptr; // GLA: exp(G_last) per key dimension [B, chunks, H, Dk]
 };
 
-// One stage holds a chunk's q, k, [W,] v and gates; rows are padded by 16 bytes so that ldmatrix's eight
-// row addresses fall in different banks. STAGES of them (2: the next chunk loads during this one), then
-// the bf16 copy of the state slice.
-template <int DK, bool DELTA, int BV> struct StageLayout {
+// One stage holds a chunk's q, k, [W,] v and gates [or, for a vector gate, the intra-chunk matrix and
+// the chunk's decay per key dimension]; rows are padded by 16 bytes so that ldmatrix's eight row
+// addresses fall in different banks. STAGES of them (2: the next chunk loads during this one), then the
+// bf16 copy of the state slice.
+template <int DK, bool DELTA, int BV, bool VECTOR = false> struct StageLayout {
     static constexpr int qk_stride = DK + 8;  // elements
     static constexpr int v_stride = BV + 8;
     static constexpr int q_off = 0;
@@ -61,20 +65,25 @@ template <int DK, bool DELTA, int BV> struct StageLayout {
     static constexpr int w_off = k_off + kChunk * qk_stride * 2;
     static constexpr int v_off = w_off + (DELTA ? kChunk * qk_stride * 2 : 0);
     static constexpr int g_off = v_off + kChunk * v_stride * 2;
-    static constexpr int stage_bytes = g_off + kChunk * 4;
-    static_assert(stage_bytes % 16 == 0 && k_off % 16 == 0 && v_off % 16 == 0 && g_off % 16 == 0);
+    static constexpr int a_stride = kChunk + 8;
+    static constexpr int a_off = g_off + kChunk * 4;
+    static constexpr int decay_off = a_off + (VECTOR ? kChunk * a_stride * 2 : 0);
+    static constexpr int stage_bytes = decay_off + (VECTOR ? DK * 4 : 0);
+    static_assert(stage_bytes % 16 == 0 && k_off % 16 == 0 && v_off % 16 == 0 && g_off % 16 == 0 &&
+                  a_off % 16 == 0 && decay_off % 16 == 0);
 };
-template <int DK, bool DELTA, int STAGES, int BV> struct Layout : StageLayout<DK, DELTA, BV> {
-    static constexpr int s_off = STAGES * StageLayout<DK, DELTA, BV>::stage_bytes;
-    static constexpr int bytes = s_off + DK * StageLayout<DK, DELTA, BV>::v_stride * 2;
+template <int DK, bool DELTA, int STAGES, int BV, bool VECTOR = false>
+struct Layout : StageLayout<DK, DELTA, BV, VECTOR> {
+    static constexpr int s_off = STAGES * StageLayout<DK, DELTA, BV, VECTOR>::stage_bytes;
+    static constexpr int bytes = s_off + DK * StageLayout<DK, DELTA, BV, VECTOR>::v_stride * 2;
 };
 
 
 // Starts copying one chunk of q, k, (W,) v (columns v_col ..) and the gates into a stage; rows past the
 // sequence end are zero-filled, and their gates 0, so the chunk's total decay is its last token's.
-template <int DK, bool DELTA, int BV>
+template <int DK, bool DELTA, int BV, bool VECTOR>
 __device__ __forceinline__ void load_chunk(unsigned char* stage, const Params& p, int b, int h, int v_col, int t0) {
-    using L = StageLayout<DK, DELTA, BV>;
+    using L = StageLayout<DK, DELTA, BV, VECTOR>;
     bf16* qs = reinterpret_cast<bf16*>(stage + L::q_off);
     bf16* ks = reinterpret_cast<bf16*>(stage + L::k_off);
     bf16* ws = reinterpret_cast<bf16*>(stage + L::w_off);
@@ -101,12 +110,27 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, const Params& p
         float* gs = reinterpret_cast<float*>(stage + L::g_off);
         cp_async4(gs + threadIdx.x, p.log_gate + (size_t(b) * T + (valid ? t : 0)) * H + h, valid);
     }
+    if constexpr (VECTOR) {
+        bf16* as = reinterpret_cast<bf16*>(stage + L::a_off);
+        for (int idx = threadIdx.x; idx < kChunk * (kChunk / 8); idx += kThreads) {
+            const int r = idx / (kChunk / 8), c = (idx % (kChunk / 8)) * 8, t = t0 + r;
+            const bool valid = t < T;
+            cp_async16(as + r * L::a_stride + c, p.a_intra + ((size_t(b) * T + (valid ? t : 0)) * H + h) * kChunk + c,
+                       valid);
+        }
+        const int chunks = (T + kChunk - 1) / kChunk;
+        float* decay = reinterpret_cast<float*>(stage + L::decay_off);
+        if (threadIdx.x < DK / 4)
+            cp_async16(decay + 4 * threadIdx.x,
+                       p.row_decay + ((size_t(b) * chunks + t0 / kChunk) * H + h) * DK + 4 * threadIdx.x, true);
+    }
 }
 
 
-template <int DK, bool GATED, bool DELTA, int STAGES, int BV>
+template <int DK, bool GATED, bool DELTA, int STAGES, int BV, bool VECTOR>
 __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forward_kernel(const Params p) {
-    using L = Layout<DK, DELTA, STAGES, BV>;
+    static_assert(!(VECTOR && (GATED || DELTA)), "a vector gate walks precomputed q̂, k̂ and A");
+    using L = Layout<DK, DELTA, STAGES, BV, VECTOR>;
     constexpr int MT = DK / 64;
     constexpr int NT = BV / 8;
     constexpr int KD = DK / 16;
@@ -147,7 +171,7 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
     write_state_bf16();
 
     const int num_chunks = (T + kChunk - 1) / kChunk;
-    load_chunk<DK, DELTA, BV>(smem, p, b, h, v_col, 0);
+    load_chunk<DK, DELTA, BV, VECTOR>(smem, p, b, h, v_col, 0);
     cp_async_commit();
     for (int n = 0; n < num_chunks; ++n) {
         cp_async_wait_all();
@@ -166,7 +190,7 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
                     }
         }
         if (STAGES == 2 && n + 1 < num_chunks)
-            load_chunk<DK, DELTA, BV>(smem + ((n + 1) & 1) * L::stage_bytes, p, b, h, v_col, (n + 1) * kChunk);
+            load_chunk<DK, DELTA, BV, VECTOR>(smem + ((n + 1) & 1) * L::stage_bytes, p, b, h, v_col, (n + 1) * kChunk);
         cp_async_commit();
         unsigned char* stage = smem + (STAGES == 2 ? (n & 1) : 0) * L::stage_bytes;
         const bf16* qs = reinterpret_cast<const bf16*>(stage + L::q_off);
@@ -230,21 +254,6 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
 #pragma unroll
         for (int kd = 0; kd < KD; ++kd)
             ldmatrix_x4(qa[kd], qs + (row0 + lane % 16) * L::qk_stride + kd * 16 + (lane / 16) * 8);
-        float a[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) a[nt][e] = 0.f;
-#pragma unroll
-        for (int kd = 0; kd < KD; ++kd)
-#pragma unroll
-            for (int np = 0; np < 4; ++np)
-                if (np <= warp) {
-                    uint32_t kb[4];
-                    ldmatrix_x4(kb, ks + (np * 16 + (mi / 2) * 8 + r8) * L::qk_stride + kd * 16 + (mi % 2) * 8);
-                    mma_bf16(a[2 * np], qa[kd], kb[0], kb[1]);
-                    mma_bf16(a[2 * np + 1], qa[kd], kb[2], kb[3]);
-                }
         const int i_lo = row0 + g, i_hi = i_lo + 8;
         float cum_lo = 0.f, cum_hi = 0.f, cum_last = 0.f;
         if constexpr (GATED) {
@@ -252,31 +261,49 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
             cum_hi = cum_at(i_hi / 2, i_hi & 1);
             cum_last = __shfl_sync(0xffffffffu, cum_odd, 31);
         }
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            // columns j = 8nt + 2t4 and + 1: lane 4nt + t4 holds both
-            float cj0 = 0.f, cj1 = 0.f;
-            if constexpr (GATED) {
-                cj0 = __shfl_sync(0xffffffffu, cum_even, 4 * nt + t4);
-                cj1 = __shfl_sync(0xffffffffu, cum_odd, 4 * nt + t4);
-            }
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int i = e >= 2 ? i_hi : i_lo, j = nt * 8 + 2 * t4 + (e & 1);
-                float val = j <= i ? a[nt][e] : 0.f;
-                if constexpr (GATED) {
-                    if (j <= i) val *= __expf((e >= 2 ? cum_hi : cum_lo) - ((e & 1) ? cj1 : cj0));
-                }
-                a[nt][e] = val;
-            }
-        }
+        // P: this warp's rows of the chunk's masked, decayed q kᵀ, as A fragments (bf16); with a vector
+        // gate, precomputed (blocks right of the diagonal are zero and are not read).
         uint32_t pa[4][4];
+        if constexpr (VECTOR) {
+            const bf16* as = reinterpret_cast<const bf16*>(stage + L::a_off);
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            pa[kk][0] = pack_bf16(a[2 * kk][0], a[2 * kk][1]);
-            pa[kk][1] = pack_bf16(a[2 * kk][2], a[2 * kk][3]);
-            pa[kk][2] = pack_bf16(a[2 * kk + 1][0], a[2 * kk + 1][1]);
-            pa[kk][3] = pack_bf16(a[2 * kk + 1][2], a[2 * kk + 1][3]);
+            for (int kk = 0; kk < 4; ++kk)
+                if (kk <= warp) ldmatrix_x4(pa[kk], as + (row0 + lane % 16) * L::a_stride + kk * 16 + (lane / 16) * 8);
+        } else {
+            float a[8][4];
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) a[nt][e] = 0.f;
+#pragma unroll
+            for (int kd = 0; kd < KD; ++kd)
+#pragma unroll
+                for (int np = 0; np < 4; ++np)
+                    if (np <= warp) {
+                        uint32_t kb[4];
+                        ldmatrix_x4(kb, ks + (np * 16 + (mi / 2) * 8 + r8) * L::qk_stride + kd * 16 + (mi % 2) * 8);
+                        mma_bf16(a[2 * np], qa[kd], kb[0], kb[1]);
+                        mma_bf16(a[2 * np + 1], qa[kd], kb[2], kb[3]);
+                    }
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt) {
+                // columns j = 8nt + 2t4 and + 1: lane 4nt + t4 holds both
+                float cj0 = 0.f, cj1 = 0.f;
+                if constexpr (GATED) {
+                    cj0 = __shfl_sync(0xffffffffu, cum_even, 4 * nt + t4);
+                    cj1 = __shfl_sync(0xffffffffu, cum_odd, 4 * nt + t4);
+                }
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int i = e >= 2 ? i_hi : i_lo, j = nt * 8 + 2 * t4 + (e & 1);
+                    float val = j <= i ? a[nt][e] : 0.f;
+                    if constexpr (GATED) {
+                        if (j <= i) val *= __expf((e >= 2 ? cum_hi : cum_lo) - ((e & 1) ? cj1 : cj0));
+                    }
+                    a[nt][e] = val;
+                }
+            }
+            to_a_fragments(pa, a);
         }
         float o[NT][4];
 #pragma unroll
@@ -323,6 +350,17 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
         }
         // State update first into registers (reads only this stage's k, v), then the barrier, then
         // the shared copy (which other warps may still be reading above).
+        if constexpr (VECTOR) {
+            const float* decay = reinterpret_cast<const float*>(stage + L::decay_off);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const float d_lo = decay[srow0 + mt * 16 + g], d_hi = decay[srow0 + mt * 16 + g + 8];
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    s[mt][nt][0] *= d_lo; s[mt][nt][1] *= d_lo; s[mt][nt][2] *= d_hi; s[mt][nt][3] *= d_hi;
+                }
+            }
+        }
         if constexpr (GATED) {
             const float total = __expf(cum_last);
 #pragma unroll
@@ -366,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
         __syncthreads();  // every warp is done reading the state copy (and, with one stage, the chunk)
         write_state_bf16();
         if (STAGES == 1 && n + 1 < num_chunks) {
-            load_chunk<DK, DELTA, BV>(smem, p, b, h, v_col, (n + 1) * kChunk);
+            load_chunk<DK, DELTA, BV, VECTOR>(smem, p, b, h, v_col, (n + 1) * kChunk);
             cp_async_commit();
         }
     }
@@ -384,9 +422,9 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
     }
 }
 
-template <int DK, bool GATED, bool DELTA, int STAGES = 2, int BV = kValueTile> void launch(const Params& p, int batch) {
-    auto* kernel = linear_attention_chunkwise_forward_kernel<DK, GATED, DELTA, STAGES, BV>;
-    constexpr int bytes = Layout<DK, DELTA, STAGES, BV>::bytes;
+template <int DK, bool GATED, bool DELTA, bool VECTOR, int STAGES, int BV> void launch(const Params& p, int batch) {
+    auto* kernel = linear_attention_chunkwise_forward_kernel<DK, GATED, DELTA, STAGES, BV, VECTOR>;
+    constexpr int bytes = Layout<DK, DELTA, STAGES, BV, VECTOR>::bytes;
     // Over 48 KB of dynamic shared memory needs the opt-in (per device; cheap to repeat).
     cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (status == cudaSuccess) {
@@ -395,8 +433,8 @@ template <int DK, bool GATED, bool DELTA, int STAGES = 2, int BV = kValueTile> v
         status = cudaGetLastError();
     }
     if (status != cudaSuccess)
-        fail("CUDA kernel linear_attention_chunkwise_forward_kernel<Dk={}, gated={}, delta={}, stages={}, value tile={}> "
-             "failed to launch: {}", DK, GATED, DELTA, STAGES, BV, cudaGetErrorString(status));
+        fail("CUDA kernel linear_attention_chunkwise_forward_kernel<Dk={}, gated={}, delta={}, vector gate={}, stages={}, "
+             "value tile={}> failed to launch: {}", DK, GATED, DELTA, VECTOR, STAGES, BV, cudaGetErrorString(status));
 }
 
 int multiprocessor_count() {
@@ -413,17 +451,18 @@ int multiprocessor_count() {
 // multiprocessor or more: 64 columns, and for the delta rule one stage (80 KB for Dk 128, so two blocks
 // share a multiprocessor and hide each other's loads: 0.24 ms against 0.29 ms with two stages at B=8
 // T=2048). With fewer (a few long sequences): two stages, and value tiles of 32 or 16 columns for more
-// blocks, each redoing its chunks' q kᵀ.
-template <int DK, bool GATED, bool DELTA> void launch_walk(const Params& p, int batch) {
+// blocks, each redoing its chunks' q kᵀ. The vector gate's stage also holds the intra-chunk matrix, so it
+// takes one stage as the delta rule.
+template <int DK, bool GATED, bool DELTA, bool VECTOR = false> void launch_walk(const Params& p, int batch) {
     const int64_t sequence_heads = int64_t(p.heads) * batch;
     const int multiprocessors = multiprocessor_count();
     if (sequence_heads * (p.value_dim / 64) >= multiprocessors) {
-        if constexpr (DELTA) launch<DK, GATED, DELTA, 1, 64>(p, batch);
-        else launch<DK, GATED, DELTA, 2, 64>(p, batch);
+        if constexpr (DELTA || VECTOR) launch<DK, GATED, DELTA, VECTOR, 1, 64>(p, batch);
+        else launch<DK, GATED, DELTA, VECTOR, 2, 64>(p, batch);
     } else if (sequence_heads * (p.value_dim / 32) >= multiprocessors) {
-        launch<DK, GATED, DELTA, 2, 32>(p, batch);
+        launch<DK, GATED, DELTA, VECTOR, 2, 32>(p, batch);
     } else {
-        launch<DK, GATED, DELTA, 2, 16>(p, batch);
+        launch<DK, GATED, DELTA, VECTOR, 2, 16>(p, batch);
     }
 }
 
@@ -669,6 +708,17 @@ void linear_attention_chunkwise_forward(const LinearAttentionForward& a) {
     const int batch = int(a.batch);
     if (a.key_dim == 64) gated ? launch_walk<64, true, false>(p, batch) : launch_walk<64, false, false>(p, batch);
     else gated ? launch_walk<128, true, false>(p, batch) : launch_walk<128, false, false>(p, batch);
+}
+
+void gla_walk(const GlaWalk& a) {
+    Params p{static_cast<const bf16*>(a.q_hat), static_cast<const bf16*>(a.k_hat), static_cast<const bf16*>(a.v),
+             nullptr, nullptr, a.initial_state, static_cast<bf16*>(a.o), a.final_state,
+             static_cast<bf16*>(a.chunk_states), nullptr, int(a.seq_len), int(a.heads), int(a.value_dim),
+             float(a.scale)};
+    p.a_intra = static_cast<const bf16*>(a.a_intra);
+    p.row_decay = a.row_decay;
+    if (a.key_dim == 64) launch_walk<64, false, false, true>(p, int(a.batch));
+    else launch_walk<128, false, false, true>(p, int(a.batch));
 }
 
 void delta_rule_chunkwise_forward(const DeltaRuleForward& a) {

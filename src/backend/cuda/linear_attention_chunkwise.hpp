@@ -1,6 +1,6 @@
 // CUDA chunkwise forward and backward of causal linear attention, no decay or a per-head scalar
-// data-dependent log decay (Mamba-2 / simple GLA, mixers.md §1 and §3), and the forward of the (gated)
-// delta rule (§6) with its backward. Developed, with their variants
+// data-dependent log decay (Mamba-2 / simple GLA, mixers.md §1 and §3), of GLA's decay per key dimension
+// (§4, gla_chunkwise.cu), and of the (gated) delta rule (§6). Developed, with their variants
 // and figures, in dev/cuda/linear_attention_chunkwise{,_backward}.cu (notes in
 // dev/cuda/NOTES_linear_attention.md).
 //     S_t = exp(g_t) S_{t-1} + k_tᵀ v_t,   o_t = scale · q_t S_t      (g_t ≤ 0; g = 0 without decay)
@@ -86,6 +86,71 @@ bool delta_rule_chunkwise_backward_supports(int64_t key_dim, int64_t value_dim);
 size_t delta_rule_chunkwise_backward_scratch_bytes(int64_t batch, int64_t seq_len, int64_t heads, int64_t key_dim,
                                                    int64_t value_dim);
 void delta_rule_chunkwise_backward(const DeltaRuleBackward& args);
+
+// Gated linear attention with a gate per key dimension (GLA, mixers.md §4; gla_chunkwise.cu):
+//     S_t = diag(exp(g_t)) S_{t−1} + k_tᵀ v_t,   o_t = scale · q_t S_t      (g_t ≤ 0)
+// q, k [B,T,H,Dk], v, o [B,T,H,Dv] bf16; log_gate [B,T,H,Dk] fp32; states fp32. `scratch` holds
+// gla_chunkwise_forward_scratch_bytes(...) of device memory (the chunks' rescaled q, k and intra-chunk
+// matrices).
+struct GlaForward {
+    const void* q;
+    const void* k;
+    const void* v;
+    const float* log_gate;
+    const float* initial_state;  // null: zero start
+    void* o;                     // null: not wanted
+    float* final_state;          // null: not wanted
+    void* scratch;
+    int64_t batch, seq_len, heads, key_dim, value_dim;
+    double scale;
+    void* chunk_states = nullptr;  // for the backward: S at every chunk's start, bf16 [B, ⌈T/64⌉, H, Dk, Dv]
+};
+
+// Head sizes the GLA kernels are built for: Dk and Dv 64 or 128.
+bool gla_chunkwise_supports(int64_t key_dim, int64_t value_dim);
+size_t gla_chunkwise_forward_scratch_bytes(int64_t batch, int64_t seq_len, int64_t heads, int64_t key_dim);
+void gla_chunkwise_forward(const GlaForward& args);
+
+// Its backward: dq, dk, dv (bf16), dlog_gate [B,T,H,Dk] and dinitial_state (fp32) are added into (the last
+// two may be null; dfinal_state too); `scratch` holds gla_chunkwise_backward_scratch_bytes(...).
+struct GlaBackward {
+    const void* q;
+    const void* k;
+    const void* v;
+    const void* dout;
+    const float* log_gate;
+    const float* initial_state;  // null: zero start
+    const float* dfinal_state;   // null: no gradient into the final state
+    void* dq;
+    void* dk;
+    void* dv;
+    float* dlog_gate;            // null: not wanted
+    float* dinitial_state;       // null: not wanted
+    void* scratch;
+    int64_t batch, seq_len, heads, key_dim, value_dim;
+    double scale;                // non-zero
+};
+size_t gla_chunkwise_backward_scratch_bytes(int64_t batch, int64_t seq_len, int64_t heads, int64_t key_dim,
+                                            int64_t value_dim);
+void gla_chunkwise_backward(const GlaBackward& args);
+
+// The walk of linear_attention_chunkwise.cu over GLA's precomputed chunk operands (gla_chunkwise.cu's
+// forward): q̂ and k̂ in place of q and k, the intra-chunk matrices [B,T,H,64] in place of the masked
+// q kᵀ, and the state's rows decayed by row_decay [B, ⌈T/64⌉, H, Dk] at every chunk's end.
+struct GlaWalk {
+    const void* q_hat;
+    const void* k_hat;
+    const void* v;
+    const void* a_intra;
+    const float* row_decay;
+    const float* initial_state;
+    void* o;
+    float* final_state;
+    void* chunk_states;
+    int64_t batch, seq_len, heads, key_dim, value_dim;
+    double scale;
+};
+void gla_walk(const GlaWalk& args);
 
 // The backward (linear_attention_chunkwise_backward.cu): dq, dk, dv [B,T,H,·] bf16, dinitial_state
 // [B,H,Dk,Dv] fp32 and dlog_gate [B,T,H] fp32 are added into (the last two may be null); dfinal_state
