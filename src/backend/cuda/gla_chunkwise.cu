@@ -47,7 +47,6 @@ using bf16 = __nv_bfloat16;
 constexpr int kChunk = 64;
 constexpr int kSubChunk = 16;  // a warp's rows
 constexpr int kValueTile = 64;
-constexpr int kThreads = 128;
 constexpr int kTileStride = kChunk + 8;  // a 64 × 64 bf16 matrix's padded rows
 
 // Starts copying `rows` token rows of the [B,T,H,DK] fp32 log gate into shared memory rows of `stride`
@@ -56,38 +55,110 @@ template <int DK>
 __device__ __forceinline__ void load_gate_rows(float* dst, int stride, const float* log_gate, size_t token0, int H,
                                                int rows) {
     constexpr int vecs = DK / 4;
-    for (int idx = threadIdx.x; idx < kChunk * vecs; idx += kThreads) {
+    for (int idx = threadIdx.x; idx < kChunk * vecs; idx += blockDim.x) {
         const int r = idx / vecs, c = (idx % vecs) * 4;
         const bool valid = r < rows;
         cp_async16(dst + r * stride + c, log_gate + (token0 + size_t(valid ? r : 0) * H) * DK + c, valid);
     }
 }
 
-// G: the inclusive cumulative sum down each column of the chunk's gates, in place (a thread per column).
+// G: the inclusive cumulative sum down each column of the chunk's gates, in place. Two threads a column
+// (2·DK ≤ the block's threads) each sum half the rows in registers (independent loads, a short chain),
+// then the lower half adds the upper half's total.
 template <int DK> __device__ __forceinline__ void cumulate_gate_columns(float* gs, int stride) {
-    for (int i = threadIdx.x; i < DK; i += kThreads) {
-        float acc = 0.f;
-        for (int r = 0; r < kChunk; ++r) {
-            acc += gs[r * stride + i];
-            gs[r * stride + i] = acc;
-        }
+    constexpr int kHalf = kChunk / 2;
+    const int i = threadIdx.x % DK, half = threadIdx.x / DK;
+    float x[kHalf];
+    if (half < 2) {
+#pragma unroll
+        for (int r = 0; r < kHalf; ++r) x[r] = gs[(half * kHalf + r) * stride + i];
+#pragma unroll
+        for (int r = 1; r < kHalf; ++r) x[r] += x[r - 1];
+        if (half == 0)
+#pragma unroll
+            for (int r = 0; r < kHalf; ++r) gs[r * stride + i] = x[r];
     }
+    __syncthreads();
+    if (half == 1) {
+        const float upper = gs[(kHalf - 1) * stride + i];
+#pragma unroll
+        for (int r = 0; r < kHalf; ++r) gs[(kHalf + r) * stride + i] = x[r] + upper;
+    }
+    __syncthreads();
 }
 
-// dst[r][i] = src[r][i] · e^{sign · (G[r][i] − G_ref[i])} for rows r of a warp's tile (both bf16), two
-// columns a lane-step; the caller's signs keep the exponent ≤ 0.
-template <int DK>
-__device__ __forceinline__ void rescale_rows(bf16* dst, const bf16* src, int stride, const float* gs, int g_stride,
-                                             const float* g_ref, float sign, int rows) {
+// Factoring e^{G_t − G_s} through a reference token inside a 16-token sub-chunk puts factors ≥ 1 on one
+// side; they stay finite (and their partners above fp32's smallest normal) while the sub-chunk's gates sum
+// to at least −kMaxSubChunkRange in every key dimension. Past that, the diagonal blocks take e^{G_t − G_s}
+// per element instead.
+constexpr float kMaxSubChunkRange = 80.f;
+
+// Whether the sub-chunk of rows first .. first + 15 is within that range (every lane of the warp calls it).
+template <int DK> __device__ __forceinline__ bool sub_chunk_in_range(const float* gs, int stride, int first) {
     const int lane = threadIdx.x % 32;
-    for (int idx = lane; idx < rows * (DK / 2); idx += 32) {
-        const int r = idx / (DK / 2), i = (idx % (DK / 2)) * 2;
-        const float2 x = unpack_bf16(*reinterpret_cast<const uint32_t*>(src + r * stride + i));
-        const float2 gr = *reinterpret_cast<const float2*>(gs + r * g_stride + i);
-        const float2 ref = *reinterpret_cast<const float2*>(g_ref + i);
-        *reinterpret_cast<uint32_t*>(dst + r * stride + i) =
-            pack_bf16(x.x * __expf(sign * (gr.x - ref.x)), x.y * __expf(sign * (gr.y - ref.y)));
+    float range = 0.f;
+    for (int i = lane; i < DK; i += 32) range = fmaxf(range, gs[first * stride + i] - gs[(first + 15) * stride + i]);
+    return __all_sync(0xffffffffu, range <= kMaxSubChunkRange);
+}
+
+// bf16 pairs (x, y) and, where lo is given, the bf16 pair of what rounding left: hi + lo carries x and y to
+// about 16 bits. The diagonal blocks' products take three MMAs (hi·hi + hi·lo + lo·hi) with them: those
+// blocks hold the largest terms (decay ≈ 1 near the diagonal), and plain bf16 factors there tripled the
+// error of dg against the float64 reference (8e-3 against 3e-3; fla sums them in fp32).
+template <bool SPLIT> __device__ __forceinline__ uint32_t pack_split(float x, float y, uint32_t& lo) {
+    const uint32_t hi = pack_bf16(x, y);
+    if constexpr (SPLIT) {
+        const float2 h = unpack_bf16(hi);
+        lo = pack_bf16(x - h.x, y - h.y);
     }
+    return hi;
+}
+
+// mma.sync m16n8k16 fragments of rescaled bf16 tiles x (rows `stride` apart) with G fp32 (rows
+// g_stride apart): element (r, c) is x[r][c] · e^{sign · (G[r][c] − ref[c])}; with SPLIT, lo takes the
+// rounding remainders.
+// The A fragment of rows m0 .. m0 + 15, columns k0 .. k0 + 15.
+template <bool SPLIT>
+__device__ __forceinline__ void rescaled_a_fragment(uint32_t (&a)[4], uint32_t (&lo)[4], const bf16* x, int stride,
+                                                    const float* gs, int g_stride, const float* ref, float sign,
+                                                    int m0, int k0) {
+    const int lane = threadIdx.x % 32, r0 = m0 + lane / 4, c0 = k0 + 2 * (lane % 4);
+    auto pair = [&](int r, int c, uint32_t& l) {
+        const float2 v = unpack_bf16(*reinterpret_cast<const uint32_t*>(x + r * stride + c));
+        const float2 gv = *reinterpret_cast<const float2*>(gs + r * g_stride + c);
+        return pack_split<SPLIT>(v.x * __expf(sign * (gv.x - ref[c])), v.y * __expf(sign * (gv.y - ref[c + 1])), l);
+    };
+    a[0] = pair(r0, c0, lo[0]);
+    a[1] = pair(r0 + 8, c0, lo[1]);
+    a[2] = pair(r0, c0 + 8, lo[2]);
+    a[3] = pair(r0 + 8, c0 + 8, lo[3]);
+}
+// The B fragment for B(k, n) = element (n0 + n, k0 + k): rows of x as B's columns (x kᵀ products).
+template <bool SPLIT>
+__device__ __forceinline__ void rescaled_b_fragment_of_rows(uint32_t (&b)[2], uint32_t (&lo)[2], const bf16* x, int stride,
+                                                            const float* gs, int g_stride, const float* ref,
+                                                            float sign, int n0, int k0) {
+    const int lane = threadIdx.x % 32, r = n0 + lane / 4, c0 = k0 + 2 * (lane % 4);
+    auto pair = [&](int c, uint32_t& l) {
+        const float2 v = unpack_bf16(*reinterpret_cast<const uint32_t*>(x + r * stride + c));
+        const float2 gv = *reinterpret_cast<const float2*>(gs + r * g_stride + c);
+        return pack_split<SPLIT>(v.x * __expf(sign * (gv.x - ref[c])), v.y * __expf(sign * (gv.y - ref[c + 1])), l);
+    };
+    b[0] = pair(c0, lo[0]);
+    b[1] = pair(c0 + 8, lo[1]);
+}
+// The B fragment for B(k, n) = element (k0 + k, n0 + n): x's rows as B's rows (P x products); ref_n is
+// ref[n0 + lane / 4].
+template <bool SPLIT>
+__device__ __forceinline__ void rescaled_b_fragment(uint32_t (&b)[2], uint32_t (&lo)[2], const bf16* x, int stride,
+                                                    const float* gs, int g_stride, float ref_n, float sign, int k0,
+                                                    int n0) {
+    const int lane = threadIdx.x % 32, c = n0 + lane / 4, r0 = k0 + 2 * (lane % 4);
+    auto element = [&](int r) {
+        return __bfloat162float(x[r * stride + c]) * __expf(sign * (gs[r * g_stride + c] - ref_n));
+    };
+    b[0] = pack_split<SPLIT>(element(r0), element(r0 + 1), lo[0]);
+    b[1] = pack_split<SPLIT>(element(r0 + 8), element(r0 + 9), lo[1]);
 }
 
 // ---- forward: q̂, k̂, e^{G_L} and A per chunk ----
@@ -103,25 +174,28 @@ struct IntraParams {
     int seq_len, heads;
 };
 
+constexpr int kIntraThreads = 256;  // 8 warps: two a sub-chunk
+
 template <int DK> struct IntraLayout {
-    static constexpr int qk_stride = DK + 8;  // bf16; rows padded by 16 bytes for ldmatrix
+    static constexpr int qk_stride = DK + 8;  // bf16; rows padded by 16 bytes
     static constexpr int g_stride = DK + 4;   // fp32
     static constexpr int q_off = 0;
     static constexpr int k_off = q_off + kChunk * qk_stride * 2;
     static constexpr int g_off = k_off + kChunk * qk_stride * 2;
     static constexpr int a_off = g_off + kChunk * g_stride * 4;
-    static constexpr int scratch_off = a_off + kChunk * kTileStride * 2;
-    // Warp w's rescaled tiles: its 16 query rows, then the 16w key rows before them.
-    static constexpr int scratch_rows = 4 * kSubChunk + kSubChunk * (0 + 1 + 2 + 3);
-    static constexpr int bytes = scratch_off + scratch_rows * qk_stride * 2;
-    static __device__ int warp_first_row(int w) { return kSubChunk * w + 8 * w * (w - 1); }
-    static_assert(k_off % 16 == 0 && g_off % 16 == 0 && a_off % 16 == 0 && scratch_off % 16 == 0);
+    static constexpr int bytes = a_off + kChunk * kTileStride * 2;
+    static_assert(k_off % 16 == 0 && g_off % 16 == 0 && a_off % 16 == 0);
 };
 
-// One block per (chunk, head, batch row); warp w owns the sub-chunk of rows 16w .. 16w + 15.
+// One block per (chunk, head, batch row); warps 2I and 2I + 1 own sub-chunk I (rows 16I .. 16I + 15) and
+// take alternate 8-column tiles of its row of A. Every tile is one tensor-core product through the
+// reference r = 16I, its operands rescaled as their fragments are loaded: q̃_t = q_t e^{G_t − G_r} (≤ 1)
+// and k̃_s = k_s e^{G_r − G_s} (≤ 1 left of the diagonal block, ≤ e^{80} within it, see
+// kMaxSubChunkRange). A sub-chunk beyond that range sums its diagonal block per element instead.
 template <int DK>
-__global__ void __launch_bounds__(kThreads) gla_intra_kernel(const IntraParams p) {
+__global__ void __launch_bounds__(kIntraThreads) gla_intra_kernel(const IntraParams p) {
     using L = IntraLayout<DK>;
+    constexpr int KD = DK / 16;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* qs = reinterpret_cast<bf16*>(smem + L::q_off);
     bf16* ks = reinterpret_cast<bf16*>(smem + L::k_off);
@@ -130,70 +204,102 @@ __global__ void __launch_bounds__(kThreads) gla_intra_kernel(const IntraParams p
     const int chunk = blockIdx.x, t0 = chunk * kChunk, h = blockIdx.y, b = blockIdx.z;
     const int T = p.seq_len, H = p.heads, rows = min(kChunk, T - t0);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-    const int row0 = warp * kSubChunk;
+    const int sub = warp / 2, parity = warp % 2, row0 = sub * kSubChunk;
     const size_t token0 = (size_t(b) * T + t0) * H + h;
 
     load_rows(qs, L::qk_stride, p.q, token0, H, DK, 0, DK, rows);
     load_rows(ks, L::qk_stride, p.k, token0, H, DK, 0, DK, rows);
     load_gate_rows<DK>(gs, L::g_stride, p.log_gate, token0, H, rows);
     cp_async_commit();
-    for (int idx = threadIdx.x; idx < kChunk * kTileStride / 8; idx += kThreads)
+    for (int idx = threadIdx.x; idx < kChunk * kTileStride / 8; idx += kIntraThreads)
         reinterpret_cast<uint4*>(as)[idx] = make_uint4(0, 0, 0, 0);
     cp_async_wait_all();
     __syncthreads();
     cumulate_gate_columns<DK>(gs, L::g_stride);
-    __syncthreads();
 
-    // 1. q̂, k̂ and e^{G_L}, a thread per key dimension (each row's store is contiguous across threads).
-    const size_t chunks = size_t(gridDim.x);
-    for (int i = threadIdx.x; i < DK; i += kThreads) {
-        const float last = gs[(kChunk - 1) * L::g_stride + i];
-        for (int r = 0; r < rows; ++r) {
-            const float gi = gs[r * L::g_stride + i];
-            const size_t at = (token0 + size_t(r) * H) * DK + i;
-            p.q_hat[at] = __float2bfloat16(__bfloat162float(qs[r * L::qk_stride + i]) * __expf(gi));
-            p.k_hat[at] = __float2bfloat16(__bfloat162float(ks[r * L::qk_stride + i]) * __expf(last - gi));
+    // 1. q̂, k̂ (eight key dimensions of a row a thread, 16-byte stores) and e^{G_L}.
+    const float* g_last = gs + (kChunk - 1) * L::g_stride;
+    for (int idx = threadIdx.x; idx < rows * (DK / 8); idx += kIntraThreads) {
+        const int r = idx / (DK / 8), c = (idx % (DK / 8)) * 8;
+        const uint4 qv = *reinterpret_cast<const uint4*>(qs + r * L::qk_stride + c);
+        const uint4 kv = *reinterpret_cast<const uint4*>(ks + r * L::qk_stride + c);
+        const uint32_t* qw = reinterpret_cast<const uint32_t*>(&qv);
+        const uint32_t* kw = reinterpret_cast<const uint32_t*>(&kv);
+        uint4 q_out, k_out;
+        uint32_t* qo = reinterpret_cast<uint32_t*>(&q_out);
+        uint32_t* ko = reinterpret_cast<uint32_t*>(&k_out);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float g0 = gs[r * L::g_stride + c + 2 * j], g1 = gs[r * L::g_stride + c + 2 * j + 1];
+            qo[j] = scale_bf16x2(qw[j], __expf(g0), __expf(g1));
+            ko[j] = scale_bf16x2(kw[j], __expf(g_last[c + 2 * j] - g0), __expf(g_last[c + 2 * j + 1] - g1));
         }
-        p.row_decay[((size_t(b) * chunks + chunk) * H + h) * DK + i] = __expf(last);
+        const size_t at = (token0 + size_t(r) * H) * DK + c;
+        *reinterpret_cast<uint4*>(p.q_hat + at) = q_out;
+        *reinterpret_cast<uint4*>(p.k_hat + at) = k_out;
     }
+    for (int i = threadIdx.x; i < DK; i += kIntraThreads)
+        p.row_decay[((size_t(b) * gridDim.x + chunk) * H + h) * DK + i] = __expf(g_last[i]);
 
-    // 2. The blocks left of the diagonal: (q ⊙ e^{G − G_r}) (k ⊙ e^{G_r − G})ᵀ with r = row0.
-    if (warp > 0) {
-        bf16* q_tilde = reinterpret_cast<bf16*>(smem + L::scratch_off) + L::warp_first_row(warp) * L::qk_stride;
-        bf16* k_tilde = q_tilde + kSubChunk * L::qk_stride;
-        const float* g_ref = gs + row0 * L::g_stride;
-        rescale_rows<DK>(q_tilde, qs + row0 * L::qk_stride, L::qk_stride, g_ref, L::g_stride, g_ref, 1.f, kSubChunk);
-        rescale_rows<DK>(k_tilde, ks, L::qk_stride, gs, L::g_stride, g_ref, -1.f, row0);
-        __syncwarp();
-        float acc[8][4];
-        zero_tile(acc);
-        mma_tile<8, false, true>(acc, q_tilde, L::qk_stride, 0, k_tilde, L::qk_stride, 0, 0, DK, 0, warp);
+    // 2. This warp's tiles of A's row block.
+    const bool in_range = sub_chunk_in_range<DK>(gs, L::g_stride, row0);
+    const float* g_ref = gs + row0 * L::g_stride;
+    const int tiles = 2 * sub + (in_range ? 2 : 0);
+    if (parity < tiles) {
+        uint32_t qa[KD][4], qa_lo[KD][4];  // the remainders for the diagonal block's tiles
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-            if (nt < 2 * warp)
-#pragma unroll
-                for (int half = 0; half < 2; ++half)
-                    *reinterpret_cast<uint32_t*>(as + (row0 + g + 8 * half) * kTileStride + nt * 8 + 2 * t4) =
-                        pack_bf16(acc[nt][2 * half], acc[nt][2 * half + 1]);
-    }
-    // 3. The diagonal block, a (t, s ≤ t) pair per lane-step: Σ_i q_ti k_si e^{G_ti − G_si} in fp32.
-    for (int pair = lane; pair < kSubChunk * (kSubChunk + 1) / 2; pair += 32) {
-        int tl = int((sqrtf(8.f * pair + 1.f) - 1.f) * 0.5f);
-        if ((tl + 1) * (tl + 2) / 2 <= pair) ++tl;  // (guards sqrtf's rounding)
-        const int sl = pair - tl * (tl + 1) / 2, t = row0 + tl, s = row0 + sl;
-        float sum = 0.f;
-#pragma unroll 8
-        for (int i = 0; i < DK; i += 2) {
-            const float2 qv = unpack_bf16(*reinterpret_cast<const uint32_t*>(qs + t * L::qk_stride + i));
-            const float2 kv = unpack_bf16(*reinterpret_cast<const uint32_t*>(ks + s * L::qk_stride + i));
-            const float2 gt = *reinterpret_cast<const float2*>(gs + t * L::g_stride + i);
-            const float2 gsv = *reinterpret_cast<const float2*>(gs + s * L::g_stride + i);
-            sum += qv.x * kv.x * __expf(gt.x - gsv.x) + qv.y * kv.y * __expf(gt.y - gsv.y);
+        for (int kd = 0; kd < KD; ++kd) {
+            if (in_range)
+                rescaled_a_fragment<true>(qa[kd], qa_lo[kd], qs, L::qk_stride, gs, L::g_stride, g_ref, 1.f, row0,
+                                          kd * 16);
+            else
+                rescaled_a_fragment<false>(qa[kd], qa_lo[kd], qs, L::qk_stride, gs, L::g_stride, g_ref, 1.f, row0,
+                                           kd * 16);
         }
-        as[t * kTileStride + s] = __float2bfloat16(sum);
+        for (int tile = parity; tile < tiles; tile += 2) {
+            const bool diagonal = tile >= 2 * sub;
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int kd = 0; kd < KD; ++kd) {
+                uint32_t kb[2], kb_lo[2];
+                if (diagonal) {
+                    rescaled_b_fragment_of_rows<true>(kb, kb_lo, ks, L::qk_stride, gs, L::g_stride, g_ref, -1.f,
+                                                      tile * 8, kd * 16);
+                    mma_bf16(acc, qa[kd], kb_lo[0], kb_lo[1]);
+                    mma_bf16(acc, qa_lo[kd], kb[0], kb[1]);
+                } else {
+                    rescaled_b_fragment_of_rows<false>(kb, kb_lo, ks, L::qk_stride, gs, L::g_stride, g_ref, -1.f,
+                                                       tile * 8, kd * 16);
+                }
+                mma_bf16(acc, qa[kd], kb[0], kb[1]);
+            }
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int t = row0 + g + 8 * half, s = tile * 8 + 2 * t4;
+                *reinterpret_cast<uint32_t*>(as + t * kTileStride + s) =
+                    pack_bf16(s <= t ? acc[2 * half] : 0.f, s + 1 <= t ? acc[2 * half + 1] : 0.f);
+            }
+        }
+    }
+    // 3. Beyond the range: the diagonal block per element, a (t, s ≤ t) pair per lane-step of the two warps.
+    if (!in_range) {
+        for (int pair = parity * 32 + lane; pair < kSubChunk * (kSubChunk + 1) / 2; pair += 64) {
+            int tl = int((sqrtf(8.f * pair + 1.f) - 1.f) * 0.5f);
+            if ((tl + 1) * (tl + 2) / 2 <= pair) ++tl;  // (guards sqrtf's rounding)
+            const int sl = pair - tl * (tl + 1) / 2, t = row0 + tl, s = row0 + sl;
+            float sum = 0.f;
+            for (int i = 0; i < DK; i += 2) {
+                const float2 qv = unpack_bf16(*reinterpret_cast<const uint32_t*>(qs + t * L::qk_stride + i));
+                const float2 kv = unpack_bf16(*reinterpret_cast<const uint32_t*>(ks + s * L::qk_stride + i));
+                const float2 gt = *reinterpret_cast<const float2*>(gs + t * L::g_stride + i);
+                const float2 gsv = *reinterpret_cast<const float2*>(gs + s * L::g_stride + i);
+                sum += qv.x * kv.x * __expf(gt.x - gsv.x) + qv.y * kv.y * __expf(gt.y - gsv.y);
+            }
+            as[t * kTileStride + s] = __float2bfloat16(sum);
+        }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < rows * (kChunk / 8); idx += kThreads) {
+    for (int idx = threadIdx.x; idx < rows * (kChunk / 8); idx += kIntraThreads) {
         const int r = idx / (kChunk / 8), c = (idx % (kChunk / 8)) * 8;
         *reinterpret_cast<uint4*>(p.a_intra + (token0 + size_t(r) * H) * kChunk + c) =
             *reinterpret_cast<const uint4*>(as + r * kTileStride + c);
@@ -228,6 +334,8 @@ struct BackwardParams {
     float scale;
 };
 
+constexpr int kStateThreads = 128;
+
 template <int DK> struct StateBackwardLayout {
     static constexpr int q_stride = DK + 8;
     static constexpr int v_stride = kValueTile + 8;
@@ -241,7 +349,7 @@ template <int DK> struct StateBackwardLayout {
 // One block per (64 value columns, head, batch row) walks the chunks from the last; warp w holds rows
 // DK/4·w .. of dS (fp32) in registers.
 template <int DK>
-__global__ void __launch_bounds__(kThreads) gla_state_backward_kernel(const BackwardParams p) {
+__global__ void __launch_bounds__(kStateThreads) gla_state_backward_kernel(const BackwardParams p) {
     using L = StateBackwardLayout<DK>;
     constexpr int MT = DK / 64;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -346,9 +454,12 @@ __device__ __forceinline__ void store_rows_bf16(bf16* dst, const float (&acc)[NT
     }
 }
 
-// One block per (chunk, head, batch row); warp w owns rows 16w .. 16w + 15 of each product.
+constexpr int kGradThreads = 256;  // 8 warps: two a row block
+
+// One block per (chunk, head, batch row). Warp w < 4 makes rows 16w .. of dq̂ and dk̂; warp 4 + w makes
+// the same rows of dA and dv (about the same tensor-core work).
 template <int DK, int DV>
-__global__ void __launch_bounds__(kThreads) gla_chunk_grads_kernel(const BackwardParams p) {
+__global__ void __launch_bounds__(kGradThreads) gla_chunk_grads_kernel(const BackwardParams p) {
     using L = ChunkGradsLayout<DK, DV>;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* ss = reinterpret_cast<bf16*>(smem + L::s_off);
@@ -360,11 +471,11 @@ __global__ void __launch_bounds__(kThreads) gla_chunk_grads_kernel(const Backwar
     const int n = blockIdx.x, t0 = n * kChunk, h = blockIdx.y, b = blockIdx.z;
     const int T = p.seq_len, H = p.heads, rows = min(kChunk, T - t0);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-    const int row0 = warp * kSubChunk;
+    const int block = warp % 4, row0 = block * kSubChunk;
     const size_t token0 = (size_t(b) * T + t0) * H + h;
     const size_t chunk_base = ((size_t(b) * p.chunks + n) * H + h) * DK;
 
-    // The chunk states are [Dk][Dv] row-major: DK "rows" of one token-like stride-free array.
+    // The chunk states are [Dk][Dv] row-major: Dk rows of one Dv-wide "token" each.
     load_rows(ss, L::s_stride, p.chunk_states + chunk_base * DV, 0, 1, DV, 0, DV, DK, DK);
     load_rows(dss, L::s_stride, p.dstates + chunk_base * DV, 0, 1, DV, 0, DV, DK, DK);
     load_rows(dos, L::s_stride, p.dout, token0, H, DV, 0, DV, rows);
@@ -375,7 +486,7 @@ __global__ void __launch_bounds__(kThreads) gla_chunk_grads_kernel(const Backwar
     cp_async_wait_all();
     __syncthreads();
 
-    {  // dq̂ = scale · dO S_0ᵀ, dk̂ = v dS_Lᵀ
+    if (warp < 4) {  // dq̂ = scale · dO S_0ᵀ, dk̂ = v dS_Lᵀ
         float acc[DK / 8][4];
         zero_tile(acc);
         mma_tile<DK / 8, false, true>(acc, dos, L::s_stride, row0, ss, L::s_stride, 0, 0, DV);
@@ -383,19 +494,19 @@ __global__ void __launch_bounds__(kThreads) gla_chunk_grads_kernel(const Backwar
         zero_tile(acc);
         mma_tile<DK / 8, false, true>(acc, vs, L::s_stride, row0, dss, L::s_stride, 0, 0, DV);
         store_rows_bf16(p.dk_hat, acc, 1.f, token0, H, DK, row0, rows);
-    }
-    {  // dA = scale · dO vᵀ on and below the diagonal (all 64 columns are stored)
-        float acc[8][4];
-        zero_tile(acc);
-        mma_tile<8, false, true>(acc, dos, L::s_stride, row0, vs, L::s_stride, 0, 0, DV, 0, warp + 1);
+    } else {
+        {  // dA = scale · dO vᵀ on and below the diagonal (all 64 columns are stored)
+            float acc[8][4];
+            zero_tile(acc);
+            mma_tile<8, false, true>(acc, dos, L::s_stride, row0, vs, L::s_stride, 0, 0, DV, 0, block + 1);
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
+            for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-                if (nt * 8 + 2 * t4 + (e & 1) > row0 + g + (e >= 2 ? 8 : 0)) acc[nt][e] = 0.f;
-        store_rows_bf16(p.da, acc, p.scale, token0, H, kChunk, row0, rows);
-    }
-    {  // dv += scale · Aᵀ dO + k̂ dS_L (A's rows above this warp's are zero in its columns)
+                for (int e = 0; e < 4; ++e)
+                    if (nt * 8 + 2 * t4 + (e & 1) > row0 + g + (e >= 2 ? 8 : 0)) acc[nt][e] = 0.f;
+            store_rows_bf16(p.da, acc, p.scale, token0, H, kChunk, row0, rows);
+        }
+        // dv += scale · Aᵀ dO + k̂ dS_L (A's rows above this block's are zero in its columns)
         float acc[DV / 8][4];
         zero_tile(acc);
         mma_tile<DV / 8, true, false>(acc, as, kTileStride, row0, dos, L::s_stride, 0, row0, kChunk);
@@ -409,15 +520,19 @@ __global__ void __launch_bounds__(kThreads) gla_chunk_grads_kernel(const Backwar
             if (row0 + g + 8 * half < rows)
                 add_row_into_bf16(p.dv + (token0 + size_t(row0 + g + 8 * half) * H) * DV + 2 * t4, acc, half, 1.f);
     }
-    // dγ_i = Σ_j S_0[i][j] dS_L[i][j], a thread per row.
-    for (int i = threadIdx.x; i < DK; i += kThreads) {
+    // dγ_i = Σ_j S_0[i][j] dS_L[i][j]: a warp a row, the lanes along it (a thread a row read down a column
+    // of the padded tiles with 8-way bank conflicts).
+    for (int i = warp; i < DK; i += kGradThreads / 32) {
         float sum = 0.f;
-        for (int j = 0; j < DV; j += 2) {
+#pragma unroll
+        for (int j = 2 * lane; j < DV; j += 64) {
             const float2 s = unpack_bf16(*reinterpret_cast<const uint32_t*>(ss + i * L::s_stride + j));
             const float2 d = unpack_bf16(*reinterpret_cast<const uint32_t*>(dss + i * L::s_stride + j));
             sum += s.x * d.x + s.y * d.y;
         }
-        p.d_decay[chunk_base + i] = sum;
+#pragma unroll
+        for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        if (lane == 0) p.d_decay[chunk_base + i] = sum;
     }
 }
 
@@ -428,34 +543,61 @@ template <int DK> struct IntraBackwardLayout {
     static constexpr int k_off = q_off + kChunk * qk_stride * 2;
     static constexpr int g_off = k_off + kChunk * qk_stride * 2;
     static constexpr int da_off = g_off + kChunk * g_stride * 4;
-    static constexpr int scratch_off = da_off + kChunk * kTileStride * 2;
-    static constexpr int scratch_rows = kSubChunk * (0 + 1 + 2 + 3);  // either phase's rescaled tiles
-    static constexpr int dq_off = scratch_off + scratch_rows * qk_stride * 2;
-    static constexpr int dk_off = dq_off + kChunk * g_stride * 4;
-    static constexpr int bytes = dk_off + kChunk * g_stride * 4;
-    static_assert(k_off % 16 == 0 && g_off % 16 == 0 && da_off % 16 == 0 && scratch_off % 16 == 0 &&
-                  dq_off % 16 == 0 && dk_off % 16 == 0);
+    static constexpr int dq_off = da_off + kChunk * kTileStride * 2;  // dq's dA terms, then ∂L/∂G and its suffix sums
+    static constexpr int dk_off = dq_off + kChunk * g_stride * 4;     // dk's dA terms
+    static constexpr int part_off = dk_off + kChunk * g_stride * 4;   // per row group: Σ_s k̂_s dk̂_s
+    static constexpr int bytes = part_off + kIntraThreads * 8 * 4;
+    static_assert(k_off % 16 == 0 && g_off % 16 == 0 && da_off % 16 == 0 && dq_off % 16 == 0 && dk_off % 16 == 0 &&
+                  part_off % 16 == 0);
 };
 
-// One block per (chunk, head, batch row); warp w owns sub-chunk w: dq's rows 16w .. (its keys are the
-// earlier sub-chunks'), then dk's rows 16w .. (its queries are the later sub-chunks'). Then a thread per
-// key dimension adds the state terms, forms ∂L/∂G and sums it from the chunk's end.
+// Eight consecutive bf16 (16 bytes) as floats, and back.
+__device__ __forceinline__ void unpack8(float (&x)[8], const uint4& v) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(&v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const float2 f = unpack_bf16(w[j]);
+        x[2 * j] = f.x, x[2 * j + 1] = f.y;
+    }
+}
+__device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
+    uint4 v;
+    uint32_t* w = reinterpret_cast<uint32_t*>(&v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = pack_bf16(x[2 * j], x[2 * j + 1]);
+    return v;
+}
+
+// One block per (chunk, head, batch row), in three passes.
+//   1. Warp w < 4 makes dq's dA terms for sub-chunk w through r = 16w:
+//      e^{G_t − G_r} · Σ_s dA_ts (k_s e^{G_r − G_s}) over s < 16w + 16 (< 16w beyond the range, the diagonal
+//      block then per element); warp 4 + w makes dk's for sub-chunk w through r' = 16w + 15:
+//      e^{G_r' − G_s} · Σ_t dA_ts (q_t e^{G_t − G_r'}) over t ≥ 16w (> r' beyond the range). Into shared tiles.
+//   2. Every thread, eight key dimensions of a row at a time: dq, dk with their state terms (dq̂ e^{G},
+//      dk̂ e^{G_L − G}) added into, ∂L/∂G = q ⊙ dq − k ⊙ dk into a shared tile, and partial column sums of
+//      k̂ ⊙ dk̂.
+//   3. dg: ∂L/∂G summed from the chunk's end (a thread a column), with e^{G_L}'s terms at the last token.
 template <int DK>
-__global__ void __launch_bounds__(kThreads) gla_intra_backward_kernel(const BackwardParams p) {
+__global__ void __launch_bounds__(kIntraThreads) gla_intra_backward_kernel(const BackwardParams p) {
     using L = IntraBackwardLayout<DK>;
     constexpr int NT = DK / 8;
+    constexpr int kRowThreads = DK / 8;                            // threads a row in pass 2
+    constexpr int kRowGroups = kIntraThreads / kRowThreads;        // rows a pass-2 step
+    constexpr int kSteps = kChunk / kRowGroups;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* qs = reinterpret_cast<bf16*>(smem + L::q_off);
     bf16* ks = reinterpret_cast<bf16*>(smem + L::k_off);
     float* gs = reinterpret_cast<float*>(smem + L::g_off);
     bf16* das = reinterpret_cast<bf16*>(smem + L::da_off);
-    bf16* scratch = reinterpret_cast<bf16*>(smem + L::scratch_off);
     float* dq_s = reinterpret_cast<float*>(smem + L::dq_off);
     float* dk_s = reinterpret_cast<float*>(smem + L::dk_off);
+    float* parts = reinterpret_cast<float*>(smem + L::part_off);
     const int n = blockIdx.x, t0 = n * kChunk, h = blockIdx.y, b = blockIdx.z;
     const int T = p.seq_len, H = p.heads, rows = min(kChunk, T - t0);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-    const int row0 = warp * kSubChunk;
+    const int mi = lane / 8, r8 = lane % 8;
+    const bool dq_warp = warp < 4;
+    const int sub = warp % 4, row0 = sub * kSubChunk;
     const size_t token0 = (size_t(b) * T + t0) * H + h;
 
     load_rows(qs, L::qk_stride, p.q, token0, H, DK, 0, DK, rows);
@@ -466,110 +608,167 @@ __global__ void __launch_bounds__(kThreads) gla_intra_backward_kernel(const Back
     cp_async_wait_all();
     __syncthreads();
     cumulate_gate_columns<DK>(gs, L::g_stride);
-    __syncthreads();
 
-    // Stores a warp's 16 × DK accumulator rows into an fp32 tile, each element times e^{±(G − G_ref)}.
-    auto store_rescaled = [&](float* dst, const float (&acc)[NT][4], const float* g_ref, float sign) {
+    // 1.
+    {
+        const bool in_range = sub_chunk_in_range<DK>(gs, L::g_stride, row0);
+        const float* g_ref = gs + (dq_warp ? row0 : row0 + kSubChunk - 1) * L::g_stride;
+        float acc[NT][4];
+        zero_tile(acc);
+        if (dq_warp) {
+            const int keys = row0 + (in_range ? kSubChunk : 0);
+            for (int k0 = 0; k0 < keys; k0 += 16) {
+                uint32_t af[4];
+                ldmatrix_x4(af, das + (row0 + lane % 16) * kTileStride + k0 + (lane / 16) * 8);
+                const bool diagonal = k0 == row0;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    uint32_t bf[2], bf_lo[2];
+                    if (diagonal) {
+                        rescaled_b_fragment<true>(bf, bf_lo, ks, L::qk_stride, gs, L::g_stride, g_ref[nt * 8 + g], -1.f,
+                                                  k0, nt * 8);
+                        mma_bf16(acc[nt], af, bf_lo[0], bf_lo[1]);
+                    } else {
+                        rescaled_b_fragment<false>(bf, bf_lo, ks, L::qk_stride, gs, L::g_stride, g_ref[nt * 8 + g],
+                                                   -1.f, k0, nt * 8);
+                    }
+                    mma_bf16(acc[nt], af, bf[0], bf[1]);
+                }
+            }
+        } else {
+            for (int k0 = row0 + (in_range ? 0 : kSubChunk); k0 < kChunk; k0 += 16) {
+                uint32_t af[4];  // dAᵀ: rows s, columns t
+                ldmatrix_x4_trans(af, das + (k0 + (mi / 2) * 8 + r8) * kTileStride + row0 + (mi % 2) * 8);
+                const bool diagonal = k0 == row0;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    uint32_t bf[2], bf_lo[2];
+                    if (diagonal) {
+                        rescaled_b_fragment<true>(bf, bf_lo, qs, L::qk_stride, gs, L::g_stride, g_ref[nt * 8 + g], 1.f,
+                                                  k0, nt * 8);
+                        mma_bf16(acc[nt], af, bf_lo[0], bf_lo[1]);
+                    } else {
+                        rescaled_b_fragment<false>(bf, bf_lo, qs, L::qk_stride, gs, L::g_stride, g_ref[nt * 8 + g],
+                                                   1.f, k0, nt * 8);
+                    }
+                    mma_bf16(acc[nt], af, bf[0], bf[1]);
+                }
+            }
+        }
+        float* tile = dq_warp ? dq_s : dk_s;
+        const float sign = dq_warp ? 1.f : -1.f;  // e^{G_t − G_r} or e^{G_r' − G_s}
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int r = row0 + g + 8 * half, i = nt * 8 + 2 * t4;
                 const float2 gr = *reinterpret_cast<const float2*>(gs + r * L::g_stride + i);
-                *reinterpret_cast<float2*>(dst + r * L::g_stride + i) =
+                *reinterpret_cast<float2*>(tile + r * L::g_stride + i) =
                     make_float2(acc[nt][2 * half] * __expf(sign * (gr.x - g_ref[i])),
                                 acc[nt][2 * half + 1] * __expf(sign * (gr.y - g_ref[i + 1])));
             }
-    };
-
-    // dq from dA: the earlier sub-chunks through r = row0 (e^{G_t − G_r} · Σ_s dA_ts k_s e^{G_r − G_s}),
-    // then the diagonal block per element, a key dimension per lane-step.
-    {
-        float acc[NT][4];
-        zero_tile(acc);
-        const float* g_ref = gs + row0 * L::g_stride;
-        if (warp > 0) {
-            bf16* k_tilde = scratch + 8 * warp * (warp - 1) * L::qk_stride;
-            rescale_rows<DK>(k_tilde, ks, L::qk_stride, gs, L::g_stride, g_ref, -1.f, row0);
+        if (!in_range) {  // the diagonal block per element, a key dimension a lane
             __syncwarp();
-            mma_tile<NT, false, false>(acc, das, kTileStride, row0, k_tilde, L::qk_stride, 0, 0, row0);
+            for (int i = lane; i < DK; i += 32)
+                for (int a = row0; a < row0 + kSubChunk; ++a) {
+                    const float ga = gs[a * L::g_stride + i];
+                    float sum = 0.f;
+                    if (dq_warp)
+                        for (int s = row0; s <= a; ++s)
+                            sum += __bfloat162float(das[a * kTileStride + s]) *
+                                   __bfloat162float(ks[s * L::qk_stride + i]) * __expf(ga - gs[s * L::g_stride + i]);
+                    else
+                        for (int t = a; t < row0 + kSubChunk; ++t)
+                            sum += __bfloat162float(das[t * kTileStride + a]) *
+                                   __bfloat162float(qs[t * L::qk_stride + i]) * __expf(gs[t * L::g_stride + i] - ga);
+                    tile[a * L::g_stride + i] += sum;
+                }
         }
-        store_rescaled(dq_s, acc, g_ref, 1.f);
-        __syncwarp();
-        for (int i = lane; i < DK; i += 32)
-            for (int tl = 0; tl < kSubChunk; ++tl) {
-                const int t = row0 + tl;
-                const float gt = gs[t * L::g_stride + i];
-                float sum = 0.f;
-                for (int s = row0; s <= t; ++s)
-                    sum += __bfloat162float(das[t * kTileStride + s]) * __bfloat162float(ks[s * L::qk_stride + i]) *
-                           __expf(gt - gs[s * L::g_stride + i]);
-                dq_s[t * L::g_stride + i] += sum;
-            }
-    }
-    __syncthreads();  // the scratch tiles change hands
-    // dk from dA: the later sub-chunks through r = row0 + 15 (e^{G_r − G_s} · Σ_t dA_ts q_t e^{G_t − G_r}),
-    // then the diagonal block.
-    {
-        float acc[NT][4];
-        zero_tile(acc);
-        const int r_ref = row0 + kSubChunk - 1, later = row0 + kSubChunk, count = kChunk - later;
-        const float* g_ref = gs + r_ref * L::g_stride;
-        if (count > 0) {
-            bf16* q_tilde = scratch + (kChunk - kSubChunk) * warp * L::qk_stride - 8 * warp * (warp - 1) * L::qk_stride;
-            rescale_rows<DK>(q_tilde, qs + later * L::qk_stride, L::qk_stride, gs + later * L::g_stride, L::g_stride,
-                             g_ref, 1.f, count);
-            __syncwarp();
-            mma_tile<NT, true, false>(acc, das + later * kTileStride, kTileStride, row0, q_tilde, L::qk_stride, 0, 0,
-                                      count);
-        }
-        store_rescaled(dk_s, acc, g_ref, -1.f);
-        __syncwarp();
-        for (int i = lane; i < DK; i += 32)
-            for (int sl = 0; sl < kSubChunk; ++sl) {
-                const int s = row0 + sl;
-                const float g_s = gs[s * L::g_stride + i];
-                float sum = 0.f;
-                for (int t = s; t < row0 + kSubChunk; ++t)
-                    sum += __bfloat162float(das[t * kTileStride + s]) * __bfloat162float(qs[t * L::qk_stride + i]) *
-                           __expf(gs[t * L::g_stride + i] - g_s);
-                dk_s[s * L::g_stride + i] += sum;
-            }
     }
     __syncthreads();
 
-    // The state terms, dq and dk added into, ∂L/∂G in place of dq_s, then dg from the chunk's end.
+    // 2. Thread (row group, eight columns); every global load of the pass is issued before any store.
+    {
+        const int c = (threadIdx.x % kRowThreads) * 8, group = threadIdx.x / kRowThreads;
+        uint4 dq_hat[kSteps], dk_hat[kSteps], dq_old[kSteps], dk_old[kSteps];
+#pragma unroll
+        for (int step = 0; step < kSteps; ++step) {
+            const int r = group + step * kRowGroups;
+            const size_t at = (token0 + size_t(r < rows ? r : 0) * H) * DK + c;
+            const uint4 zero = make_uint4(0, 0, 0, 0);
+            dq_hat[step] = r < rows ? *reinterpret_cast<const uint4*>(p.dq_hat + at) : zero;
+            dk_hat[step] = r < rows ? *reinterpret_cast<const uint4*>(p.dk_hat + at) : zero;
+            dq_old[step] = r < rows ? *reinterpret_cast<const uint4*>(p.dq + at) : zero;
+            dk_old[step] = r < rows ? *reinterpret_cast<const uint4*>(p.dk + at) : zero;
+        }
+        float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        const float* g_last = gs + (kChunk - 1) * L::g_stride;
+#pragma unroll
+        for (int step = 0; step < kSteps; ++step) {
+            const int r = group + step * kRowGroups;
+            float qh[8], kh[8], dq[8], dk[8], qv[8], kv[8];
+            unpack8(qh, dq_hat[step]);
+            unpack8(kh, dk_hat[step]);
+            unpack8(dq, dq_old[step]);
+            unpack8(dk, dk_old[step]);
+            unpack8(qv, *reinterpret_cast<const uint4*>(qs + r * L::qk_stride + c));
+            unpack8(kv, *reinterpret_cast<const uint4*>(ks + r * L::qk_stride + c));
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float gr = gs[r * L::g_stride + c + j], k_decay = __expf(g_last[c + j] - gr);
+                const float dq_total = dq_s[r * L::g_stride + c + j] + qh[j] * __expf(gr);
+                const float dk_total = dk_s[r * L::g_stride + c + j] + kh[j] * k_decay;
+                dq[j] += dq_total;
+                dk[j] += dk_total;
+                part[j] += kv[j] * k_decay * kh[j];
+                dq_s[r * L::g_stride + c + j] = qv[j] * dq_total - kv[j] * dk_total;  // ∂L/∂G
+            }
+            if (r < rows) {
+                const size_t at = (token0 + size_t(r) * H) * DK + c;
+                *reinterpret_cast<uint4*>(p.dq + at) = pack8(dq);
+                *reinterpret_cast<uint4*>(p.dk + at) = pack8(dk);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) parts[group * DK + c + j] = part[j];
+    }
+    if (p.dlog_gate == nullptr) return;
+    __syncthreads();
+
+    // 3.
     const size_t chunk_base = ((size_t(b) * p.chunks + n) * H + h) * DK;
-    for (int i = threadIdx.x; i < DK; i += kThreads) {
-        const float last = gs[(kChunk - 1) * L::g_stride + i];
-        float at_last = 0.f;  // Σ_s k̂_s dk̂_s + γ dγ: ∂L/∂G_L through e^{G_L}
-        for (int r = 0; r < rows; ++r) {
-            const size_t at = (token0 + size_t(r) * H) * DK + i;
-            const float gi = gs[r * L::g_stride + i];
-            const float k_decay = __expf(last - gi);
-            const float dk_hat = __bfloat162float(p.dk_hat[at]);
-            const float dq = __bfloat162float(p.dq_hat[at]) * __expf(gi) + dq_s[r * L::g_stride + i];
-            const float dk = dk_hat * k_decay + dk_s[r * L::g_stride + i];
-            p.dq[at] = __float2bfloat16(__bfloat162float(p.dq[at]) + dq);
-            p.dk[at] = __float2bfloat16(__bfloat162float(p.dk[at]) + dk);
-            const float kv = __bfloat162float(ks[r * L::qk_stride + i]);
-            at_last += kv * k_decay * dk_hat;
-            dq_s[r * L::g_stride + i] = __bfloat162float(qs[r * L::qk_stride + i]) * dq - kv * dk;
-        }
-        if (p.dlog_gate == nullptr) continue;
-        float suffix = at_last + __expf(last) * p.d_decay[chunk_base + i];
-        for (int r = rows - 1; r >= 0; --r) {
+    for (int i = threadIdx.x; i < DK; i += kIntraThreads) {
+        float suffix = __expf(gs[(kChunk - 1) * L::g_stride + i]) * p.d_decay[chunk_base + i];
+        for (int group = 0; group < kRowGroups; ++group) suffix += parts[group * DK + i];
+        for (int r = kChunk - 1; r >= 0; --r) {
             suffix += dq_s[r * L::g_stride + i];
-            p.dlog_gate[(token0 + size_t(r) * H) * DK + i] += suffix;
+            dq_s[r * L::g_stride + i] = suffix;
         }
+    }
+    __syncthreads();
+    constexpr int kVecSteps = kChunk * (DK / 4) / kIntraThreads;
+    float4 old[kVecSteps];
+#pragma unroll
+    for (int step = 0; step < kVecSteps; ++step) {
+        const int idx = threadIdx.x + step * kIntraThreads, r = idx / (DK / 4), c = (idx % (DK / 4)) * 4;
+        old[step] = r < rows ? *reinterpret_cast<const float4*>(p.dlog_gate + (token0 + size_t(r) * H) * DK + c)
+                             : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int step = 0; step < kVecSteps; ++step) {
+        const int idx = threadIdx.x + step * kIntraThreads, r = idx / (DK / 4), c = (idx % (DK / 4)) * 4;
+        if (r >= rows) continue;
+        const float4 d = *reinterpret_cast<const float4*>(dq_s + r * L::g_stride + c);
+        *reinterpret_cast<float4*>(p.dlog_gate + (token0 + size_t(r) * H) * DK + c) =
+            make_float4(old[step].x + d.x, old[step].y + d.y, old[step].z + d.z, old[step].w + d.w);
     }
 }
 
 template <typename Kernel, typename Params>
-void launch_kernel(Kernel kernel, const char* name, int dk, dim3 grid, int bytes, const Params& p) {
+void launch_kernel(Kernel kernel, const char* name, int dk, dim3 grid, int threads, int bytes, const Params& p) {
     cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (status == cudaSuccess) {
-        kernel<<<grid, kThreads, bytes, cudaStreamPerThread>>>(p);
+        kernel<<<grid, threads, bytes, cudaStreamPerThread>>>(p);
         status = cudaGetLastError();
     }
     if (status != cudaSuccess)
@@ -613,7 +812,7 @@ template <int DK> void run_forward(const GlaForward& a, const ForwardScratch& s)
     const IntraParams intra{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), a.log_gate, s.q_hat,
                             s.k_hat, s.a_intra, s.row_decay, int(a.seq_len), int(a.heads)};
     const dim3 grid(unsigned((a.seq_len + kChunk - 1) / kChunk), unsigned(a.heads), unsigned(a.batch));
-    launch_kernel(gla_intra_kernel<DK>, "gla_intra_kernel", DK, grid, IntraLayout<DK>::bytes, intra);
+    launch_kernel(gla_intra_kernel<DK>, "gla_intra_kernel", DK, grid, kIntraThreads, IntraLayout<DK>::bytes, intra);
     gla_walk({s.q_hat, s.k_hat, a.v, s.a_intra, s.row_decay, a.initial_state, a.o, a.final_state, a.chunk_states,
               a.batch, a.seq_len, a.heads, a.key_dim, a.value_dim, a.scale});
 }
@@ -621,11 +820,11 @@ template <int DK> void run_forward(const GlaForward& a, const ForwardScratch& s)
 template <int DK, int DV> void run_backward(const BackwardParams& p, int batch) {
     const dim3 chunks(unsigned(p.chunks), unsigned(p.heads), unsigned(batch));
     launch_kernel(gla_state_backward_kernel<DK>, "gla_state_backward_kernel", DK,
-                  dim3(unsigned(DV / kValueTile), unsigned(p.heads), unsigned(batch)), StateBackwardLayout<DK>::bytes,
-                  p);
-    launch_kernel(gla_chunk_grads_kernel<DK, DV>, "gla_chunk_grads_kernel", DK, chunks,
+                  dim3(unsigned(DV / kValueTile), unsigned(p.heads), unsigned(batch)), kStateThreads,
+                  StateBackwardLayout<DK>::bytes, p);
+    launch_kernel(gla_chunk_grads_kernel<DK, DV>, "gla_chunk_grads_kernel", DK, chunks, kGradThreads,
                   ChunkGradsLayout<DK, DV>::bytes, p);
-    launch_kernel(gla_intra_backward_kernel<DK>, "gla_intra_backward_kernel", DK, chunks,
+    launch_kernel(gla_intra_backward_kernel<DK>, "gla_intra_backward_kernel", DK, chunks, kIntraThreads,
                   IntraBackwardLayout<DK>::bytes, p);
 }
 
