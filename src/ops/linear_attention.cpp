@@ -132,11 +132,13 @@ struct CudaShapes {
     int64_t B = 0, T = 0, H = 0, Dk = 0, Dv = 0;
     const float* log_gate = nullptr;  // [B,T,H], [B,T,H,Dk] (vector_gate) or null
     bool vector_gate = false;
+    Tensor fixed_decay_gate;          // a fixed decay as the scalar gate it equals, [B,T,H]
     Shape state_shape() const { return {B, H, Dk, Dv}; }
 };
 
-// The checks both CUDA directions share: q, k, v bf16 on the GPU; no packed sequences or fixed decay
-// (not implemented there yet); an fp32 gate, scalar or per key dimension; an fp32 initial state.
+// The checks both CUDA directions share: q, k, v bf16 on the GPU; no packed sequences (not implemented there
+// yet); an fp32 gate, scalar or per key dimension, or an fp32 fixed decay per head, which the kernels take
+// as the scalar gate it equals; an fp32 initial state.
 CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor* initial_state, const LinearAttentionArgs& args) {
     LINARCH_CHECK(q.dtype() == DType::bf16, "{}: q: the CUDA kernels take bf16 q, k, v and their gradients, got {}",
@@ -154,7 +156,16 @@ CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Te
     LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
     // (f32 tensors take the exact path, which has all of these.)
     LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", op);
-    LINARCH_CHECK(!args.log_decay.defined(), "{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", op);
+    if (args.log_decay.defined()) {
+        LINARCH_CHECK(!args.log_gate.defined(),
+                      "{}: log_gate: expected at most one of log_decay and log_gate, got both", op);
+        check_cuda_operand(op, "log_decay", args.log_decay, DType::f32, {d.H});
+        // (Its values are not checked to be ≤ 0 here, as the gates': that would copy them to the host.)
+        d.fixed_decay_gate = Tensor::zeros({d.B, d.T, d.H}, DType::f32, Device::cuda);
+        cuda::add_bias_forward(d.fixed_decay_gate.data<float>(), d.fixed_decay_gate.data<float>(),
+                               args.log_decay.data<float>(), d.B * d.T, d.H);
+        d.log_gate = d.fixed_decay_gate.data<float>();
+    }
     if (args.log_gate.defined()) {
         const Tensor& g = args.log_gate;
         d.vector_gate = g.dim() == 4;
@@ -219,7 +230,7 @@ void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv
     if (present(dinitial_state))
         check_cuda_operand(op, "dinitial_state", *dinitial_state, DType::f32, d.state_shape());
     if (present(dlog_gate)) {
-        LINARCH_CHECK(log_gate != nullptr, "{}: dlog_gate: given, but args.log_gate is not defined", op);
+        LINARCH_CHECK(args.log_gate.defined(), "{}: dlog_gate: given, but args.log_gate is not defined", op);
         check_cuda_operand(op, "dlog_gate", *dlog_gate, DType::f32, args.log_gate.shape());
     }
     if (d.vector_gate) {
@@ -249,7 +260,7 @@ void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv
 bool bf16_kernels_take(const Tensor& q, const Tensor& v, const LinearAttentionArgs& args) {
     if (compute_precision() != Precision::bf16 || q.dim() != 4 || v.dim() != 4) return false;
     const int64_t Dk = q.size(3), Dv = v.size(3);
-    if (!args.cu_seqlens.empty() || args.log_decay.defined() || args.scale == 0) return false;
+    if (!args.cu_seqlens.empty() || args.scale == 0) return false;
     if (args.log_gate.defined() && args.log_gate.dim() == 4) return cuda::gla_chunkwise_supports(Dk, Dv);
     return cuda::linear_attention_chunkwise_supports(Dk, Dv) && cuda::linear_attention_chunkwise_backward_supports(Dk, Dv);
 }

@@ -114,6 +114,9 @@ TEST(CudaDeltaRule, ChunkwiseForwardMatchesF64Recurrence) {
         {2, 301, 3, 64, 128},   // odd T, several chunks, Dv > Dk
         {2, 700, 2, 128, 128},
         {1, 129, 1, 128, 192},  // three value tiles
+        // The cases above walk few sequence-heads (the outputs made apart from the walk); this one enough
+        // for the walk to make them itself (≥ 132 blocks, an H100's multiprocessors).
+        {4, 130, 36, 64, 64},
     };
     uint64_t stream = 9000;
     for (const Problem& p : problems)

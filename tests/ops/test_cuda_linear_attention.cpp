@@ -28,6 +28,7 @@ struct Problem {
 // initial state ~ N(0, 0.5²).
 struct Inputs {
     Tensor q, k, v, log_gate, initial_state;  // on the CPU; log_gate / initial_state undefined when unused
+    Tensor log_decay;                         // [H], a fixed decay in place of log_gate (RetNet's), when set
 
     Inputs(const Problem& p, uint64_t stream, bool gated, bool with_initial_state) {
         const int64_t B = p.batch, T = p.seq_len, H = p.heads;
@@ -64,6 +65,7 @@ Result run_cuda(const Problem& p, const Inputs& in, double scale, bool want_fina
     ops::LinearAttentionArgs args;
     args.scale = scale;
     if (in.log_gate.defined()) args.log_gate = in.log_gate.to(Device::cuda);
+    if (in.log_decay.defined()) args.log_decay = in.log_decay.to(Device::cuda);
     const Tensor q = in.q.to(Device::cuda), k = in.k.to(Device::cuda), v = in.v.to(Device::cuda);
     const Tensor s0 = in.initial_state.defined() ? in.initial_state.to(Device::cuda) : Tensor();
     // NaN-filled outputs: every element must be written.
@@ -84,6 +86,7 @@ Result run_reference(const Problem& p, const Inputs& in, double scale) {
     ops::LinearAttentionArgs args;
     args.scale = scale;
     if (in.log_gate.defined()) args.log_gate = in.log_gate.to(DType::f64);
+    if (in.log_decay.defined()) args.log_decay = in.log_decay.to(DType::f64);
     const Tensor q = in.q.to(DType::f64), k = in.k.to(DType::f64), v = in.v.to(DType::f64);
     const Tensor s0 = in.initial_state.defined() ? in.initial_state.to(DType::f64) : Tensor();
     Result out{Tensor::empty({p.batch, p.seq_len, p.heads, p.value_dim}, DType::f64),
@@ -158,10 +161,6 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
     packed.cu_seqlens = {0, 3, 8};
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, packed); },
                  {fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", fwd)});
-    ops::LinearAttentionArgs fixed;
-    fixed.log_decay = Tensor::zeros({2}, DType::f32).to(Device::cuda);
-    expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, fixed); },
-                 {fmt::format("{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", fwd)});
     // An f32 q takes the exact fp32 path (cuda_recurrent_scan), which wants every operand in f32.
     const Tensor q32 = testkit::random_normal({1, 8, 2, 64}, DType::f32, 7601).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q32, k, v, nullptr, {}); },
@@ -181,8 +180,6 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
     };
     expect_error([&] { backward(packed); },
                  {fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", bwd)});
-    expect_error([&] { backward(fixed); },
-                 {fmt::format("{}: log_decay: a fixed decay has no bf16 CUDA kernel yet", bwd)});
     Tensor dq_small = Tensor::zeros({1, 8, 2, 32}, DType::bf16).to(Device::cuda), dk_small = dq_small.clone();
     expect_error(
         [&] {
@@ -225,6 +222,7 @@ Gradients backward_cuda(const Inputs& in, const Tensor& dout, const Tensor& dfin
     ops::LinearAttentionArgs args;
     args.scale = scale;
     if (in.log_gate.defined()) args.log_gate = in.log_gate.to(Device::cuda);
+    if (in.log_decay.defined()) args.log_decay = in.log_decay.to(Device::cuda);
     const Tensor q = in.q.to(Device::cuda), k = in.k.to(Device::cuda), v = in.v.to(Device::cuda);
     const Tensor s0 = to_cuda_or_undefined(in.initial_state), ds1 = to_cuda_or_undefined(dfinal_state);
     Gradients g{prior.dq.to(Device::cuda), prior.dk.to(Device::cuda), prior.dv.to(Device::cuda),
@@ -243,6 +241,7 @@ Gradients backward_reference(const Inputs& in, const Tensor& dout, const Tensor&
     ops::LinearAttentionArgs args;
     args.scale = scale;
     if (in.log_gate.defined()) args.log_gate = in.log_gate.to(DType::f64);
+    if (in.log_decay.defined()) args.log_decay = in.log_decay.to(DType::f64);
     const Tensor q = in.q.to(DType::f64), k = in.k.to(DType::f64), v = in.v.to(DType::f64);
     const Tensor s0 = in.initial_state.defined() ? in.initial_state.to(DType::f64) : Tensor();
     const Tensor ds1 = dfinal_state.defined() ? dfinal_state.to(DType::f64) : Tensor();
@@ -301,4 +300,27 @@ TEST(CudaLinearAttention, ChunkwiseBackwardMatchesF64) {
                     EXPECT_LT(testkit::relative_error(*a, *b), tol);
                 }
             }
+}
+
+TEST(CudaLinearAttention, FixedDecayTakesTheGatedKernels) {
+    SKIP_WITHOUT_GPU();
+    // RetNet's decay per head, log(1 − 2^(−5−h)), taken as the scalar gate it equals in both directions.
+    const Problem p{2, 301, 3, 64, 128};
+    Inputs in(p, 8600, false, true);
+    std::vector<double> decay;
+    for (int64_t h = 0; h < p.heads; ++h) decay.push_back(std::log1p(-std::exp2(-5.0 - double(h))));
+    in.log_decay = Tensor::from_vector({p.heads}, decay, DType::f32);
+    const double scale = 1.0 / std::sqrt(double(p.key_dim));
+    const Result out = run_cuda(p, in, scale, true), ref = run_reference(p, in, scale);
+    EXPECT_LT(testkit::relative_error(out.o, ref.o), 2e-2);
+    EXPECT_LT(testkit::relative_error(out.final_state, ref.final_state), 2e-2);
+    const Tensor dout = testkit::random_normal({p.batch, p.seq_len, p.heads, p.value_dim}, DType::bf16, 8601);
+    const Tensor dfinal = testkit::random_normal({p.batch, p.heads, p.key_dim, p.value_dim}, DType::f32, 8602);
+    const Gradients prior = prior_gradients(p, 8603, false, true);
+    const Gradients got = backward_cuda(in, dout, dfinal, prior, scale);
+    const Gradients want = backward_reference(in, dout, dfinal, prior, scale);
+    for (auto [name, a, b] : {std::tuple{"dq", &got.dq, &want.dq}, std::tuple{"dk", &got.dk, &want.dk},
+                              std::tuple{"dv", &got.dv, &want.dv},
+                              std::tuple{"dinitial_state", &got.dinitial_state, &want.dinitial_state}})
+        EXPECT_LT(testkit::relative_error(*a, *b), 2e-2) << name;
 }

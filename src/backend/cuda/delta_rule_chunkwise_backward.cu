@@ -35,25 +35,6 @@ constexpr int kValueTile = 64;
 constexpr int kThreads = 128;
 constexpr int kTileStride = kChunk + 8;  // a 64 × 64 bf16 matrix's padded rows
 
-// G_i (inclusive cumulative log gate of the chunk, fp32) into gs[64]; rows past T have gate 0. Warp 0.
-__device__ __forceinline__ void chunk_cumulative_gate(float* gs, const float* log_gate, size_t token0, int H,
-                                                      int rows) {
-    const int lane = threadIdx.x % 32;
-    float g0 = 0.f, g1 = 0.f;
-    if (log_gate != nullptr) {
-        if (2 * lane < rows) g0 = log_gate[token0 + size_t(2 * lane) * H];
-        if (2 * lane + 1 < rows) g1 = log_gate[token0 + size_t(2 * lane + 1) * H];
-    }
-    float x = g0 + g1;
-#pragma unroll
-    for (int off = 1; off < 32; off *= 2) {
-        const float y = __shfl_up_sync(0xffffffffu, x, off);
-        if (lane >= off) x += y;
-    }
-    gs[2 * lane] = x - g1;
-    gs[2 * lane + 1] = x;
-}
-
 struct BackwardParams {
     const bf16* q;
     const bf16* k;

@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include "backend/cuda/linear_attention_chunkwise.hpp"
+#include "backend/cuda/device.hpp"
 #include "backend/cuda/mma_ptx.cuh"
 #include "backend/cuda/warp_tiles.cuh"
 #include "core/error.hpp"
@@ -94,7 +95,7 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, const Params& p
         const int r = idx / qk_vecs, c = (idx % qk_vecs) * 8, t = t0 + r;
         const bool valid = t < T;
         const size_t off = ((size_t(b) * T + (valid ? t : 0)) * H + h) * DK + c;
-        cp_async16(qs + r * L::qk_stride + c, p.q + off, valid);
+        if (p.o != nullptr) cp_async16(qs + r * L::qk_stride + c, p.q + off, valid);  // (q only feeds o)
         cp_async16(ks + r * L::qk_stride + c, p.k + off, valid);
         if constexpr (DELTA) cp_async16(ws + r * L::qk_stride + c, p.w + off, valid);
     }
@@ -250,102 +251,106 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
             return parity ? o : e;
         };
 
-        uint32_t qa[KD][4];
+        const float cum_last = GATED ? __shfl_sync(0xffffffffu, cum_odd, 31) : 0.f;
+        // The chunk's output; skipped by the walks that only want the states (and u): the delta rule's
+        // backward, and the long-sequence forward whose outputs chunk_output_kernel makes in parallel.
+        if (p.o != nullptr) {
+            uint32_t qa[KD][4];
 #pragma unroll
-        for (int kd = 0; kd < KD; ++kd)
-            ldmatrix_x4(qa[kd], qs + (row0 + lane % 16) * L::qk_stride + kd * 16 + (lane / 16) * 8);
-        const int i_lo = row0 + g, i_hi = i_lo + 8;
-        float cum_lo = 0.f, cum_hi = 0.f, cum_last = 0.f;
-        if constexpr (GATED) {
-            cum_lo = cum_at(i_lo / 2, i_lo & 1);
-            cum_hi = cum_at(i_hi / 2, i_hi & 1);
-            cum_last = __shfl_sync(0xffffffffu, cum_odd, 31);
-        }
-        // P: this warp's rows of the chunk's masked, decayed q kᵀ, as A fragments (bf16); with a vector
-        // gate, precomputed (blocks right of the diagonal are zero and are not read).
-        uint32_t pa[4][4];
-        if constexpr (VECTOR) {
-            const bf16* as = reinterpret_cast<const bf16*>(stage + L::a_off);
+            for (int kd = 0; kd < KD; ++kd)
+                ldmatrix_x4(qa[kd], qs + (row0 + lane % 16) * L::qk_stride + kd * 16 + (lane / 16) * 8);
+            const int i_lo = row0 + g, i_hi = i_lo + 8;
+            float cum_lo = 0.f, cum_hi = 0.f;
+            if constexpr (GATED) {
+                cum_lo = cum_at(i_lo / 2, i_lo & 1);
+                cum_hi = cum_at(i_hi / 2, i_hi & 1);
+            }
+            // P: this warp's rows of the chunk's masked, decayed q kᵀ, as A fragments (bf16); with a vector
+            // gate, precomputed (blocks right of the diagonal are zero and are not read).
+            uint32_t pa[4][4];
+            if constexpr (VECTOR) {
+                const bf16* as = reinterpret_cast<const bf16*>(stage + L::a_off);
 #pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-                if (kk <= warp) ldmatrix_x4(pa[kk], as + (row0 + lane % 16) * L::a_stride + kk * 16 + (lane / 16) * 8);
-        } else {
-            float a[8][4];
+                for (int kk = 0; kk < 4; ++kk)
+                    if (kk <= warp) ldmatrix_x4(pa[kk], as + (row0 + lane % 16) * L::a_stride + kk * 16 + (lane / 16) * 8);
+            } else {
+                float a[8][4];
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt)
+                for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) a[nt][e] = 0.f;
+                    for (int e = 0; e < 4; ++e) a[nt][e] = 0.f;
+#pragma unroll
+                for (int kd = 0; kd < KD; ++kd)
+#pragma unroll
+                    for (int np = 0; np < 4; ++np)
+                        if (np <= warp) {
+                            uint32_t kb[4];
+                            ldmatrix_x4(kb, ks + (np * 16 + (mi / 2) * 8 + r8) * L::qk_stride + kd * 16 + (mi % 2) * 8);
+                            mma_bf16(a[2 * np], qa[kd], kb[0], kb[1]);
+                            mma_bf16(a[2 * np + 1], qa[kd], kb[2], kb[3]);
+                        }
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    // columns j = 8nt + 2t4 and + 1: lane 4nt + t4 holds both
+                    float cj0 = 0.f, cj1 = 0.f;
+                    if constexpr (GATED) {
+                        cj0 = __shfl_sync(0xffffffffu, cum_even, 4 * nt + t4);
+                        cj1 = __shfl_sync(0xffffffffu, cum_odd, 4 * nt + t4);
+                    }
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int i = e >= 2 ? i_hi : i_lo, j = nt * 8 + 2 * t4 + (e & 1);
+                        float val = j <= i ? a[nt][e] : 0.f;
+                        if constexpr (GATED) {
+                            if (j <= i) val *= __expf((e >= 2 ? cum_hi : cum_lo) - ((e & 1) ? cj1 : cj0));
+                        }
+                        a[nt][e] = val;
+                    }
+                }
+                to_a_fragments(pa, a);
+            }
+            float o[NT][4];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) o[nt][e] = 0.f;
 #pragma unroll
             for (int kd = 0; kd < KD; ++kd)
 #pragma unroll
-                for (int np = 0; np < 4; ++np)
-                    if (np <= warp) {
-                        uint32_t kb[4];
-                        ldmatrix_x4(kb, ks + (np * 16 + (mi / 2) * 8 + r8) * L::qk_stride + kd * 16 + (mi % 2) * 8);
-                        mma_bf16(a[2 * np], qa[kd], kb[0], kb[1]);
-                        mma_bf16(a[2 * np + 1], qa[kd], kb[2], kb[3]);
-                    }
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-                // columns j = 8nt + 2t4 and + 1: lane 4nt + t4 holds both
-                float cj0 = 0.f, cj1 = 0.f;
-                if constexpr (GATED) {
-                    cj0 = __shfl_sync(0xffffffffu, cum_even, 4 * nt + t4);
-                    cj1 = __shfl_sync(0xffffffffu, cum_odd, 4 * nt + t4);
-                }
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int i = e >= 2 ? i_hi : i_lo, j = nt * 8 + 2 * t4 + (e & 1);
-                    float val = j <= i ? a[nt][e] : 0.f;
-                    if constexpr (GATED) {
-                        if (j <= i) val *= __expf((e >= 2 ? cum_hi : cum_lo) - ((e & 1) ? cj1 : cj0));
-                    }
-                    a[nt][e] = val;
-                }
-            }
-            to_a_fragments(pa, a);
-        }
-        float o[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) o[nt][e] = 0.f;
-#pragma unroll
-        for (int kd = 0; kd < KD; ++kd)
-#pragma unroll
-            for (int np = 0; np < NT / 2; ++np) {
-                uint32_t sb[4];
-                ldmatrix_x4_trans(sb, state_bf16 + (kd * 16 + (mi % 2) * 8 + r8) * L::v_stride + np * 16 + (mi / 2) * 8);
-                mma_bf16(o[2 * np], qa[kd], sb[0], sb[1]);
-                mma_bf16(o[2 * np + 1], qa[kd], sb[2], sb[3]);
-            }
-        if constexpr (GATED) {
-            const float d_lo = __expf(cum_lo), d_hi = __expf(cum_hi);
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                o[nt][0] *= d_lo; o[nt][1] *= d_lo; o[nt][2] *= d_hi; o[nt][3] *= d_hi;
-            }
-        }
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-            if (kk <= warp) {
-#pragma unroll
                 for (int np = 0; np < NT / 2; ++np) {
-                    uint32_t vb[4];
-                    ldmatrix_x4_trans(vb, vs + (kk * 16 + (mi % 2) * 8 + r8) * L::v_stride + np * 16 + (mi / 2) * 8);
-                    mma_bf16(o[2 * np], pa[kk], vb[0], vb[1]);
-                    mma_bf16(o[2 * np + 1], pa[kk], vb[2], vb[3]);
+                    uint32_t sb[4];
+                    ldmatrix_x4_trans(sb, state_bf16 + (kd * 16 + (mi % 2) * 8 + r8) * L::v_stride + np * 16 + (mi / 2) * 8);
+                    mma_bf16(o[2 * np], qa[kd], sb[0], sb[1]);
+                    mma_bf16(o[2 * np + 1], qa[kd], sb[2], sb[3]);
+                }
+            if constexpr (GATED) {
+                const float d_lo = __expf(cum_lo), d_hi = __expf(cum_hi);
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    o[nt][0] *= d_lo; o[nt][1] *= d_lo; o[nt][2] *= d_hi; o[nt][3] *= d_hi;
                 }
             }
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int t = n * kChunk + row0 + g + half * 8;
-            if (t < T && p.o != nullptr) {
-                bf16* out = p.o + ((size_t(b) * T + t) * H + h) * DV + v_col + 2 * t4;
+            for (int kk = 0; kk < 4; ++kk)
+                if (kk <= warp) {
 #pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-                    *reinterpret_cast<uint32_t*>(out + nt * 8) =
-                        pack_bf16(o[nt][2 * half] * p.scale, o[nt][2 * half + 1] * p.scale);
+                    for (int np = 0; np < NT / 2; ++np) {
+                        uint32_t vb[4];
+                        ldmatrix_x4_trans(vb, vs + (kk * 16 + (mi % 2) * 8 + r8) * L::v_stride + np * 16 + (mi / 2) * 8);
+                        mma_bf16(o[2 * np], pa[kk], vb[0], vb[1]);
+                        mma_bf16(o[2 * np + 1], pa[kk], vb[2], vb[3]);
+                    }
+                }
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int t = n * kChunk + row0 + g + half * 8;
+                if (t < T) {
+                    bf16* out = p.o + ((size_t(b) * T + t) * H + h) * DV + v_col + 2 * t4;
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt)
+                        *reinterpret_cast<uint32_t*>(out + nt * 8) =
+                            pack_bf16(o[nt][2 * half] * p.scale, o[nt][2 * half + 1] * p.scale);
+                }
             }
         }
         // State update first into registers (reads only this stage's k, v), then the barrier, then
@@ -453,17 +458,128 @@ int multiprocessor_count() {
 // T=2048). With fewer (a few long sequences): two stages, and value tiles of 32 or 16 columns for more
 // blocks, each redoing its chunks' q kᵀ. The vector gate's stage also holds the intra-chunk matrix, so it
 // takes one stage as the delta rule.
+// Whether value tiles of 64 columns leave multiprocessors idle: a few long sequences.
+bool few_walks(const Params& p, int batch) {
+    return int64_t(p.heads) * batch * (p.value_dim / 64) < multiprocessor_count();
+}
+
 template <int DK, bool GATED, bool DELTA, bool VECTOR = false> void launch_walk(const Params& p, int batch) {
     const int64_t sequence_heads = int64_t(p.heads) * batch;
-    const int multiprocessors = multiprocessor_count();
-    if (sequence_heads * (p.value_dim / 64) >= multiprocessors) {
+    if (!few_walks(p, batch)) {
         if constexpr (DELTA || VECTOR) launch<DK, GATED, DELTA, VECTOR, 1, 64>(p, batch);
         else launch<DK, GATED, DELTA, VECTOR, 2, 64>(p, batch);
-    } else if (sequence_heads * (p.value_dim / 32) >= multiprocessors) {
+    } else if (sequence_heads * (p.value_dim / 32) >= multiprocessor_count()) {
         launch<DK, GATED, DELTA, VECTOR, 2, 32>(p, batch);
     } else {
         launch<DK, GATED, DELTA, VECTOR, 2, 16>(p, batch);
     }
+}
+
+// ---- the outputs of every chunk in parallel, from the states a walk kept ----
+
+// A walk over few long sequences is sequential over many chunks with few blocks, and its outputs (q kᵀ,
+// P v, q S: most of a chunk's products) lengthen every step. There the walk keeps only the states (and,
+// for the delta rule, u), and this kernel makes every chunk's o from them: a block per (chunk, head,
+// batch row and 64 value columns); warp w takes rows 16w .. 16w + 15, as the walk.
+struct OutputParams {
+    const bf16* q;
+    const bf16* k;
+    const bf16* v;             // the values the walk used (the delta rule's u)
+    const float* log_gate;     // null: no decay
+    const bf16* chunk_states;  // S at each chunk's start [B, chunks, H, Dk, Dv]
+    bf16* o;
+    int seq_len, heads, value_dim;
+    float scale;
+};
+
+template <int DK> struct OutputLayout {
+    static constexpr int qk_stride = DK + 8;
+    static constexpr int v_stride = kValueTile + 8;
+    static constexpr int q_off = 0;
+    static constexpr int k_off = q_off + kChunk * qk_stride * 2;
+    static constexpr int v_off = k_off + kChunk * qk_stride * 2;
+    static constexpr int s_off = v_off + kChunk * v_stride * 2;
+    static constexpr int g_off = s_off + DK * v_stride * 2;
+    static constexpr int bytes = g_off + kChunk * 4;
+    static_assert(k_off % 16 == 0 && v_off % 16 == 0 && s_off % 16 == 0 && g_off % 16 == 0);
+};
+
+template <int DK, bool GATED>
+__global__ void __launch_bounds__(kThreads) chunk_output_kernel(const OutputParams p) {
+    using L = OutputLayout<DK>;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* qs = reinterpret_cast<bf16*>(smem + L::q_off);
+    bf16* ks = reinterpret_cast<bf16*>(smem + L::k_off);
+    bf16* vs = reinterpret_cast<bf16*>(smem + L::v_off);
+    bf16* ss = reinterpret_cast<bf16*>(smem + L::s_off);
+    float* gs = reinterpret_cast<float*>(smem + L::g_off);
+    const int tiles = p.value_dim / kValueTile;
+    const int n = blockIdx.x, t0 = n * kChunk, h = blockIdx.y, b = blockIdx.z / tiles;
+    const int v_col = (blockIdx.z % tiles) * kValueTile;
+    const int T = p.seq_len, H = p.heads, DV = p.value_dim, rows = min(kChunk, T - t0);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const int row0 = warp * 16;
+    const size_t token0 = (size_t(b) * T + t0) * H + h;
+
+    load_rows(qs, L::qk_stride, p.q, token0, H, DK, 0, DK, rows);
+    load_rows(ks, L::qk_stride, p.k, token0, H, DK, 0, DK, rows);
+    load_rows(vs, L::v_stride, p.v, token0, H, DV, v_col, kValueTile, rows);
+    const bf16* state = p.chunk_states + ((size_t(b) * gridDim.x + n) * H + h) * DK * DV;
+    load_rows(ss, L::v_stride, state, 0, 1, DV, v_col, kValueTile, DK, DK);
+    cp_async_commit();
+    if (GATED && warp == 0) chunk_cumulative_gate(gs, p.log_gate, token0, H, rows);
+    cp_async_wait_all();
+    __syncthreads();
+
+    // P = q kᵀ on and below the diagonal, decayed by e^{G_i − G_j}.
+    float a[8][4];
+    zero_tile(a);
+    mma_tile<8, false, true>(a, qs, L::qk_stride, row0, ks, L::qk_stride, 0, 0, DK, 0, warp + 1);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int i = row0 + g + (e >= 2 ? 8 : 0), j = nt * 8 + 2 * t4 + (e & 1);
+            a[nt][e] = j <= i ? a[nt][e] * (GATED ? __expf(gs[i] - gs[j]) : 1.f) : 0.f;
+        }
+    uint32_t pa[4][4];
+    to_a_fragments(pa, a);
+    // o = e^{G_i} q S_0 + P v
+    float o[kValueTile / 8][4];
+    zero_tile(o);
+    mma_tile<kValueTile / 8, false, false>(o, qs, L::qk_stride, row0, ss, L::v_stride, 0, 0, DK);
+    if constexpr (GATED) {
+        const float d_lo = __expf(gs[row0 + g]), d_hi = __expf(gs[row0 + g + 8]);
+#pragma unroll
+        for (int nt = 0; nt < kValueTile / 8; ++nt) {
+            o[nt][0] *= d_lo; o[nt][1] *= d_lo; o[nt][2] *= d_hi; o[nt][3] *= d_hi;
+        }
+    }
+    mma_tile_from_fragments<kValueTile / 8, 4, false>(o, pa, 0, warp + 1, vs, L::v_stride, 0);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int r = row0 + g + 8 * half;
+        if (r >= rows) continue;
+        bf16* out = p.o + (token0 + size_t(r) * H) * DV + v_col + 2 * t4;
+#pragma unroll
+        for (int nt = 0; nt < kValueTile / 8; ++nt)
+            *reinterpret_cast<uint32_t*>(out + nt * 8) = pack_bf16(p.scale * o[nt][2 * half], p.scale * o[nt][2 * half + 1]);
+    }
+}
+
+template <int DK, bool GATED> void launch_output(const OutputParams& p, int batch) {
+    auto* kernel = chunk_output_kernel<DK, GATED>;
+    constexpr int bytes = OutputLayout<DK>::bytes;
+    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (status == cudaSuccess) {
+        const dim3 grid(unsigned((p.seq_len + kChunk - 1) / kChunk), unsigned(p.heads),
+                        unsigned(batch * (p.value_dim / kValueTile)));
+        kernel<<<grid, kThreads, bytes, cudaStreamPerThread>>>(p);
+        status = cudaGetLastError();
+    }
+    if (status != cudaSuccess)
+        fail("CUDA kernel chunk_output_kernel<Dk={}, gated={}> failed to launch: {}", DK, GATED,
+             cudaGetErrorString(status));
 }
 
 // ---- the delta rule's chunk-local solve ----
@@ -724,17 +840,30 @@ void gla_walk(const GlaWalk& a) {
 void delta_rule_chunkwise_forward(const DeltaRuleForward& a) {
     LINARCH_CHECK(linear_attention_chunkwise_supports(a.key_dim, a.value_dim),
                   "delta_rule_chunkwise_forward (CUDA): no kernel for Dk={}, Dv={}", a.key_dim, a.value_dim);
-    LINARCH_CHECK(a.batch <= 65535 && a.heads <= 65535 && a.seq_len < (int64_t(1) << 31),
+    LINARCH_CHECK(a.batch <= 65535 && a.heads <= 65535 && a.seq_len < (int64_t(1) << 31) &&
+                      a.batch * (a.value_dim / kValueTile) <= 65535,
                   "delta_rule_chunkwise_forward (CUDA): B={}, H={}, T={} exceed the grid", a.batch, a.heads, a.seq_len);
     const WyParams wy{static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.beta, a.log_gate,
                       static_cast<bf16*>(a.w_scratch), static_cast<bf16*>(a.u_scratch), static_cast<bf16*>(a.t_out),
                       int(a.seq_len), int(a.heads), int(a.value_dim)};
-    const Params p{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.u_scratch),
-                   static_cast<const bf16*>(a.w_scratch), a.log_gate, a.initial_state, static_cast<bf16*>(a.o),
-                   a.final_state, static_cast<bf16*>(a.chunk_states), static_cast<bf16*>(a.u_out), int(a.seq_len),
-                   int(a.heads), int(a.value_dim), float(a.scale)};
+    Params p{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.u_scratch),
+             static_cast<const bf16*>(a.w_scratch), a.log_gate, a.initial_state, static_cast<bf16*>(a.o),
+             a.final_state, static_cast<bf16*>(a.chunk_states), static_cast<bf16*>(a.u_out), int(a.seq_len),
+             int(a.heads), int(a.value_dim), float(a.scale)};
     const bool gated = a.log_gate != nullptr;
     const int batch = int(a.batch);
+    // Few long sequences: the walk keeps the states and u (over ũ), and the outputs are made afterwards,
+    // every chunk in parallel (dev/cuda/NOTES_delta_rule.md).
+    const bool outputs_apart = a.o != nullptr && few_walks(p, batch);
+    const int64_t chunks = (a.seq_len + kChunk - 1) / kChunk;
+    DeviceBuffer kept_states(outputs_apart && a.chunk_states == nullptr
+                                 ? size_t(a.batch * chunks * a.heads * a.key_dim * a.value_dim) * 2
+                                 : 0);
+    if (outputs_apart) {
+        p.o = nullptr;
+        if (p.chunk_states == nullptr) p.chunk_states = kept_states.as<bf16>();
+        if (p.u_out == nullptr) p.u_out = static_cast<bf16*>(a.u_scratch);
+    }
     if (a.key_dim == 64) {
         launch_wy<64>(wy, batch);
         gated ? launch_walk<64, true, true>(p, batch) : launch_walk<64, false, true>(p, batch);
@@ -742,6 +871,11 @@ void delta_rule_chunkwise_forward(const DeltaRuleForward& a) {
         launch_wy<128>(wy, batch);
         gated ? launch_walk<128, true, true>(p, batch) : launch_walk<128, false, true>(p, batch);
     }
+    if (!outputs_apart) return;
+    const OutputParams out{p.q, p.k, p.u_out, a.log_gate, p.chunk_states, static_cast<bf16*>(a.o), int(a.seq_len),
+                           int(a.heads), int(a.value_dim), float(a.scale)};
+    if (a.key_dim == 64) gated ? launch_output<64, true>(out, batch) : launch_output<64, false>(out, batch);
+    else gated ? launch_output<128, true>(out, batch) : launch_output<128, false>(out, batch);
 }
 
 }  // namespace linarch::cuda

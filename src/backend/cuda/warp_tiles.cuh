@@ -117,4 +117,24 @@ __device__ __forceinline__ void add_row_into_bf16(__nv_bfloat16* out, const floa
     }
 }
 
+// G_i, the inclusive cumulative sum of a chunk's 64 scalar log gates (fp32), into gs[64], by one warp, two
+// tokens a lane; log_gate[token0 + r·H] is token r's gate; rows past `rows` (past T) have gate 0.
+__device__ __forceinline__ void chunk_cumulative_gate(float* gs, const float* log_gate, size_t token0, int H,
+                                                      int rows) {
+    const int lane = threadIdx.x % 32;
+    float g0 = 0.f, g1 = 0.f;
+    if (log_gate != nullptr) {
+        if (2 * lane < rows) g0 = log_gate[token0 + size_t(2 * lane) * H];
+        if (2 * lane + 1 < rows) g1 = log_gate[token0 + size_t(2 * lane + 1) * H];
+    }
+    float x = g0 + g1;
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+        const float y = __shfl_up_sync(0xffffffffu, x, off);
+        if (lane >= off) x += y;
+    }
+    gs[2 * lane] = x - g1;
+    gs[2 * lane + 1] = x;
+}
+
 }  // namespace linarch::cuda
