@@ -160,7 +160,7 @@ CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Te
         LINARCH_CHECK(!args.log_gate.defined(),
                       "{}: log_gate: expected at most one of log_decay and log_gate, got both", op);
         check_cuda_operand(op, "log_decay", args.log_decay, DType::f32, {d.H});
-        // (Its values are not checked to be ≤ 0 here, as the gates': that would copy them to the host.)
+        // (Its values are not checked to be ≤ 0 here, as the gates' are not: that would copy them to the host.)
         d.fixed_decay_gate = Tensor::zeros({d.B, d.T, d.H}, DType::f32, Device::cuda);
         cuda::add_bias_forward(d.fixed_decay_gate.data<float>(), d.fixed_decay_gate.data<float>(),
                                args.log_decay.data<float>(), d.B * d.T, d.H);
@@ -191,9 +191,6 @@ void linear_attention_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, con
     const char* op = "linear_attention_chunkwise_forward";
     const CudaShapes d = check_cuda_linear_attention(op, q, k, v, initial_state, args);
     check_cuda_operand(op, "o", o, DType::bf16, {d.B, d.T, d.H, d.Dv});
-    LINARCH_CHECK(cuda::linear_attention_chunkwise_supports(d.Dk, d.Dv),
-                  "{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk={}, Dv={}", op, d.Dk,
-                  d.Dv);
     if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, d.state_shape());
     if (d.vector_gate) {
         Tensor scratch = Tensor::empty({int64_t(cuda::gla_chunkwise_forward_scratch_bytes(d.B, d.T, d.H, d.Dk) / 4)},
@@ -203,6 +200,9 @@ void linear_attention_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, con
                                             data_or_null<float>(final_state), scratch.raw_data(), d.B, d.T, d.H, d.Dk,
                                             d.Dv, args.scale});
     }
+    LINARCH_CHECK(cuda::linear_attention_chunkwise_supports(d.Dk, d.Dv),
+                  "{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk={}, Dv={}", op, d.Dk,
+                  d.Dv);
     cuda::linear_attention_chunkwise_forward({q.raw_data(), k.raw_data(), v.raw_data(), d.log_gate,
                                               data_or_null<float>(initial_state), o.raw_data(),
                                               data_or_null<float>(final_state), d.B, d.T, d.H, d.Dk, d.Dv,

@@ -108,6 +108,9 @@ TEST(CudaGla, ChunkwiseForwardMatchesF64Recurrence) {
         {3, 65, 2, 128, 64},   // one token into the second chunk, Dk > Dv
         {2, 301, 3, 64, 128},  // odd T, several chunks, Dv > Dk
         {2, 700, 2, 128, 128},
+        // The cases above walk few sequence-heads (value tiles of 16 or 32 columns); this one enough for
+        // tiles of 64 and one stage (≥ 132 blocks, an H100's multiprocessors).
+        {8, 200, 16, 128, 128},
     };
     uint64_t stream = 12000;
     for (const Problem& p : problems)
@@ -232,6 +235,7 @@ TEST(CudaGla, ChunkwiseBackwardMatchesF64) {
         {3, 65, 2, 128, 64},   // one token into the second chunk, Dk > Dv
         {2, 301, 3, 64, 128},  // odd T, several chunks, Dv > Dk
         {2, 200, 2, 128, 128},
+        {8, 130, 16, 64, 128},  // enough sequence-heads for the walk's 64-column tiles (as above)
     };
     uint64_t stream = 12300;
     for (const Problem& p : problems)

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/device.hpp"
 
 namespace linarch::cuda {
 namespace {
@@ -27,10 +28,12 @@ cublasLtHandle_t lt_handle() {
 }
 
 // One workspace for every GEMM: they all run on cudaStreamPerThread of the thread that owns the model.
+// From the caching pool, as every other buffer (a plain cudaMalloc could fail while the pool holds free
+// memory; allocate trims the pool and retries), kept for the process; complete before any stream uses it.
 void* workspace() {
     static void* ptr = [] {
-        void* p = nullptr;
-        check_cuda(cudaMalloc(&p, kWorkspaceBytes), "cudaMalloc of the cuBLASLt workspace");
+        void* p = allocate(kWorkspaceBytes);
+        synchronize();
         return p;
     }();
     return ptr;

@@ -9,11 +9,13 @@
 // the gates, mixers.md §13). gla_intra_kernel forms q̂, k̂, e^{G_L} and A for every chunk in parallel;
 // the linear-attention walk (linear_attention_chunkwise.cu) then runs over q̂, k̂ with A in place of its
 // masked q kᵀ and decays the state's rows by e^{G_L}.
-// A is built from 16-token sub-chunks, as fla's chunk_gla: a block (I, J), I > J, factors through the
-// first token r = 16I of the query sub-chunk,
-//     e^{G_t − G_s} = e^{G_t − G_r} · e^{G_r − G_s}        (t ≥ r > s: both factors ≤ 1),
-// so it is one tensor-core product of rescaled bf16 tiles; the diagonal blocks take e^{G_t − G_s} per
-// element in fp32 (no reference point keeps both factors ≤ 1 there).
+// A is built from 16-token sub-chunks (as fla's chunk_gla): row block I factors through the first token
+// r = 16I of its sub-chunk,
+//     e^{G_t − G_s} = e^{G_t − G_r} · e^{G_r − G_s}        (t ≥ r: the first factor ≤ 1),
+// so each block is one tensor-core product of rescaled bf16 operands. Left of the diagonal (s < r) the
+// second factor is ≤ 1 too; on the diagonal block it is ≥ 1 but bounded while the sub-chunk's gates stay
+// within kMaxSubChunkRange, and its products take split bf16 factors (hi·hi + hi·lo + lo·hi) for about
+// fp32's accuracy there; a sub-chunk beyond that range sums its diagonal block per element in fp32.
 //
 // The backward, given dO and dS_L (q̂, k̂, A as above, γ = e^{G_L}):
 //     dS_0 = diag(γ) dS_L + scale · q̂ᵀ dO                                     (a walk over the chunks)
@@ -45,7 +47,7 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 constexpr int kChunk = 64;
-constexpr int kSubChunk = 16;  // a warp's rows
+constexpr int kSubChunk = 16;  // the rows of an MMA tile
 constexpr int kValueTile = 64;
 constexpr int kTileStride = kChunk + 8;  // a 64 × 64 bf16 matrix's padded rows
 
@@ -88,10 +90,10 @@ template <int DK> __device__ __forceinline__ void cumulate_gate_columns(float* g
 }
 
 // Factoring e^{G_t − G_s} through a reference token inside a 16-token sub-chunk puts factors ≥ 1 on one
-// side; they stay finite (and their partners above fp32's smallest normal) while the sub-chunk's gates sum
-// to at least −kMaxSubChunkRange in every key dimension. Past that, the diagonal blocks take e^{G_t − G_s}
-// per element instead.
-constexpr float kMaxSubChunkRange = 80.f;
+// side, up to e^{range} with range the sub-chunk's −Σ g in a key dimension. Within kMaxSubChunkRange they
+// are ≤ e^40 ≈ 2e17, so an operand as large as 1e21 stays finite in bf16 and the partners, ≥ e^−40, stay
+// far above fp32's smallest normal. Past that, the diagonal blocks take e^{G_t − G_s} per element instead.
+constexpr float kMaxSubChunkRange = 40.f;
 
 // Whether the sub-chunk of rows first .. first + 15 is within that range (every lane of the warp calls it).
 template <int DK> __device__ __forceinline__ bool sub_chunk_in_range(const float* gs, int stride, int first) {
@@ -117,21 +119,24 @@ template <bool SPLIT> __device__ __forceinline__ uint32_t pack_split(float x, fl
 // mma.sync m16n8k16 fragments of rescaled bf16 tiles x (rows `stride` apart) with G fp32 (rows
 // g_stride apart): element (r, c) is x[r][c] · e^{sign · (G[r][c] − ref[c])}; with SPLIT, lo takes the
 // rounding remainders.
+// Elements (r, c) and (r, c + 1), packed.
+template <bool SPLIT>
+__device__ __forceinline__ uint32_t rescaled_pair(const bf16* x, int stride, const float* gs, int g_stride,
+                                                  const float* ref, float sign, int r, int c, uint32_t& lo) {
+    const float2 v = unpack_bf16(*reinterpret_cast<const uint32_t*>(x + r * stride + c));
+    const float2 gv = *reinterpret_cast<const float2*>(gs + r * g_stride + c);
+    return pack_split<SPLIT>(v.x * __expf(sign * (gv.x - ref[c])), v.y * __expf(sign * (gv.y - ref[c + 1])), lo);
+}
 // The A fragment of rows m0 .. m0 + 15, columns k0 .. k0 + 15.
 template <bool SPLIT>
 __device__ __forceinline__ void rescaled_a_fragment(uint32_t (&a)[4], uint32_t (&lo)[4], const bf16* x, int stride,
                                                     const float* gs, int g_stride, const float* ref, float sign,
                                                     int m0, int k0) {
     const int lane = threadIdx.x % 32, r0 = m0 + lane / 4, c0 = k0 + 2 * (lane % 4);
-    auto pair = [&](int r, int c, uint32_t& l) {
-        const float2 v = unpack_bf16(*reinterpret_cast<const uint32_t*>(x + r * stride + c));
-        const float2 gv = *reinterpret_cast<const float2*>(gs + r * g_stride + c);
-        return pack_split<SPLIT>(v.x * __expf(sign * (gv.x - ref[c])), v.y * __expf(sign * (gv.y - ref[c + 1])), l);
-    };
-    a[0] = pair(r0, c0, lo[0]);
-    a[1] = pair(r0 + 8, c0, lo[1]);
-    a[2] = pair(r0, c0 + 8, lo[2]);
-    a[3] = pair(r0 + 8, c0 + 8, lo[3]);
+    a[0] = rescaled_pair<SPLIT>(x, stride, gs, g_stride, ref, sign, r0, c0, lo[0]);
+    a[1] = rescaled_pair<SPLIT>(x, stride, gs, g_stride, ref, sign, r0 + 8, c0, lo[1]);
+    a[2] = rescaled_pair<SPLIT>(x, stride, gs, g_stride, ref, sign, r0, c0 + 8, lo[2]);
+    a[3] = rescaled_pair<SPLIT>(x, stride, gs, g_stride, ref, sign, r0 + 8, c0 + 8, lo[3]);
 }
 // The B fragment for B(k, n) = element (n0 + n, k0 + k): rows of x as B's columns (x kᵀ products).
 template <bool SPLIT>
@@ -139,13 +144,8 @@ __device__ __forceinline__ void rescaled_b_fragment_of_rows(uint32_t (&b)[2], ui
                                                             const float* gs, int g_stride, const float* ref,
                                                             float sign, int n0, int k0) {
     const int lane = threadIdx.x % 32, r = n0 + lane / 4, c0 = k0 + 2 * (lane % 4);
-    auto pair = [&](int c, uint32_t& l) {
-        const float2 v = unpack_bf16(*reinterpret_cast<const uint32_t*>(x + r * stride + c));
-        const float2 gv = *reinterpret_cast<const float2*>(gs + r * g_stride + c);
-        return pack_split<SPLIT>(v.x * __expf(sign * (gv.x - ref[c])), v.y * __expf(sign * (gv.y - ref[c + 1])), l);
-    };
-    b[0] = pair(c0, lo[0]);
-    b[1] = pair(c0 + 8, lo[1]);
+    b[0] = rescaled_pair<SPLIT>(x, stride, gs, g_stride, ref, sign, r, c0, lo[0]);
+    b[1] = rescaled_pair<SPLIT>(x, stride, gs, g_stride, ref, sign, r, c0 + 8, lo[1]);
 }
 // The B fragment for B(k, n) = element (k0 + k, n0 + n): x's rows as B's rows (P x products); ref_n is
 // ref[n0 + lane / 4].
@@ -706,9 +706,9 @@ __global__ void __launch_bounds__(kIntraThreads) gla_intra_backward_kernel(const
 #pragma unroll
         for (int step = 0; step < kSteps; ++step) {
             const int r = group + step * kRowGroups;
-            float qh[8], kh[8], dq[8], dk[8], qv[8], kv[8];
-            unpack8(qh, dq_hat[step]);
-            unpack8(kh, dk_hat[step]);
+            float dqh[8], dkh[8], dq[8], dk[8], qv[8], kv[8];
+            unpack8(dqh, dq_hat[step]);
+            unpack8(dkh, dk_hat[step]);
             unpack8(dq, dq_old[step]);
             unpack8(dk, dk_old[step]);
             unpack8(qv, *reinterpret_cast<const uint4*>(qs + r * L::qk_stride + c));
@@ -716,11 +716,11 @@ __global__ void __launch_bounds__(kIntraThreads) gla_intra_backward_kernel(const
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const float gr = gs[r * L::g_stride + c + j], k_decay = __expf(g_last[c + j] - gr);
-                const float dq_total = dq_s[r * L::g_stride + c + j] + qh[j] * __expf(gr);
-                const float dk_total = dk_s[r * L::g_stride + c + j] + kh[j] * k_decay;
+                const float dq_total = dq_s[r * L::g_stride + c + j] + dqh[j] * __expf(gr);
+                const float dk_total = dk_s[r * L::g_stride + c + j] + dkh[j] * k_decay;
                 dq[j] += dq_total;
                 dk[j] += dk_total;
-                part[j] += kv[j] * k_decay * kh[j];
+                part[j] += kv[j] * k_decay * dkh[j];  // k̂ dk̂
                 dq_s[r * L::g_stride + c + j] = qv[j] * dq_total - kv[j] * dk_total;  // ∂L/∂G
             }
             if (r < rows) {
@@ -801,6 +801,39 @@ ForwardScratch carve_forward(void* base, int64_t batch, int64_t seq_len, int64_t
     return s;
 }
 
+// The backward's scratch: the forward's, then S_0 and dS_L of every chunk, dq̂, dk̂, dA, dγ.
+struct BackwardScratch {
+    ForwardScratch forward;
+    bf16* chunk_states;
+    bf16* dstates;
+    bf16* dq_hat;
+    bf16* dk_hat;
+    bf16* da;
+    float* d_decay;
+    size_t bytes;
+};
+BackwardScratch carve_backward(void* base, int64_t batch, int64_t seq_len, int64_t heads, int64_t key_dim,
+                               int64_t value_dim) {
+    const size_t tokens = size_t(batch * seq_len * heads), chunks = size_t((seq_len + kChunk - 1) / kChunk);
+    const size_t states = size_t(batch) * chunks * size_t(heads * key_dim * value_dim) * 2;
+    BackwardScratch s{};
+    s.forward = carve_forward(base, batch, seq_len, heads, key_dim);
+    unsigned char* at = static_cast<unsigned char*>(base);
+    s.bytes = s.forward.bytes;
+    auto take = [&](size_t bytes) {
+        unsigned char* p = at + s.bytes;
+        s.bytes += round_up(bytes);
+        return p;
+    };
+    s.chunk_states = reinterpret_cast<bf16*>(take(states));
+    s.dstates = reinterpret_cast<bf16*>(take(states));
+    s.dq_hat = reinterpret_cast<bf16*>(take(tokens * size_t(key_dim) * 2));
+    s.dk_hat = reinterpret_cast<bf16*>(take(tokens * size_t(key_dim) * 2));
+    s.da = reinterpret_cast<bf16*>(take(tokens * kChunk * 2));
+    s.d_decay = reinterpret_cast<float*>(take(size_t(batch) * chunks * size_t(heads * key_dim) * 4));
+    return s;
+}
+
 void check_grid(const char* op, int64_t batch, int64_t seq_len, int64_t heads, int64_t key_dim, int64_t value_dim) {
     LINARCH_CHECK(gla_chunkwise_supports(key_dim, value_dim), "{} (CUDA): no kernel for Dk={}, Dv={}", op, key_dim,
                   value_dim);
@@ -846,44 +879,25 @@ void gla_chunkwise_forward(const GlaForward& a) {
 
 size_t gla_chunkwise_backward_scratch_bytes(int64_t batch, int64_t seq_len, int64_t heads, int64_t key_dim,
                                             int64_t value_dim) {
-    const size_t tokens = size_t(batch * seq_len * heads), chunks = size_t((seq_len + kChunk - 1) / kChunk);
-    const size_t states = size_t(batch) * chunks * size_t(heads * key_dim * value_dim) * 2;
-    // the forward's, S_0 and dS_L per chunk, dq̂ and dk̂, dA, dγ
-    return gla_chunkwise_forward_scratch_bytes(batch, seq_len, heads, key_dim) + 2 * round_up(states) +
-           2 * round_up(tokens * size_t(key_dim) * 2) + round_up(tokens * kChunk * 2) +
-           round_up(size_t(batch) * chunks * size_t(heads * key_dim) * 4);
+    return carve_backward(nullptr, batch, seq_len, heads, key_dim, value_dim).bytes;
 }
 
 void gla_chunkwise_backward(const GlaBackward& a) {
     check_grid("gla_chunkwise_backward", a.batch, a.seq_len, a.heads, a.key_dim, a.value_dim);
     const int64_t chunks = (a.seq_len + kChunk - 1) / kChunk;
-    const size_t tokens = size_t(a.batch * a.seq_len * a.heads);
-    const size_t states = size_t(a.batch * chunks * a.heads * a.key_dim * a.value_dim) * 2;
-    const ForwardScratch fs = carve_forward(a.scratch, a.batch, a.seq_len, a.heads, a.key_dim);
-    unsigned char* next = static_cast<unsigned char*>(a.scratch) + fs.bytes;
-    auto take = [&](size_t bytes) {
-        void* p = next;
-        next += round_up(bytes);
-        return p;
-    };
-    void* chunk_states = take(states);
-    void* dstates = take(states);
-    void* dq_hat = take(tokens * size_t(a.key_dim) * 2);
-    void* dk_hat = take(tokens * size_t(a.key_dim) * 2);
-    void* da = take(tokens * kChunk * 2);
-    void* d_decay = take(size_t(a.batch * chunks * a.heads * a.key_dim) * 4);
+    const BackwardScratch s = carve_backward(a.scratch, a.batch, a.seq_len, a.heads, a.key_dim, a.value_dim);
+    const ForwardScratch& fs = s.forward;
 
     // 1. The forward again, keeping S_0 of every chunk (and q̂, k̂, A, e^{G_L} in the scratch).
     GlaForward forward{a.q, a.k, a.v, a.log_gate, a.initial_state, nullptr, nullptr, a.scratch,
                        a.batch, a.seq_len, a.heads, a.key_dim, a.value_dim, a.scale};
-    forward.chunk_states = chunk_states;
+    forward.chunk_states = s.chunk_states;
     a.key_dim == 64 ? run_forward<64>(forward, fs) : run_forward<128>(forward, fs);
 
     const BackwardParams p{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
                            static_cast<const bf16*>(a.dout), a.log_gate, a.dfinal_state, fs.q_hat, fs.k_hat,
-                           fs.a_intra, fs.row_decay, static_cast<const bf16*>(chunk_states),
-                           static_cast<bf16*>(dstates), static_cast<bf16*>(dq_hat), static_cast<bf16*>(dk_hat),
-                           static_cast<bf16*>(da), static_cast<float*>(d_decay), static_cast<bf16*>(a.dq),
+                           fs.a_intra, fs.row_decay, s.chunk_states, s.dstates, s.dq_hat, s.dk_hat, s.da,
+                           s.d_decay, static_cast<bf16*>(a.dq),
                            static_cast<bf16*>(a.dk), static_cast<bf16*>(a.dv), a.dlog_gate, a.dinitial_state,
                            int(a.seq_len), int(a.heads), int(a.value_dim), int(chunks), float(a.scale)};
     const int batch = int(a.batch);

@@ -67,7 +67,7 @@ template <int DK, bool DELTA, int BV, bool VECTOR = false> struct StageLayout {
     static constexpr int v_off = w_off + (DELTA ? kChunk * qk_stride * 2 : 0);
     static constexpr int g_off = v_off + kChunk * v_stride * 2;
     static constexpr int a_stride = kChunk + 8;
-    static constexpr int a_off = g_off + kChunk * 4;
+    static constexpr int a_off = g_off + (VECTOR ? 0 : kChunk * 4);  // (a vector gate's walk loads no gates)
     static constexpr int decay_off = a_off + (VECTOR ? kChunk * a_stride * 2 : 0);
     static constexpr int stage_bytes = decay_off + (VECTOR ? DK * 4 : 0);
     static_assert(stage_bytes % 16 == 0 && k_off % 16 == 0 && v_off % 16 == 0 && g_off % 16 == 0 &&
@@ -452,17 +452,17 @@ int multiprocessor_count() {
     return count;
 }
 
-// The walk's shape by the grid (dev/cuda/NOTES_delta_rule.md). With a block of 64 value columns for every
-// multiprocessor or more: 64 columns, and for the delta rule one stage (80 KB for Dk 128, so two blocks
-// share a multiprocessor and hide each other's loads: 0.24 ms against 0.29 ms with two stages at B=8
-// T=2048). With fewer (a few long sequences): two stages, and value tiles of 32 or 16 columns for more
-// blocks, each redoing its chunks' q kᵀ. The vector gate's stage also holds the intra-chunk matrix, so it
-// takes one stage as the delta rule.
 // Whether value tiles of 64 columns leave multiprocessors idle: a few long sequences.
 bool few_walks(const Params& p, int batch) {
     return int64_t(p.heads) * batch * (p.value_dim / 64) < multiprocessor_count();
 }
 
+// The walk's shape by the grid (dev/cuda/NOTES_delta_rule.md). With a block of 64 value columns for every
+// multiprocessor or more: 64 columns, and for the delta rule one stage (80 KB for Dk 128, so two blocks
+// share a multiprocessor and hide each other's loads: 0.24 ms against 0.29 ms with two stages at B=8
+// T=2048). With fewer (a few long sequences): two stages, and value tiles of 32 or 16 columns for more
+// blocks, each redoing its chunks' q kᵀ. With 64 columns, the vector gate's walk takes one stage as the
+// delta rule's (its stage also holds the intra-chunk matrix).
 template <int DK, bool GATED, bool DELTA, bool VECTOR = false> void launch_walk(const Params& p, int batch) {
     const int64_t sequence_heads = int64_t(p.heads) * batch;
     if (!few_walks(p, batch)) {
@@ -840,8 +840,7 @@ void gla_walk(const GlaWalk& a) {
 void delta_rule_chunkwise_forward(const DeltaRuleForward& a) {
     LINARCH_CHECK(linear_attention_chunkwise_supports(a.key_dim, a.value_dim),
                   "delta_rule_chunkwise_forward (CUDA): no kernel for Dk={}, Dv={}", a.key_dim, a.value_dim);
-    LINARCH_CHECK(a.batch <= 65535 && a.heads <= 65535 && a.seq_len < (int64_t(1) << 31) &&
-                      a.batch * (a.value_dim / kValueTile) <= 65535,
+    LINARCH_CHECK(a.batch <= 65535 && a.heads <= 65535 && a.seq_len < (int64_t(1) << 31),
                   "delta_rule_chunkwise_forward (CUDA): B={}, H={}, T={} exceed the grid", a.batch, a.heads, a.seq_len);
     const WyParams wy{static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.beta, a.log_gate,
                       static_cast<bf16*>(a.w_scratch), static_cast<bf16*>(a.u_scratch), static_cast<bf16*>(a.t_out),

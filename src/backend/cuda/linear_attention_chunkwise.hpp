@@ -34,8 +34,10 @@ void linear_attention_chunkwise_forward(const LinearAttentionForward& args);
 // The (gated) delta rule's chunkwise forward (ops/delta_rule.hpp, mixers.md §6) on the same walk:
 //     S_t = exp(g_t) (I − β_t k_tᵀ k_t) S_{t−1} + β_t k_tᵀ v_t,   o_t = scale · q_t S_t
 // q, k [B,T,H,Dk], v, o [B,T,H,Dv] bf16; beta, log_gate [B,T,H] fp32; states fp32. w_scratch [B,T,H,Dk]
-// and u_scratch [B,T,H,Dv] (bf16) receive the chunks' W and ũ (the WY form, see the .cu). Keys should be
-// L2-normalised, as the layers do: the chunk's triangular solve is then well conditioned.
+// and u_scratch [B,T,H,Dv] (bf16) receive the chunks' W and ũ (the WY form, see the .cu; u over ũ when the
+// outputs are made apart from the walk, for a few long gated sequences). Keys should be L2-normalised, as
+// the layers do: the chunk's triangular solve is then well conditioned. With a few long gated sequences the
+// forward allocates the chunk states itself (bf16, B·⌈T/64⌉·H·Dk·Dv) unless chunk_states is given.
 struct DeltaRuleForward {
     const void* q;
     const void* k;
@@ -49,8 +51,8 @@ struct DeltaRuleForward {
     void* u_scratch;
     int64_t batch, seq_len, heads, key_dim, value_dim;
     double scale;
-    void* chunk_states = nullptr;  // for the backward: S at every chunk's start, bf16 [B, ⌈T/64⌉, H, Dk, Dv]
-    void* u_out = nullptr;         // for the backward: u = ũ − W·S, bf16 [B,T,H,Dv]
+    void* chunk_states = nullptr;  // null, or S at every chunk's start, bf16 [B, ⌈T/64⌉, H, Dk, Dv]
+    void* u_out = nullptr;         // null, or u = ũ − W·S, bf16 [B,T,H,Dv]
     void* t_out = nullptr;         // for the backward: T = (I + A)⁻¹ per chunk, bf16 [B, ⌈T/64⌉, H, 64, 64]
 };
 
