@@ -85,7 +85,9 @@ TEST(PrepareLong, PeakMemoryIsFlatInCorpusSize) {
                                        manifest["splits"]["val"]["tokens"].get<int64_t>()),
                 manifest["splits"]["train"]["shards"].size(), manifest["splits"]["val"]["shards"].size());
     std::fflush(stdout);
-    // Flat: eight times the text, (almost) the same memory.
+    // Flat: eight times the text, (almost) the same memory. The bound leaves room for the streaming
+    // workers' buffers in flight, which vary with scheduling: 77 → 115 MiB with ctest -j2 on two cores
+    // (1.25× + 16 MiB failed there); memory that grew with the corpus would be ~8×.
     EXPECT_LT(big.peak_mib, 256.0);
-    EXPECT_LT(big.peak_mib, small.peak_mib * 1.25 + 16.0);
+    EXPECT_LT(big.peak_mib, small.peak_mib * 1.5 + 16.0);
 }
