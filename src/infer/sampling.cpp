@@ -22,9 +22,22 @@ void check_sampling_options(const SamplingOptions& options) {
     LINARCH_CHECK(std::abs(options.presence_penalty) <= 2 && std::abs(options.frequency_penalty) <= 2,
                   "presence_penalty and frequency_penalty must be in [-2, 2] (as OpenAI's API), got {} and {}",
                   options.presence_penalty, options.frequency_penalty);
+    std::vector<int32_t> biased;
+    for (const auto& [token, bias] : options.logit_bias) {
+        LINARCH_CHECK(token >= 0, "logit_bias: token ids must be ≥ 0, got {}", token);
+        LINARCH_CHECK(std::abs(bias) <= 100, "logit_bias: biases must be in [-100, 100] (as OpenAI's API), got {} for "
+                      "token {}", bias, token);
+        biased.push_back(token);
+    }
+    std::sort(biased.begin(), biased.end());
+    LINARCH_CHECK(std::adjacent_find(biased.begin(), biased.end()) == biased.end(),
+                  "logit_bias: token {} is given more than once", *std::adjacent_find(biased.begin(), biased.end()));
 }
 
-void penalize_logits(std::span<float> logits, std::span<const int32_t> history, const SamplingOptions& options) {
+namespace {
+
+// The repetition, presence and frequency penalties for the tokens in history (in place).
+void apply_penalties(std::span<float> logits, std::span<const int32_t> history, const SamplingOptions& options) {
     if (options.repetition_penalty == 1 && options.presence_penalty == 0 && options.frequency_penalty == 0) return;
     std::vector<int32_t> seen(history.begin(), history.end());
     std::sort(seen.begin(), seen.end());
@@ -39,6 +52,16 @@ void penalize_logits(std::span<float> logits, std::span<const int32_t> history, 
         logit -= float(options.presence_penalty + options.frequency_penalty * double(j - i));
         i = j;
     }
+}
+
+}  // namespace
+
+void penalize_logits(std::span<float> logits, std::span<const int32_t> history, const SamplingOptions& options) {
+    for (const auto& [token, bias] : options.logit_bias)
+        LINARCH_CHECK(token >= 0 && size_t(token) < logits.size(), "logit_bias: token {} outside the vocabulary [0, {})",
+                      token, logits.size());
+    apply_penalties(logits, history, options);
+    for (const auto& [token, bias] : options.logit_bias) logits[size_t(token)] += float(bias);
 }
 
 TokenLogprobs token_logprobs(std::span<const float> logits, int32_t token, int64_t top_n) {

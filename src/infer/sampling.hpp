@@ -1,6 +1,6 @@
-// Next-token sampling from logits: greedy, temperature, top-k, top-p (nucleus), min-p, and the
-// repetition / presence / frequency penalties over the tokens generated so far; log-probabilities of
-// the chosen and the top-n tokens. Reproducible per seed.
+// Next-token sampling from logits: greedy, temperature, top-k, top-p (nucleus), min-p, the
+// repetition / presence / frequency penalties over the tokens generated so far and OpenAI's logit bias;
+// log-probabilities of the chosen and the top-n tokens. Reproducible per seed.
 #pragma once
 #include <cstdint>
 #include <span>
@@ -22,15 +22,21 @@ struct SamplingOptions {
     double repetition_penalty = 1.0;
     double presence_penalty = 0.0;
     double frequency_penalty = 0.0;
+    // OpenAI's logit_bias: (token id, bias in [−100, 100]) pairs, added to those tokens' logits after the
+    // penalties (−100 in effect bans a token, +100 all but forces it); each token at most once.
+    std::vector<std::pair<int32_t, double>> logit_bias = {};
     bool operator==(const SamplingOptions&) const = default;
-    // The penalties need the generated tokens, so the full logits row (not fused sampling).
-    bool penalized() const { return repetition_penalty != 1 || presence_penalty != 0 || frequency_penalty != 0; }
+    // The penalties need the generated tokens and the bias single entries of the full logits row, so
+    // either takes the plain path (not fused sampling).
+    bool penalized() const {
+        return repetition_penalty != 1 || presence_penalty != 0 || frequency_penalty != 0 || !logit_bias.empty();
+    }
 };
 
 // Checks the options' ranges; the message names the option.
 void check_sampling_options(const SamplingOptions& options);
 
-// Applies the penalties of `options` for the tokens in `history` to logits (in place).
+// Applies the penalties of `options` for the tokens in `history`, then its logit bias, to logits (in place).
 void penalize_logits(std::span<float> logits, std::span<const int32_t> history, const SamplingOptions& options);
 
 // Draws one token id from softmax(logits / temperature) restricted by top-k, then top-p, then min-p,

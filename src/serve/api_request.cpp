@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <limits>
 #include <optional>
 
@@ -59,6 +60,27 @@ double number_in(const json& body, const char* key, double fallback, double low,
     if (!(low_open ? x > low : x >= low) || !(x <= high))
         refuse(key, fmt::format("'{}' must be in {}{}, {}], got {}", key, low_open ? "(" : "[", low, high, x));
     return x;
+}
+
+// OpenAI's logit_bias: {"token id": bias in [−100, 100], ...}, each id inside the model's vocabulary.
+std::vector<std::pair<int32_t, double>> logit_bias(const json& body, int64_t vocab_size) {
+    std::vector<std::pair<int32_t, double>> biases;
+    const json* value = field(body, "logit_bias");
+    if (!value) return biases;
+    if (!value->is_object()) wrong_type("logit_bias", "an object mapping token ids to biases", *value);
+    for (const auto& [key, bias] : value->items()) {
+        int64_t id = -1;
+        const auto [end, error] = std::from_chars(key.data(), key.data() + key.size(), id);
+        if (error != std::errc() || end != key.data() + key.size() || id < 0 || id >= vocab_size)
+            refuse("logit_bias", fmt::format("'logit_bias' keys must be token ids in [0, {}), got \"{}\"", vocab_size,
+                                             key));
+        if (!bias.is_number()) wrong_type("logit_bias", "an object mapping token ids to numbers", bias);
+        const double x = bias.get<double>();
+        if (!(x >= -100 && x <= 100))
+            refuse("logit_bias", fmt::format("'logit_bias' values must be in [-100, 100], got {} for token {}", x, id));
+        biases.emplace_back(int32_t(id), x);
+    }
+    return biases;
 }
 
 void check_utf8(std::string_view body) {
@@ -151,7 +173,6 @@ void refuse_unsupported(const json& body) {
     static const Unsupported kUnsupported[] = {
         {"echo", [](const json& v) { return v == false; }},
         {"best_of", [](const json& v) { return v == 1; }},
-        {"logit_bias", [](const json& v) { return v.is_object() && v.empty(); }},
         {"suffix", [](const json& v) { return v == ""; }},
         {"tools", [](const json& v) { return v.is_array() && v.empty(); }},
         {"functions", [](const json& v) { return v.is_array() && v.empty(); }},
@@ -209,6 +230,7 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
     sampling.min_p = number_in(body, "min_p", 0.0, 0.0, 1.0);
     sampling.repetition_penalty =
         number_in(body, "repetition_penalty", 1.0, 0.0, std::numeric_limits<double>::infinity(), true);
+    sampling.logit_bias = logit_bias(body, limits.vocab_size);
 
     if (const json* seed = field(body, "seed")) {
         if (!seed->is_number_integer()) wrong_type("seed", "an integer", *seed);

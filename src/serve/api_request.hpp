@@ -2,14 +2,15 @@
 // Every field is checked for type and range; a bad one becomes an ApiError naming it, which the
 // server sends back as OpenAI's error object. Supported fields:
 //   both:        model, max_tokens, temperature, top_p, n (1 only), stream, stream_options.include_usage,
-//                stop (string or array of up to 4), seed, presence_penalty, frequency_penalty, user,
-//                and the extensions top_k, min_p, repetition_penalty
+//                stop (string or array of up to 4), seed, presence_penalty, frequency_penalty,
+//                logit_bias ({"token id": bias in [−100, 100]}), user, and the extensions top_k, min_p,
+//                repetition_penalty
 //   completions: prompt (string, array of token ids, or a one-element array of either),
 //                logprobs (integer 0..5: the sampled token's and this many top log-probabilities)
 //   chat:        messages [{role, content (string or [{type: "text", text}])}], max_completion_tokens,
 //                logprobs (bool) with top_logprobs (0..20)
 // Fields of OpenAI's API that would change the output but are not implemented (echo, best_of,
-// logit_bias, suffix, tools, response_format other than text) are refused rather than ignored.
+// suffix, tools, response_format other than text) are refused rather than ignored.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -137,6 +137,32 @@ TEST(Sampling, PenaltiesFollowOpenAIAndCtrl) {
     EXPECT_THROW(check_sampling_options(bad), Error);
 }
 
+TEST(Sampling, LogitBiasIsAddedAfterThePenalties) {
+    std::vector<float> logits = {2.0f, -1.0f, 0.5f, 3.0f};
+    SamplingOptions options;
+    options.presence_penalty = 0.25;
+    options.logit_bias = {{3, -100.0}, {1, 4.5}};
+    const std::vector<int32_t> history = {1};
+    penalize_logits(logits, history, options);
+    EXPECT_FLOAT_EQ(logits[0], 2.0f);
+    EXPECT_FLOAT_EQ(logits[1], -1.0f - 0.25f + 4.5f);
+    EXPECT_FLOAT_EQ(logits[2], 0.5f);
+    EXPECT_FLOAT_EQ(logits[3], 3.0f - 100.0f);
+    RngStream rng(3, 1);
+    options.temperature = 0;
+    EXPECT_EQ(sample_token(logits, options, rng), 1);  // the biased token is now the argmax
+    EXPECT_TRUE(options.penalized());                   // a bias takes the plain (not fused) path
+    std::vector<float> short_row = {0.0f, 1.0f};
+    testkit::expect_error([&] { penalize_logits(short_row, {}, options); }, {"logit_bias: token 3 outside the vocabulary [0, 2)"});
+    SamplingOptions bad;
+    bad.logit_bias = {{0, 100.5}};
+    testkit::expect_error([&] { check_sampling_options(bad); }, {"logit_bias: biases must be in [-100, 100]"});
+    bad.logit_bias = {{-1, 1.0}};
+    testkit::expect_error([&] { check_sampling_options(bad); }, {"logit_bias: token ids must be ≥ 0, got -1"});
+    bad.logit_bias = {{2, 1.0}, {2, -1.0}};
+    testkit::expect_error([&] { check_sampling_options(bad); }, {"logit_bias: token 2 is given more than once"});
+}
+
 TEST(Sampling, LogprobsAreTheModelsLogSoftmax) {
     const auto logits = random_logits(40, 5);
     const auto all = softmax(logits, 1.0, std::vector<bool>(logits.size(), true));

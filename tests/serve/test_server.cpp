@@ -61,6 +61,7 @@ json completion_body(const Case& c, bool stream) {
                  {"frequency_penalty", s.frequency_penalty},
                  {"stream", stream}};
     if (!c.options.stop.empty()) body["stop"] = c.options.stop;
+    for (const auto& [token, bias] : s.logit_bias) body["logit_bias"][std::to_string(token)] = bias;
     return body;
 }
 
@@ -180,6 +181,26 @@ TEST_F(ServerTest, CompletionEqualsOfflineGeneration) {
     EXPECT_EQ(complete(completion_body(c, false))["choices"][0]["text"], text);
     c.options.seed = 6;
     EXPECT_NE(complete(completion_body(c, false))["choices"][0]["text"], text);
+}
+
+TEST_F(ServerTest, LogitBiasFollowsOpenAI) {
+    Case c{"the lord", {}};
+    c.options.max_tokens = 12;
+    c.options.seed = 11;
+    // −100 on every token but 'a' and 'b' (EOS included): sampled text of those two letters only, the
+    // same as offline generation's.
+    const int32_t a = tokenizer->encode("a")[0], b = tokenizer->encode("b")[0];
+    for (int32_t token = 0; token < int32_t(tokenizer->vocab_size()); ++token)
+        if (token != a && token != b) c.options.sampling.logit_bias.emplace_back(token, -100.0);
+    const std::string two_letters = complete(completion_body(c, false))["choices"][0]["text"];
+    EXPECT_EQ(two_letters.size(), 12u);
+    EXPECT_EQ(two_letters.find_first_not_of("ab"), std::string::npos) << two_letters;
+    EXPECT_NE(two_letters.find('a'), std::string::npos) << two_letters;  // (both are drawn: not one forced)
+    EXPECT_NE(two_letters.find('b'), std::string::npos) << two_letters;
+    EXPECT_EQ(two_letters, offline(c));
+    // +100 on 'z': nothing but z.
+    c.options.sampling.logit_bias = {{tokenizer->encode("z")[0], 100.0}};
+    EXPECT_EQ(complete(completion_body(c, false))["choices"][0]["text"], std::string(12, 'z'));
 }
 
 TEST_F(ServerTest, StreamedChunksConcatenateToTheFullText) {
@@ -407,7 +428,11 @@ TEST_F(ServerTest, BadInputsAreRefusedAndTheServerKeepsServing) {
         {"/v1/completions", R"({"prompt": "hi", "logprobs": true})", "logprobs"},
         {"/v1/completions", R"({"prompt": "hi", "logprobs": 6})", "logprobs"},
         {"/v1/completions", R"({"prompt": "hi", "echo": true})", "echo"},
-        {"/v1/completions", R"({"prompt": "hi", "logit_bias": {"5": 10}})", "logit_bias"},
+        {"/v1/completions", R"({"prompt": "hi", "logit_bias": [5]})", "logit_bias"},
+        {"/v1/completions", R"({"prompt": "hi", "logit_bias": {"five": 10}})", "logit_bias"},
+        {"/v1/completions", R"({"prompt": "hi", "logit_bias": {"5": 101}})", "logit_bias"},
+        {"/v1/completions", R"({"prompt": "hi", "logit_bias": {"5": "up"}})", "logit_bias"},
+        {"/v1/completions", R"({"prompt": "hi", "logit_bias": {"100000000": 1}})", "logit_bias"},
         {"/v1/completions", R"({"prompt": "hi", "model": 7})", "model"},
         {"/v1/chat/completions", R"({"messages": "hi"})", "messages"},
         {"/v1/chat/completions", R"({"messages": []})", "messages"},
