@@ -1,7 +1,8 @@
 // The mixer ops on the GPU at issue 6's shapes, through the same op calls the models make (bf16
-// tensors: the tensor-core chunkwise kernels; f32 tensors: the exact fp32 scan), next to the machine's
-// own bf16 GEMM rate (cuBLASLt, 8192³) and device-to-device copy bandwidth (1 GiB) measured in the same
-// run, and flash-linear-attention's times on this GPU kind (../shared/anchors.md, H100, bf16).
+// tensors: the tensor-core chunkwise kernels; f32 tensors: the exact fp32 scan; softmax attention in
+// fp32), next to the machine's own bf16 GEMM rate (cuBLASLt, 8192³) and device-to-device copy bandwidth
+// (1 GiB) measured in the same run, and flash-linear-attention's (and torch SDPA's) times on this GPU kind
+// (../shared/anchors.md, H100, bf16).
 //   build/bin/cuda_mixers [--batch 8] [--seq-len 2048] [--heads 16] [--head-dim 128] [--long 32768]
 //                         [--repeats 20]
 // Prints a table and one JSON line per row (for bench/NOTES.md). Times include each op call's host work
@@ -23,6 +24,7 @@
 #include "core/tensor.hpp"
 #include "ops/delta_rule.hpp"
 #include "ops/linear_attention.hpp"
+#include "ops/softmax_attention.hpp"
 #if LINARCH_HAS_CUDA
 #include "backend/cuda/gemm.hpp"
 #endif
@@ -203,6 +205,28 @@ int main(int argc, char** argv) {
                         }),
                         s.T > 8192 ? std::nullopt : anchor(3.492), (io_bf16 + io_gate) * 2});
         if (s.T > 8192) return;
+        // Packed sequences: the same tokens as B sequences of T/2 and 3T/2 tokens in one row (cu_seqlens),
+        // which the bf16 kernels run as a padded batch of B × 3T/2.
+        if (s.B % 2 == 0) {
+            std::vector<int64_t> cu = {0};
+            for (int64_t b = 0; b < s.B; ++b) cu.push_back(cu.back() + (b % 2 == 0 ? s.T / 2 : s.T - s.T / 2 + s.T));
+            const Shape packed_qk{1, s.B * s.T, s.H, s.D};
+            Tensor q = p16.q.view(packed_qk), k = p16.k.view(packed_qk), v = p16.v.view(packed_qk);
+            Tensor o = p16.o.view(packed_qk), dout = p16.dout.view(packed_qk), dq = p16.dq.view(packed_qk);
+            Tensor dk = p16.dk.view(packed_qk), dv = p16.dv.view(packed_qk);
+            Tensor beta = p16.beta.view({1, s.B * s.T, s.H}), dbeta = p16.dbeta.view({1, s.B * s.T, s.H});
+            Tensor dgate = p16.dscalar_gate.view({1, s.B * s.T, s.H});
+            ops::DeltaRuleArgs packed = gdn;
+            packed.log_gate = p16.scalar_gate.view({1, s.B * s.T, s.H});
+            packed.cu_seqlens = cu;
+            rows.push_back({"gated delta rule, packed sequences of T/2 and 3T/2: forward + backward (bf16, padded)",
+                            shape, median_ms(repeats, [&] {
+                                ops::delta_rule_chunkwise_forward(o, nullptr, q, k, v, beta, nullptr, packed);
+                                ops::delta_rule_chunkwise_backward(dq, dk, dv, dbeta, &dgate, nullptr, dout, nullptr, q,
+                                                                   k, v, beta, nullptr, packed);
+                            }),
+                            std::nullopt, io_bf16 * 2});
+        }
         // The exact fp32 scan: what f32 tensors take (fp32 training mode), for every member.
         Problem p32(s, DType::f32);
         ops::DeltaRuleArgs gdn32 = gdn;
@@ -213,6 +237,20 @@ int main(int argc, char** argv) {
                                                                p32.dout, nullptr, p32.q, p32.k, p32.v, p32.beta, nullptr, gdn32);
                         }),
                         std::nullopt, io_bf16 * 4});
+        // Softmax attention, fp32 kernels (the anchors' figure is torch's SDPA: FlashAttention, bf16 tensor cores).
+        ops::SoftmaxAttentionArgs sdpa;
+        sdpa.scale = scale;
+        Tensor logsumexp = Tensor::empty({s.B, s.T, s.H}, DType::f32, Device::cuda);
+        rows.push_back({"softmax attention: forward (fp32 kernels)", shape, median_ms(std::max(3, repeats / 4), [&] {
+                            ops::softmax_attention_forward(p32.o, logsumexp, p32.q, p32.k, p32.v, sdpa);
+                        }),
+                        anchor(0.269), io_bf16 * 2});
+        rows.push_back({"softmax attention: forward + backward (fp32 kernels)", shape, median_ms(std::max(3, repeats / 4), [&] {
+                            ops::softmax_attention_forward(p32.o, logsumexp, p32.q, p32.k, p32.v, sdpa);
+                            ops::softmax_attention_backward(p32.dq, p32.dk, p32.dv, nullptr, p32.dout, p32.q, p32.k,
+                                                            p32.v, p32.o, logsumexp, sdpa);
+                        }),
+                        anchor(1.137), io_bf16 * 4});
         ops::LinearAttentionArgs gla;
         gla.scale = scale;
         gla.log_gate = p32.vector_gate;

@@ -32,12 +32,13 @@ CudaScanInputs scan_inputs(const Tensor& q, const Tensor& k, const Tensor& v, co
 
 struct CudaShapes {
     int64_t B, T, H, Dk, Dv;
-    Shape state_shape() const { return {B, H, Dk, Dv}; }
+    int64_t sequences;  // B, or the packed sequences of cu_seqlens
+    Shape state_shape() const { return {sequences, H, Dk, Dv}; }
 };
 
 // The checks both bf16 CUDA directions share: q, k, v bf16 on the GPU; beta, log_gate [B,T,H], the
-// initial state fp32; no packed sequences (not implemented there yet). The values of beta and log_gate are
-// not range-checked: that would copy them to the host on every call.
+// initial state fp32; cu_seqlens. The values of beta and log_gate are not range-checked: that would copy
+// them to the host on every call.
 CudaShapes check_cuda_delta_rule(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Tensor& beta, const Tensor* initial_state, const DeltaRuleArgs& args) {
     LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
@@ -50,12 +51,19 @@ CudaShapes check_cuda_delta_rule(const char* op, const Tensor& q, const Tensor& 
     const int64_t Dv = v.size(3);
     check_cuda_operand(op, "v", v, DType::bf16, {B, T, H, Dv});
     check_cuda_operand(op, "beta", beta, DType::f32, {B, T, H});
-    // (f32 tensors take the exact scan, which has them.)
-    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", op);
     if (args.log_gate.defined()) check_cuda_operand(op, "log_gate", args.log_gate, DType::f32, {B, T, H});
-    const CudaShapes d{B, T, H, Dk, Dv};
+    const CudaShapes d{B, T, H, Dk, Dv, check_cu_seqlens(op, args.cu_seqlens, B, T)};
     if (present(initial_state)) check_cuda_operand(op, "initial_state", *initial_state, DType::f32, d.state_shape());
     return d;
+}
+
+// The arguments of packed sequences' padded batch: no cu_seqlens, and the gate padded with zeros (the
+// padding decays nothing; its β of 0 writes nothing).
+DeltaRuleArgs padded_args(const PaddedBatch& batch, const DeltaRuleArgs& args) {
+    DeltaRuleArgs padded = args;
+    padded.cu_seqlens.clear();
+    padded.log_gate = batch.pad(args.log_gate);
+    return padded;
 }
 
 // The chunkwise forward on bf16 CUDA tensors (o bf16, final_state fp32). Any chunk_size gives the same
@@ -64,11 +72,19 @@ void delta_rule_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, const Ten
                                        const Tensor& v, const Tensor& beta, const Tensor* initial_state,
                                        const DeltaRuleArgs& args) {
     const char* op = "delta_rule_chunkwise_forward";
-    const auto [B, T, H, Dk, Dv] = check_cuda_delta_rule(op, q, k, v, beta, initial_state, args);
+    const CudaShapes d = check_cuda_delta_rule(op, q, k, v, beta, initial_state, args);
+    const auto [B, T, H, Dk, Dv, sequences] = d;
     check_cuda_operand(op, "o", o, DType::bf16, {B, T, H, Dv});
     LINARCH_CHECK(cuda::linear_attention_chunkwise_supports(Dk, Dv),
                   "{}: the CUDA kernel is built for Dk 64 or 128 and Dv a multiple of 64, got Dk={}, Dv={}", op, Dk, Dv);
-    if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, {B, H, Dk, Dv});
+    if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, d.state_shape());
+    if (!args.cu_seqlens.empty()) {
+        const PaddedBatch batch(args.cu_seqlens);
+        Tensor padded_o = batch.pad(o);
+        delta_rule_chunkwise_forward_cuda(padded_o, final_state, batch.pad(q), batch.pad(k), batch.pad(v),
+                                          batch.pad(beta), initial_state, padded_args(batch, args));
+        return batch.unpad_into(o, padded_o);
+    }
     Tensor w = Tensor::empty(q.shape(), DType::bf16, Device::cuda);
     Tensor u = Tensor::empty(v.shape(), DType::bf16, Device::cuda);
     cuda::delta_rule_chunkwise_forward({q.raw_data(), k.raw_data(), v.raw_data(), beta.data<float>(),
@@ -85,7 +101,7 @@ void delta_rule_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv, Tens
                                         const Tensor* initial_state, const DeltaRuleArgs& args) {
     const char* op = "delta_rule_chunkwise_backward";
     const CudaShapes d = check_cuda_delta_rule(op, q, k, v, beta, initial_state, args);
-    const auto [B, T, H, Dk, Dv] = d;
+    const auto [B, T, H, Dk, Dv, sequences] = d;
     LINARCH_CHECK(cuda::delta_rule_chunkwise_backward_supports(Dk, Dv),
                   "{}: the CUDA kernel is built for Dk and Dv of 64 or 128, got Dk={}, Dv={}", op, Dk, Dv);
     check_cuda_operand(op, "dout", dout, DType::bf16, {B, T, H, Dv});
@@ -100,6 +116,22 @@ void delta_rule_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv, Tens
     if (present(dfinal_state)) check_cuda_operand(op, "dfinal_state", *dfinal_state, DType::f32, d.state_shape());
     if (present(dinitial_state))
         check_cuda_operand(op, "dinitial_state", *dinitial_state, DType::f32, d.state_shape());
+    if (!args.cu_seqlens.empty()) {
+        const PaddedBatch batch(args.cu_seqlens);
+        Tensor padded_dq = batch.pad(dq), padded_dk = batch.pad(dk), padded_dv = batch.pad(dv);
+        Tensor padded_dbeta = batch.pad(dbeta);
+        Tensor padded_dlog_gate = present(dlog_gate) ? batch.pad(*dlog_gate) : Tensor();
+        delta_rule_chunkwise_backward_cuda(padded_dq, padded_dk, padded_dv, padded_dbeta,
+                                           present(dlog_gate) ? &padded_dlog_gate : nullptr, dinitial_state,
+                                           batch.pad(dout), dfinal_state, batch.pad(q), batch.pad(k), batch.pad(v),
+                                           batch.pad(beta), initial_state, padded_args(batch, args));
+        batch.unpad_into(dq, padded_dq);
+        batch.unpad_into(dk, padded_dk);
+        batch.unpad_into(dv, padded_dv);
+        batch.unpad_into(dbeta, padded_dbeta);
+        if (present(dlog_gate)) batch.unpad_into(*dlog_gate, padded_dlog_gate);
+        return;
+    }
     const size_t scratch_bytes = cuda::delta_rule_chunkwise_backward_scratch_bytes(B, T, H, Dk, Dv);
     Tensor scratch = Tensor::empty({int64_t((scratch_bytes + 3) / 4)}, DType::f32, Device::cuda);
     cuda::delta_rule_chunkwise_backward({q.raw_data(), k.raw_data(), v.raw_data(), dout.raw_data(), beta.data<float>(),
@@ -112,8 +144,8 @@ void delta_rule_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv, Tens
 
 // Mixed precision on f32 CUDA tensors: whether the bf16 kernels take this problem (in both directions:
 // the forward and its backward must agree on the path).
-bool bf16_kernels_take(const Tensor& q, const Tensor& v, const DeltaRuleArgs& args) {
-    return compute_precision() == Precision::bf16 && q.dim() == 4 && v.dim() == 4 && args.cu_seqlens.empty() &&
+bool bf16_kernels_take(const Tensor& q, const Tensor& v) {
+    return compute_precision() == Precision::bf16 && q.dim() == 4 && v.dim() == 4 &&
            cuda::linear_attention_chunkwise_supports(q.size(3), v.size(3)) &&
            cuda::delta_rule_chunkwise_backward_supports(q.size(3), v.size(3));
 }
@@ -240,7 +272,7 @@ void delta_rule_chunkwise_forward(Tensor& o, Tensor* final_state, const Tensor& 
 #if LINARCH_HAS_CUDA
     if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::bf16)
         return delta_rule_chunkwise_forward_cuda(o, final_state, q, k, v, beta, initial_state, args);
-    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernels_take(q, v, args))
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernels_take(q, v))
         return delta_rule_mixed_forward(o, final_state, q, k, v, beta, initial_state, args);
 #endif
     forward(op, o, final_state, q, k, v, beta, initial_state, args,
@@ -270,7 +302,7 @@ void delta_rule_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor& d
     if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::bf16)
         return delta_rule_chunkwise_backward_cuda(dq, dk, dv, dbeta, dlog_gate, dinitial_state, dout, dfinal_state, q,
                                                   k, v, beta, initial_state, args);
-    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernels_take(q, v, args))
+    if (q.defined() && q.device() == Device::cuda && q.dtype() == DType::f32 && bf16_kernels_take(q, v))
         return delta_rule_mixed_backward(dq, dk, dv, dbeta, dlog_gate, dinitial_state, dout, dfinal_state, q, k, v,
                                          beta, initial_state, args);
     if (q.defined() && q.device() == Device::cuda)

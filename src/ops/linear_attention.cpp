@@ -130,15 +130,16 @@ CudaScanInputs scan_inputs(const Tensor& q, const Tensor& k, const Tensor& v, co
 // The shapes the CUDA forward and backward agree on, from q [B,T,H,Dk] and v [B,T,H,Dv].
 struct CudaShapes {
     int64_t B = 0, T = 0, H = 0, Dk = 0, Dv = 0;
+    int64_t sequences = 0;            // B, or the packed sequences of cu_seqlens
     const float* log_gate = nullptr;  // [B,T,H], [B,T,H,Dk] (vector_gate) or null
     bool vector_gate = false;
     Tensor fixed_decay_gate;          // a fixed decay as the scalar gate it equals, [B,T,H]
-    Shape state_shape() const { return {B, H, Dk, Dv}; }
+    Shape state_shape() const { return {sequences, H, Dk, Dv}; }
 };
 
-// The checks both CUDA directions share: q, k, v bf16 on the GPU; no packed sequences (not implemented there
-// yet); an fp32 gate, scalar or per key dimension, or an fp32 fixed decay per head, which the kernels take
-// as the scalar gate it equals; an fp32 initial state.
+// The checks both CUDA directions share: q, k, v bf16 on the GPU; cu_seqlens; an fp32 gate, scalar or per
+// key dimension, or an fp32 fixed decay per head, which the kernels take as the scalar gate it equals; an
+// fp32 initial state.
 CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor* initial_state, const LinearAttentionArgs& args) {
     LINARCH_CHECK(q.dtype() == DType::bf16, "{}: q: the CUDA kernels take bf16 q, k, v and their gradients, got {}",
@@ -154,8 +155,7 @@ CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Te
     d.Dv = v.size(3);
     check_cuda_operand(op, "v", v, DType::bf16, {d.B, d.T, d.H, d.Dv});
     LINARCH_CHECK(args.chunk_size >= 1, "{}: chunk_size: expected ≥ 1, got {}", op, args.chunk_size);
-    // (f32 tensors take the exact path, which has all of these.)
-    LINARCH_CHECK(args.cu_seqlens.empty(), "{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", op);
+    d.sequences = check_cu_seqlens(op, args.cu_seqlens, d.B, d.T);
     if (args.log_decay.defined()) {
         LINARCH_CHECK(!args.log_gate.defined(),
                       "{}: log_gate: expected at most one of log_decay and log_gate, got both", op);
@@ -181,6 +181,16 @@ CudaShapes check_cuda_linear_attention(const char* op, const Tensor& q, const Te
     return d;
 }
 
+// The arguments of packed sequences' padded batch: no cu_seqlens, and the gate (a fixed decay as the
+// scalar gate it equals, so that the padding decays nothing) padded with zeros.
+LinearAttentionArgs padded_args(const PaddedBatch& batch, const CudaShapes& d, const LinearAttentionArgs& args) {
+    LinearAttentionArgs padded = args;
+    padded.cu_seqlens.clear();
+    padded.log_decay = Tensor();
+    padded.log_gate = batch.pad(d.fixed_decay_gate.defined() ? d.fixed_decay_gate : args.log_gate);
+    return padded;
+}
+
 // The chunkwise forward on CUDA tensors: q, k, v, o bf16; log_gate [B,T,H], initial and final state
 // fp32 (the state is accumulated in fp32 and the gates are summed in fp32, so they stay fp32). The gate
 // values are not checked to be ≤ 0 here: that would copy them to the host on every call. Any chunk_size
@@ -192,6 +202,13 @@ void linear_attention_chunkwise_forward_cuda(Tensor& o, Tensor* final_state, con
     const CudaShapes d = check_cuda_linear_attention(op, q, k, v, initial_state, args);
     check_cuda_operand(op, "o", o, DType::bf16, {d.B, d.T, d.H, d.Dv});
     if (present(final_state)) check_cuda_operand(op, "final_state", *final_state, DType::f32, d.state_shape());
+    if (!args.cu_seqlens.empty()) {
+        const PaddedBatch batch(args.cu_seqlens);
+        Tensor padded_o = batch.pad(o);
+        linear_attention_chunkwise_forward_cuda(padded_o, final_state, batch.pad(q), batch.pad(k), batch.pad(v),
+                                                initial_state, padded_args(batch, d, args));
+        return batch.unpad_into(o, padded_o);
+    }
     if (d.vector_gate) {
         Tensor scratch = Tensor::empty({int64_t(cuda::gla_chunkwise_forward_scratch_bytes(d.B, d.T, d.H, d.Dk) / 4)},
                                        DType::f32, Device::cuda);
@@ -233,6 +250,20 @@ void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv
         LINARCH_CHECK(args.log_gate.defined(), "{}: dlog_gate: given, but args.log_gate is not defined", op);
         check_cuda_operand(op, "dlog_gate", *dlog_gate, DType::f32, args.log_gate.shape());
     }
+    if (!args.cu_seqlens.empty()) {
+        const PaddedBatch batch(args.cu_seqlens);
+        Tensor padded_dq = batch.pad(dq), padded_dk = batch.pad(dk), padded_dv = batch.pad(dv);
+        Tensor padded_dlog_gate = present(dlog_gate) ? batch.pad(*dlog_gate) : Tensor();
+        linear_attention_chunkwise_backward_cuda(padded_dq, padded_dk, padded_dv, dinitial_state, batch.pad(dout),
+                                                 dfinal_state, batch.pad(q), batch.pad(k), batch.pad(v), initial_state,
+                                                 padded_args(batch, d, args),
+                                                 present(dlog_gate) ? &padded_dlog_gate : nullptr);
+        batch.unpad_into(dq, padded_dq);
+        batch.unpad_into(dk, padded_dk);
+        batch.unpad_into(dv, padded_dv);
+        if (present(dlog_gate)) batch.unpad_into(*dlog_gate, padded_dlog_gate);
+        return;
+    }
     if (d.vector_gate) {
         Tensor scratch = Tensor::empty(
             {int64_t(cuda::gla_chunkwise_backward_scratch_bytes(B, T, H, Dk, Dv) / 4)}, DType::f32, Device::cuda);
@@ -260,7 +291,7 @@ void linear_attention_chunkwise_backward_cuda(Tensor& dq, Tensor& dk, Tensor& dv
 bool bf16_kernels_take(const Tensor& q, const Tensor& v, const LinearAttentionArgs& args) {
     if (compute_precision() != Precision::bf16 || q.dim() != 4 || v.dim() != 4) return false;
     const int64_t Dk = q.size(3), Dv = v.size(3);
-    if (!args.cu_seqlens.empty() || args.scale == 0) return false;
+    if (args.scale == 0) return false;
     if (args.log_gate.defined() && args.log_gate.dim() == 4) return cuda::gla_chunkwise_supports(Dk, Dv);
     return cuda::linear_attention_chunkwise_supports(Dk, Dv) && cuda::linear_attention_chunkwise_backward_supports(Dk, Dv);
 }

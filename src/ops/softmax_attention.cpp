@@ -1,5 +1,6 @@
 // Softmax attention op: check every tensor and argument (device, dtype, contiguity, shape, the
-// forget gate's sign, window, cu_seqlens), then dispatch to the backend. Only the CPU backend exists.
+// forget gate's sign, window, cu_seqlens), then dispatch to the backend: the CPU's in f32 and f64, the
+// CUDA one for f32 GPU tensors.
 #include "ops/softmax_attention.hpp"
 
 #include <cmath>
@@ -7,6 +8,10 @@
 
 #include "backend/cpu/softmax_attention.hpp"
 #include "ops/operand_checks.hpp"
+#if LINARCH_HAS_CUDA
+#include "backend/cuda/softmax_attention.hpp"
+#include "ops/cuda_operands.hpp"
+#endif
 
 namespace linarch::ops {
 namespace {
@@ -52,11 +57,58 @@ template <typename T> cpu::SoftmaxAttentionBias<T> bias_of(const SoftmaxAttentio
             args.log_forget.defined() ? args.log_forget.data<T>() : nullptr, args.cu_seqlens};
 }
 
+#if LINARCH_HAS_CUDA
+// The CUDA path's checks and layout: every tensor f32 on the GPU, head sizes up to 128. The sequences are
+// cu_seqlens' or the batch rows. The forget gate's values are not checked to be ≤ 0 there: that would copy
+// them to the host on every call.
+cuda::SoftmaxAttentionLayout cuda_layout(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const SoftmaxAttentionArgs& args) {
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    check_cuda_operand(op, "q", q, DType::f32, q.shape());
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
+    check_cuda_operand(op, "k", k, DType::f32, q.shape());
+    LINARCH_CHECK(v.defined() && v.dim() == 4 && v.size(3) > 0, "{}: v: expected shape [{}, {}, {}, Dv], got {}", op,
+                  B, T, H, v.defined() ? shape_string(v.shape()) : "undefined");
+    check_cuda_operand(op, "v", v, DType::f32, {B, T, H, v.size(3)});
+    LINARCH_CHECK(cuda::softmax_attention_supports(Dk, v.size(3)),
+                  "{}: the CUDA kernels take head sizes up to {}, got Dk={}, Dv={}", op, cuda::kMaxSoftmaxHeadDim, Dk,
+                  v.size(3));
+    LINARCH_CHECK(std::isfinite(args.scale), "{}: scale: expected a finite number, got {}", op, args.scale);
+    LINARCH_CHECK(args.window >= 0, "{}: window: expected ≥ 0 (0 = full causal), got {}", op, args.window);
+    if (args.alibi_slopes.defined()) check_cuda_operand(op, "alibi_slopes", args.alibi_slopes, DType::f32, {H});
+    if (args.log_forget.defined()) check_cuda_operand(op, "log_forget", args.log_forget, DType::f32, {B, T, H});
+    cuda::SoftmaxAttentionLayout layout;
+    check_cu_seqlens(op, args.cu_seqlens, B, T);
+    if (args.cu_seqlens.empty())
+        for (int64_t b = 0; b <= B; ++b) layout.starts.push_back(b * T);
+    else
+        layout.starts = args.cu_seqlens;
+    layout.heads = H;
+    layout.key_dim = Dk;
+    layout.value_dim = v.size(3);
+    layout.scale = args.scale;
+    layout.window = args.window;
+    layout.alibi_slopes = args.alibi_slopes.defined() ? args.alibi_slopes.data<float>() : nullptr;
+    layout.log_forget = args.log_forget.defined() ? args.log_forget.data<float>() : nullptr;
+    return layout;
+}
+#endif
+
 }  // namespace
 
 void softmax_attention_forward(Tensor& o, Tensor& logsumexp, const Tensor& q, const Tensor& k, const Tensor& v,
                                const SoftmaxAttentionArgs& args) {
     const char* op = "softmax_attention_forward";
+#if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda) {
+        const cuda::SoftmaxAttentionLayout layout = cuda_layout(op, q, k, v, args);
+        check_cuda_operand(op, "o", o, DType::f32, v.shape());
+        check_cuda_operand(op, "logsumexp", logsumexp, DType::f32, {q.size(0), q.size(1), q.size(2)});
+        return cuda::softmax_attention_forward(o.data<float>(), logsumexp.data<float>(), q.data<float>(),
+                                               k.data<float>(), v.data<float>(), layout);
+    }
+#endif
     const auto d = check_inputs(op, q, k, v, args);
     check_operand(op, "o", o, q.dtype(), token_shape(d, d.value_dim));
     check_operand(op, "logsumexp", logsumexp, q.dtype(), scalar_shape(d));
@@ -71,6 +123,28 @@ void softmax_attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog
                                 const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                                 const Tensor& logsumexp, const SoftmaxAttentionArgs& args) {
     const char* op = "softmax_attention_backward";
+#if LINARCH_HAS_CUDA
+    if (q.defined() && q.device() == Device::cuda) {
+        const cuda::SoftmaxAttentionLayout layout = cuda_layout(op, q, k, v, args);
+        const Shape scalars = {q.size(0), q.size(1), q.size(2)};
+        check_cuda_operand(op, "o", o, DType::f32, v.shape());
+        check_cuda_operand(op, "logsumexp", logsumexp, DType::f32, scalars);
+        check_cuda_operand(op, "dout", dout, DType::f32, v.shape());
+        check_cuda_operand(op, "dq", dq, DType::f32, q.shape());
+        check_cuda_operand(op, "dk", dk, DType::f32, q.shape());
+        check_cuda_operand(op, "dv", dv, DType::f32, v.shape());
+        if (present(dlog_forget)) {
+            LINARCH_CHECK(args.log_forget.defined(),
+                          "{}: dlog_forget: given, but args.log_forget is undefined (no forget gate to differentiate)",
+                          op);
+            check_cuda_operand(op, "dlog_forget", *dlog_forget, DType::f32, scalars);
+        }
+        return cuda::softmax_attention_backward(dq.data<float>(), dk.data<float>(), dv.data<float>(),
+                                                data_or_null<float>(dlog_forget), dout.data<float>(), q.data<float>(),
+                                                k.data<float>(), v.data<float>(), o.data<float>(),
+                                                logsumexp.data<float>(), layout);
+    }
+#endif
     const auto d = check_inputs(op, q, k, v, args);
     const DType dtype = q.dtype();
     check_operand(op, "o", o, dtype, token_shape(d, d.value_dim));

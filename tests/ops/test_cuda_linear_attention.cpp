@@ -158,9 +158,9 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
     Tensor o = Tensor::empty({1, 8, 2, 64}, DType::bf16, Device::cuda);
     const char* fwd = "linear_attention_chunkwise_forward";
     ops::LinearAttentionArgs packed;
-    packed.cu_seqlens = {0, 3, 8};
+    packed.cu_seqlens = {0, 3, 9};  // T is 8
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q, k, v, nullptr, packed); },
-                 {fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", fwd)});
+                 {fmt::format("{}: cu_seqlens: expected to end at T = 8, got 9", fwd)});
     // An f32 q takes the exact fp32 path (cuda_recurrent_scan), which wants every operand in f32.
     const Tensor q32 = testkit::random_normal({1, 8, 2, 64}, DType::f32, 7601).to(Device::cuda);
     expect_error([&] { ops::linear_attention_chunkwise_forward(o, nullptr, q32, k, v, nullptr, {}); },
@@ -179,7 +179,7 @@ TEST(CudaLinearAttention, UnimplementedCasesAreRefused) {
         ops::linear_attention_chunkwise_backward(dq, dk, dv, nullptr, o, nullptr, q, k, v, nullptr, args, dlog_gate);
     };
     expect_error([&] { backward(packed); },
-                 {fmt::format("{}: cu_seqlens: packed sequences have no bf16 CUDA kernel yet", bwd)});
+                 {fmt::format("{}: cu_seqlens: expected to end at T = 8, got 9", bwd)});
     Tensor dq_small = Tensor::zeros({1, 8, 2, 32}, DType::bf16).to(Device::cuda), dk_small = dq_small.clone();
     expect_error(
         [&] {

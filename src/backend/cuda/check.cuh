@@ -3,6 +3,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <utility>
+
 #include "core/error.hpp"
 
 namespace linarch::cuda {
@@ -15,6 +17,26 @@ inline void check_cuda(cudaError_t status, const char* what) {
 inline void check_launch(const char* kernel) {
     const cudaError_t status = cudaGetLastError();
     if (status != cudaSuccess) fail("CUDA kernel {} failed to launch: {}", kernel, cudaGetErrorString(status));
+}
+
+}  // namespace linarch::cuda
+
+namespace linarch::cuda {
+
+// Launches kernel<<<grid, threads, bytes>>> on the calling thread's stream, first raising the kernel's
+// dynamic shared-memory limit to `bytes` (above 48 KiB it must be asked for). A failure names the kernel
+// and the memory it asked for.
+template <typename... Params, typename... Args>
+void launch_with_shared_memory(void (*kernel)(Params...), const char* name, dim3 grid, int threads, int bytes,
+                               Args&&... args) {
+    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (status == cudaSuccess) {
+        kernel<<<grid, threads, bytes, cudaStreamPerThread>>>(std::forward<Args>(args)...);
+        status = cudaGetLastError();
+    }
+    if (status != cudaSuccess)
+        fail("CUDA kernel {} failed to launch with {} bytes of shared memory: {}", name, bytes,
+             cudaGetErrorString(status));
 }
 
 }  // namespace linarch::cuda

@@ -303,6 +303,34 @@ __global__ void add_bf16_into_x4_kernel(float4* dst, const uint2* x, int64_t qua
 bool vectorizable(const void* fp32, const void* bf16, int64_t n) {
     return n % 4 == 0 && reinterpret_cast<uintptr_t>(fp32) % 16 == 0 && reinterpret_cast<uintptr_t>(bf16) % 8 == 0;
 }
+
+// A thread per word of every destination row; Word is the widest unit that divides the rows.
+template <typename Word>
+__global__ void move_rows_kernel(Word* dst, const Word* src, const int64_t* rows, int64_t count, int64_t words,
+                                 bool gather) {
+    const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (e >= count * words) return;
+    const int64_t r = e / words, w = e % words, other = rows[r];
+    if (gather) dst[e] = other >= 0 ? src[other * words + w] : Word{};
+    else if (other >= 0) dst[other * words + w] = src[e];
+}
+
+void move_rows(void* dst, const void* src, const int64_t* rows, int64_t count, int64_t row_bytes, bool gather) {
+    if (count == 0 || row_bytes == 0) return;
+    auto launch = [&](auto word) {
+        using Word = decltype(word);
+        const int64_t words = row_bytes / int64_t(sizeof(Word));
+        move_rows_kernel<<<blocks_for(count * words), kThreads, 0, cudaStreamPerThread>>>(
+            static_cast<Word*>(dst), static_cast<const Word*>(src), rows, count, words, gather);
+    };
+    const bool aligned = reinterpret_cast<uintptr_t>(dst) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+    if (row_bytes % 16 == 0 && aligned) launch(uint4{});
+    else if (row_bytes % 4 == 0) launch(uint32_t{});
+    else if (row_bytes % 2 == 0) launch(uint16_t{});
+    else launch(uint8_t{});
+    check_launch(gather ? "gather_rows" : "scatter_rows");
+}
+
 }  // namespace
 
 void to_bf16(uint16_t* out, const float* x, int64_t n) {
@@ -354,6 +382,14 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
                   float(weight_decay)};
     adamw_kernel<<<blocks_for(n), kThreads, 0, cudaStreamPerThread>>>(param, grad, m, v, n, h);
     check_launch("adamw_kernel");
+}
+
+void gather_rows(void* dst, const void* src, const int64_t* rows, int64_t count, int64_t row_bytes) {
+    move_rows(dst, src, rows, count, row_bytes, true);
+}
+
+void scatter_rows(void* dst, const void* src, const int64_t* rows, int64_t count, int64_t row_bytes) {
+    move_rows(dst, src, rows, count, row_bytes, false);
 }
 
 }  // namespace linarch::cuda

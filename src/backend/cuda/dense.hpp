@@ -36,6 +36,12 @@ void add_into(float* dst, const float* src, int64_t n);
 void to_bf16(uint16_t* out, const float* x, int64_t n);
 void add_bf16_into(float* dst, const uint16_t* x, int64_t n);
 
+// Row moves for packed sequences (ops/cuda_operands.hpp's PaddedBatch), rows of row_bytes bytes:
+// gather: dst row r = src row rows[r], or zeros where rows[r] < 0;  scatter: dst row rows[r] = src row r
+// where rows[r] ≥ 0. rows: count device ints.
+void gather_rows(void* dst, const void* src, const int64_t* rows, int64_t count, int64_t row_bytes);
+void scatter_rows(void* dst, const void* src, const int64_t* rows, int64_t count, int64_t row_bytes);
+
 // Σ x², accumulated in double (one synchronisation: the result comes back to the host).
 double sum_squares(const float* x, int64_t n);
 void scale(float* x, int64_t n, double factor);
