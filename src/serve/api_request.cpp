@@ -14,6 +14,9 @@ namespace {
 
 using json = nlohmann::json;
 
+// OpenAI's bound on n and best_of.
+constexpr int64_t kMaxChoices = 20;
+
 [[noreturn]] void refuse(const std::string& param, const std::string& message, std::string code = "") {
     throw ApiError(400, message, param, std::move(code));
 }
@@ -116,10 +119,18 @@ std::vector<int32_t> completion_prompt(const json& body, const RequestLimits& li
         return token_ids(*prompt, limits.vocab_size);
     const json& first = (*prompt)[0];
     if (prompt->size() > 1 && (first.is_string() || first.is_array()))
-        refuse("prompt", "only one prompt per request is supported (a list of prompts would need n > 1)");
+        refuse("prompt", "only one prompt per request is supported (send one request per prompt)");
     if (first.is_string()) return encode_prompt(limits.tokenizer, first.get<std::string>());
     if (first.is_array() && !first.empty()) return token_ids(first, limits.vocab_size);
     refuse("prompt", "'prompt' must be a string, an array of token ids, or a one-element array of either");
+}
+
+// The prompt as echo shows it: the text given, or the token ids decoded.
+std::string completion_prompt_text(const json& body, const std::vector<int32_t>& ids, const Tokenizer& tokenizer) {
+    const json& prompt = body["prompt"];
+    if (prompt.is_string()) return prompt.get<std::string>();
+    if (prompt.is_array() && prompt.size() == 1 && prompt[0].is_string()) return prompt[0].get<std::string>();
+    return tokenizer.decode(ids);
 }
 
 std::vector<int32_t> chat_prompt(const json& body, const RequestLimits& limits) {
@@ -171,8 +182,6 @@ void refuse_unsupported(const json& body) {
         bool (*is_default)(const json& value);
     };
     static const Unsupported kUnsupported[] = {
-        {"echo", [](const json& v) { return v == false; }},
-        {"best_of", [](const json& v) { return v == 1; }},
         {"suffix", [](const json& v) { return v == ""; }},
         {"tools", [](const json& v) { return v.is_array() && v.empty(); }},
         {"functions", [](const json& v) { return v.is_array() && v.empty(); }},
@@ -206,7 +215,6 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
     }
     if (const json* user = field(body, "user"); user && !user->is_string()) wrong_type("user", "a string", *user);
     refuse_unsupported(body);
-    if (integer(body, "n").value_or(1) != 1) refuse("n", "only n = 1 is supported");
 
     ApiRequest request;
     request.endpoint = endpoint;
@@ -256,6 +264,16 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
     }
 
     request.stream = boolean(body, "stream").value_or(false);
+    request.n = integer_in(body, "n", 1, 1, kMaxChoices);
+    if (chat) {
+        for (const char* key : {"best_of", "echo"})
+            if (field(body, key)) refuse(key, fmt::format("'{}' is a field of /v1/completions, not of chat completions", key));
+    } else {
+        request.best_of = integer_in(body, "best_of", request.n, request.n, kMaxChoices);
+        if (request.best_of > request.n && request.stream)
+            refuse("best_of", "'best_of' above 'n' cannot be streamed: the choices are known only at the end");
+        request.echo = boolean(body, "echo").value_or(false);
+    }
     if (const json* options = field(body, "stream_options")) {
         if (!request.stream) refuse("stream_options", "'stream_options' is only allowed when 'stream' is true");
         if (!options->is_object()) wrong_type("stream_options", "an object", *options);
@@ -269,6 +287,8 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
         if (logprobs) request.logprobs = integer_in(body, "top_logprobs", 0, 0, 20);
     } else if (field(body, "logprobs")) {
         request.logprobs = integer_in(body, "logprobs", 0, 0, 5);
+        if (request.echo)
+            refuse("echo", "'echo' with 'logprobs' is not supported: it needs the prompt tokens' log-probabilities");
     }
 
     try {
@@ -278,6 +298,7 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
     } catch (const Error& e) {
         refuse(chat ? "messages" : "prompt", e.what());
     }
+    if (request.echo) request.echo_text = completion_prompt_text(body, request.prompt, limits.tokenizer);
     if (int64_t(request.prompt.size()) > limits.max_prompt_tokens)
         refuse(chat ? "messages" : "prompt",
                fmt::format("the prompt has {} tokens, more than this server allows ({}, --max-prompt-tokens)",

@@ -1,16 +1,21 @@
 // OpenAI-compatible request bodies (/v1/completions, /v1/chat/completions) → what the engine runs.
 // Every field is checked for type and range; a bad one becomes an ApiError naming it, which the
 // server sends back as OpenAI's error object. Supported fields:
-//   both:        model, max_tokens, temperature, top_p, n (1 only), stream, stream_options.include_usage,
-//                stop (string or array of up to 4), seed, presence_penalty, frequency_penalty,
-//                logit_bias ({"token id": bias in [−100, 100]}), user, and the extensions top_k, min_p,
-//                repetition_penalty
+//   both:        model, max_tokens, temperature, top_p, n (1..20 choices; choice i samples with seed + i),
+//                stream, stream_options.include_usage, stop (string or array of up to 4), seed,
+//                presence_penalty, frequency_penalty, logit_bias ({"token id": bias in [−100, 100]}), user,
+//                and the extensions top_k, min_p, repetition_penalty
 //   completions: prompt (string, array of token ids, or a one-element array of either),
-//                logprobs (integer 0..5: the sampled token's and this many top log-probabilities)
+//                logprobs (integer 0..5: the sampled token's and this many top log-probabilities),
+//                best_of (n..20 candidates, seeds seed + i, of which the n with the highest mean
+//                log-probability per token are returned, best first; not streamed when above n),
+//                echo (the prompt's text before each choice's; not with logprobs, which would need the
+//                prompt tokens' log-probabilities)
 //   chat:        messages [{role, content (string or [{type: "text", text}])}], max_completion_tokens,
 //                logprobs (bool) with top_logprobs (0..20)
-// Fields of OpenAI's API that would change the output but are not implemented (echo, best_of,
-// suffix, tools, response_format other than text) are refused rather than ignored.
+// Fields of OpenAI's API that would change the output but are not implemented (suffix, tools, response_format
+// other than text; echo and best_of on chat, which OpenAI's chat API does not have) are refused rather
+// than ignored.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -41,6 +46,10 @@ struct ApiRequest {
     std::vector<int32_t> prompt;  // token ids (chat: the rendered messages)
     GenerateOptions options;
     int64_t logprobs = -1;        // report each token's log-probability and this many top ones; -1: none
+    int64_t n = 1;                // choices returned
+    int64_t best_of = 1;          // candidates generated (≥ n); choice or candidate i samples with seed + i
+    bool echo = false;            // completions: each choice's text starts with echo_text
+    std::string echo_text;        // the prompt as given (token-id prompts: decoded)
     bool stream = false;
     bool include_usage = false;   // streaming: a final chunk with the usage
 };

@@ -1,5 +1,7 @@
 #include "serve/api_response.hpp"
 
+#include <algorithm>
+
 namespace linarch {
 
 namespace {
@@ -34,11 +36,15 @@ ResponseBuilder::ResponseBuilder(const ApiRequest& request, const Tokenizer& tok
       want_logprobs_(request.logprobs >= 0),
       include_usage_(request.include_usage),
       prompt_tokens_(int64_t(request.prompt.size())),
+      choices_(request.n),
+      echo_text_(request.echo ? request.echo_text : ""),
       model_(std::move(model)),
       id_(std::move(id)),
-      created_(created),
-      text_stream_(request.options.stop) {
-    logprobs_ = empty_logprobs();
+      created_(created) {
+    for (int64_t c = 0; c < std::max(request.n, request.best_of); ++c) {
+        candidates_.emplace_back(request.options.stop);
+        candidates_.back().logprobs = empty_logprobs();
+    }
 }
 
 json ResponseBuilder::empty_logprobs() const {
@@ -47,7 +53,7 @@ json ResponseBuilder::empty_logprobs() const {
             {"text_offset", json::array()}};
 }
 
-void ResponseBuilder::append_logprobs(json& logprobs, const TokenEvent& event) const {
+void ResponseBuilder::append_logprobs(json& logprobs, const Candidate& candidate, const TokenEvent& event) const {
     if (!event.logprobs) return;
     const auto text_of = [&](int32_t token) { return tokenizer_.decode(std::span<const int32_t>(&token, 1)); };
     const std::string sampled = text_of(event.token);
@@ -70,7 +76,7 @@ void ResponseBuilder::append_logprobs(json& logprobs, const TokenEvent& event) c
     logprobs["tokens"].push_back(token_name(sampled));
     logprobs["token_logprobs"].push_back(event.logprobs->logprob);
     logprobs["top_logprobs"].push_back(std::move(top));
-    logprobs["text_offset"].push_back(raw_bytes_);
+    logprobs["text_offset"].push_back(candidate.raw_bytes);
 }
 
 json ResponseBuilder::chunk(json choices) const {
@@ -82,51 +88,68 @@ json ResponseBuilder::chunk(json choices) const {
 }
 
 json ResponseBuilder::usage() const {
+    int64_t completion_tokens = 0;
+    for (const Candidate& candidate : candidates_) completion_tokens += candidate.tokens;
     return {{"prompt_tokens", prompt_tokens_},
-            {"completion_tokens", completion_tokens_},
-            {"total_tokens", prompt_tokens_ + completion_tokens_}};
+            {"completion_tokens", completion_tokens},
+            {"total_tokens", prompt_tokens_ + completion_tokens}};
+}
+
+bool ResponseBuilder::finished() const {
+    return std::all_of(candidates_.begin(), candidates_.end(),
+                       [](const Candidate& candidate) { return candidate.finish != FinishReason::none; });
 }
 
 std::vector<json> ResponseBuilder::start() const {
-    if (!chat_) return {};
-    return {chunk(json::array({{{"index", 0},
-                                {"delta", {{"role", "assistant"}, {"content", ""}}},
-                                {"logprobs", nullptr},
-                                {"finish_reason", nullptr}}}))};
+    std::vector<json> chunks;
+    for (int64_t c = 0; c < candidates(); ++c) {
+        if (chat_)
+            chunks.push_back(chunk(json::array({{{"index", c},
+                                                 {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                                 {"logprobs", nullptr},
+                                                 {"finish_reason", nullptr}}})));
+        else if (!echo_text_.empty())
+            chunks.push_back(chunk(json::array(
+                {{{"index", c}, {"text", echo_text_}, {"logprobs", nullptr}, {"finish_reason", nullptr}}})));
+    }
+    return chunks;
 }
 
-std::vector<json> ResponseBuilder::add(const TokenEvent& event) {
-    std::string delta = text_stream_.push(event.text);
-    if (event.finish != FinishReason::none) delta += text_stream_.finish();
-    text_ += delta;
+std::vector<json> ResponseBuilder::add(int64_t c, const TokenEvent& event) {
+    Candidate& candidate = candidates_.at(size_t(c));
+    std::string delta = candidate.text_stream.push(event.text);
+    if (event.finish != FinishReason::none) delta += candidate.text_stream.finish();
+    candidate.text += delta;
     json token_logprobs = nullptr;
     if (want_logprobs_) {
         token_logprobs = empty_logprobs();
-        append_logprobs(token_logprobs, event);
-        append_logprobs(logprobs_, event);
+        append_logprobs(token_logprobs, candidate, event);
+        append_logprobs(candidate.logprobs, candidate, event);
     }
-    ++completion_tokens_;
-    raw_bytes_ += int64_t(event.text.size());
-    finish_ = event.finish;
-    const json finish = finished() ? json(finish_name(finish_)) : json(nullptr);
+    if (event.logprobs) candidate.logprob_sum += event.logprobs->logprob;
+    ++candidate.tokens;
+    candidate.raw_bytes += int64_t(event.text.size());
+    candidate.finish = event.finish;
+    const bool done = candidate.finish != FinishReason::none;
+    const json finish = done ? json(finish_name(candidate.finish)) : json(nullptr);
 
     std::vector<json> chunks;
     if (!chat_) {
-        if (!delta.empty() || want_logprobs_ || finished())
-            chunks.push_back(chunk(json::array({{{"index", 0},
+        if (!delta.empty() || want_logprobs_ || done)
+            chunks.push_back(chunk(json::array({{{"index", c},
                                                  {"text", delta},
                                                  {"logprobs", token_logprobs},
                                                  {"finish_reason", finish}}})));
         return chunks;
     }
     if (!delta.empty() || want_logprobs_)
-        chunks.push_back(chunk(json::array({{{"index", 0},
+        chunks.push_back(chunk(json::array({{{"index", c},
                                              {"delta", {{"content", delta}}},
                                              {"logprobs", token_logprobs},
                                              {"finish_reason", nullptr}}})));
-    if (finished())
+    if (done)
         chunks.push_back(chunk(json::array(
-            {{{"index", 0}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", finish}}})));
+            {{{"index", c}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", finish}}})));
     return chunks;
 }
 
@@ -137,19 +160,48 @@ std::vector<json> ResponseBuilder::end() const {
     return {last};
 }
 
+std::vector<int64_t> ResponseBuilder::ranked() const {
+    std::vector<int64_t> order(candidates_.size());
+    for (size_t c = 0; c < order.size(); ++c) order[c] = int64_t(c);
+    if (int64_t(order.size()) > choices_) {
+        const auto mean_logprob = [&](int64_t c) {
+            const Candidate& candidate = candidates_[size_t(c)];
+            return candidate.logprob_sum / double(std::max<int64_t>(candidate.tokens, 1));
+        };
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int64_t a, int64_t b) { return mean_logprob(a) > mean_logprob(b); });
+        order.resize(size_t(choices_));
+    }
+    return order;
+}
+
 json ResponseBuilder::body() const {
-    const json logprobs = want_logprobs_ ? logprobs_ : json(nullptr);
-    json choice = {{"index", 0}, {"logprobs", logprobs}, {"finish_reason", finish_name(finish_)}};
-    if (chat_)
-        choice["message"] = {{"role", "assistant"}, {"content", text_}};
-    else
-        choice["text"] = text_;
+    json choices = json::array();
+    for (const int64_t c : ranked()) {
+        const Candidate& candidate = candidates_[size_t(c)];
+        json choice = {{"index", choices.size()},
+                       {"logprobs", want_logprobs_ ? candidate.logprobs : json(nullptr)},
+                       {"finish_reason", finish_name(candidate.finish)}};
+        if (chat_)
+            choice["message"] = {{"role", "assistant"}, {"content", candidate.text}};
+        else
+            choice["text"] = echo_text_ + candidate.text;
+        choices.push_back(std::move(choice));
+    }
     return {{"id", id_},
             {"object", chat_ ? "chat.completion" : "text_completion"},
             {"created", created_},
             {"model", model_},
-            {"choices", json::array({choice})},
+            {"choices", std::move(choices)},
             {"usage", usage()}};
+}
+
+GenerationRequest candidate_request(const ApiRequest& request, const Tokenizer& tokenizer, int64_t c) {
+    GenerateOptions options = request.options;
+    options.seed += uint64_t(c);
+    GenerationRequest generation = make_request(tokenizer, request.prompt, options);
+    generation.top_logprobs = request.best_of > request.n ? std::max<int64_t>(request.logprobs, 0) : request.logprobs;
+    return generation;
 }
 
 json error_object(const ApiError& error) {

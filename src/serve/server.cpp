@@ -137,23 +137,36 @@ void Server::generate(Endpoint endpoint, const httplib::Request& http_request, h
         refuse(response, e);
         return;
     }
-    GenerationRequest generation = make_request(tokenizer_, request.prompt, request.options);
-    generation.top_logprobs = request.logprobs;
-    const auto channel = worker_.submit(std::move(generation));
-    // The engine's own checks agree with parse_request's; a refusal here is a shutdown or a bug.
-    if (const std::string refused = channel->wait_accepted(); !refused.empty()) {
-        refuse(response, ApiError(503, refused));
-        return;
-    }
-    metrics_.request_received();
     const std::string id = fmt::format("{}-{:016x}", endpoint == Endpoint::chat_completions ? "chatcmpl" : "cmpl",
                                        next_random());
     auto builder = std::make_shared<ResponseBuilder>(request, tokenizer_, options_.model_name, id,
                                                      int64_t(std::time(nullptr)));
+    // Every candidate is its own engine request; the engine decodes them in one batch.
+    auto channels = std::make_shared<std::vector<std::shared_ptr<RequestChannel>>>();
+    const auto cancel_all = [this, channels] {
+        for (const auto& channel : *channels) worker_.cancel(channel);
+    };
+    for (int64_t c = 0; c < builder->candidates(); ++c) {
+        channels->push_back(worker_.submit(candidate_request(request, tokenizer_, c)));
+        // The engine's own checks agree with parse_request's; a refusal here is a shutdown or a bug.
+        if (const std::string refused = channels->back()->wait_accepted(); !refused.empty()) {
+            cancel_all();
+            refuse(response, ApiError(503, refused));
+            return;
+        }
+    }
+    metrics_.request_received();
     if (!request.stream) {
-        while (const auto event = channel->next()) builder->add(*event);
+        for (size_t c = 0; c < channels->size(); ++c) {
+            while (const auto event = (*channels)[c]->next()) builder->add(int64_t(c), *event);
+            if (!(*channels)[c]->error().empty()) {
+                cancel_all();
+                refuse(response, ApiError(503, (*channels)[c]->error()));
+                return;
+            }
+        }
         if (!builder->finished()) {
-            refuse(response, ApiError(503, channel->error()));
+            refuse(response, ApiError(503, "the request ended without a finish reason"));
             return;
         }
         response.set_content(json_text(builder->body()), "application/json");
@@ -162,31 +175,37 @@ void Server::generate(Endpoint endpoint, const httplib::Request& http_request, h
     response.set_header("Cache-Control", "no-cache");
     response.set_chunked_content_provider(
         "text/event-stream",
-        [this, channel, builder](size_t, httplib::DataSink& sink) {
+        [this, channels, builder, cancel_all](size_t, httplib::DataSink& sink) {
             const auto send = [&](const std::string& text) { return sink.write(text.data(), text.size()); };
             const auto send_all = [&](const std::vector<json>& chunks) {
                 for (const json& chunk : chunks)
                     if (!send(sse_event(chunk))) return false;
                 return true;
             };
-            // A failed write means the client went away: its sequence is dropped from the batch.
+            // A failed write means the client went away: its sequences are dropped from the batch.
             if (!send_all(builder->start())) {
-                worker_.cancel(channel);
+                cancel_all();
                 return false;
             }
-            while (const auto event = channel->next())
-                if (!send_all(builder->add(*event))) {
-                    worker_.cancel(channel);
-                    return false;
-                }
+            // Choice by choice: the later ones' events wait in their channels meanwhile.
+            std::string failure;
+            for (size_t c = 0; c < channels->size() && failure.empty(); ++c) {
+                while (const auto event = (*channels)[c]->next())
+                    if (!send_all(builder->add(int64_t(c), *event))) {
+                        cancel_all();
+                        return false;
+                    }
+                failure = (*channels)[c]->error();
+            }
             const bool sent = builder->finished() ? send_all(builder->end())
-                                                  : send(sse_event(error_object(ApiError(503, channel->error()))));
+                                                  : send(sse_event(error_object(ApiError(503, failure))));
+            if (!builder->finished()) cancel_all();
             if (!sent || !send("data: [DONE]\n\n")) return false;
             sink.done();
             return true;
         },
-        [this, channel](bool success) {
-            if (!success) worker_.cancel(channel);
+        [cancel_all](bool success) {
+            if (!success) cancel_all();
         });
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <limits>
 #include <thread>
 
 #include <fmt/core.h>
@@ -201,6 +202,83 @@ TEST_F(ServerTest, LogitBiasFollowsOpenAI) {
     // +100 on 'z': nothing but z.
     c.options.sampling.logit_bias = {{tokenizer->encode("z")[0], 100.0}};
     EXPECT_EQ(complete(completion_body(c, false))["choices"][0]["text"], std::string(12, 'z'));
+}
+
+TEST_F(ServerTest, SeveralChoicesBestOfAndEchoFollowOpenAI) {
+    Case c{"the lord", {}};
+    c.options.max_tokens = 10;
+    c.options.seed = 21;
+    // n = 3: choice i is what a one-choice request with seed + i returns; the usage counts every choice's
+    // tokens and the prompt once.
+    json body = completion_body(c, false);
+    body["n"] = 3;
+    const json three = complete(body);
+    ASSERT_EQ(three["choices"].size(), 3u);
+    int64_t tokens = 0;
+    std::vector<std::string> singles;
+    double best_mean = -std::numeric_limits<double>::infinity();
+    std::string best_text;
+    for (int i = 0; i < 3; ++i) {
+        Case single = c;
+        single.options.seed = c.options.seed + uint64_t(i);
+        json single_body = completion_body(single, false);
+        single_body["logprobs"] = 0;
+        const json one = complete(single_body);
+        const json& choice = one["choices"][0];
+        singles.push_back(choice["text"]);
+        EXPECT_EQ(three["choices"][i]["index"], i);
+        EXPECT_EQ(three["choices"][i]["text"], singles.back());
+        EXPECT_EQ(three["choices"][i]["finish_reason"], choice["finish_reason"]);
+        tokens += one["usage"]["completion_tokens"].get<int64_t>();
+        double sum = 0;
+        for (const json& logprob : choice["logprobs"]["token_logprobs"]) sum += logprob.get<double>();
+        const double mean = sum / double(choice["logprobs"]["token_logprobs"].size());
+        if (mean > best_mean) best_mean = mean, best_text = singles.back();
+    }
+    EXPECT_EQ(three["usage"]["prompt_tokens"], 8);
+    EXPECT_EQ(three["usage"]["completion_tokens"], tokens);
+    EXPECT_NE(singles[0], singles[1]);
+    // Streamed, the chunks of each index concatenate to that choice's text.
+    body["stream"] = true;
+    const StreamReply stream = http_stream(port, "/v1/completions", body.dump());
+    ASSERT_TRUE(stream.done);
+    std::vector<std::string> texts(3);
+    for (const json& chunk : stream.chunks)
+        for (const json& choice : chunk["choices"]) texts.at(choice["index"].get<size_t>()) += choice["text"];
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(texts[size_t(i)], singles[size_t(i)]) << i;
+    // best_of = 3: the candidate with the highest mean log-probability per token, every candidate's tokens
+    // in the usage, and no logprobs unless asked.
+    body = completion_body(c, false);
+    body["best_of"] = 3;
+    const json best = complete(body);
+    ASSERT_EQ(best["choices"].size(), 1u);
+    EXPECT_EQ(best["choices"][0]["text"], best_text);
+    EXPECT_TRUE(best["choices"][0]["logprobs"].is_null());
+    EXPECT_EQ(best["usage"]["completion_tokens"], tokens);
+    body["n"] = 2;
+    const json best_two = complete(body);
+    ASSERT_EQ(best_two["choices"].size(), 2u);
+    EXPECT_EQ(best_two["choices"][0]["text"], best_text);
+    EXPECT_EQ(best_two["choices"][1]["index"], 1);
+    // echo: the prompt, then the generated text; streamed, the prompt comes first.
+    body = completion_body(c, false);
+    body["echo"] = true;
+    EXPECT_EQ(complete(body)["choices"][0]["text"], c.prompt + singles[0]);
+    body["prompt"] = tokenizer->encode(c.prompt);
+    EXPECT_EQ(complete(body)["choices"][0]["text"], c.prompt + singles[0]);
+    body["stream"] = true;
+    const StreamReply echoed = http_stream(port, "/v1/completions", body.dump());
+    ASSERT_TRUE(echoed.done);
+    EXPECT_EQ(echoed.chunks.at(0)["choices"][0]["text"], c.prompt);
+    EXPECT_EQ(streamed_text(echoed.chunks), c.prompt + singles[0]);
+    // Chat: two choices, each an assistant message.
+    const json chat = complete({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 6}, {"n", 2}},
+                               "/v1/chat/completions");
+    ASSERT_EQ(chat["choices"].size(), 2u);
+    for (int i = 0; i < 2; ++i) {
+        EXPECT_EQ(chat["choices"][i]["index"], i);
+        EXPECT_EQ(chat["choices"][i]["message"]["role"], "assistant");
+    }
 }
 
 TEST_F(ServerTest, StreamedChunksConcatenateToTheFullText) {
@@ -418,7 +496,11 @@ TEST_F(ServerTest, BadInputsAreRefusedAndTheServerKeepsServing) {
         {"/v1/completions", R"({"prompt": "hi", "min_p": 1.5})", "min_p"},
         {"/v1/completions", R"({"prompt": "hi", "repetition_penalty": 0})", "repetition_penalty"},
         {"/v1/completions", R"({"prompt": "hi", "presence_penalty": 3})", "presence_penalty"},
-        {"/v1/completions", R"({"prompt": "hi", "frequency_penalty": null, "n": 2})", "n"},
+        {"/v1/completions", R"({"prompt": "hi", "frequency_penalty": null, "n": 21})", "n"},
+        {"/v1/completions", R"({"prompt": "hi", "n": 0})", "n"},
+        {"/v1/completions", R"({"prompt": "hi", "n": 3, "best_of": 2})", "best_of"},
+        {"/v1/completions", R"({"prompt": "hi", "best_of": 3, "stream": true})", "best_of"},
+        {"/v1/completions", R"({"prompt": "hi", "best_of": "3"})", "best_of"},
         {"/v1/completions", R"({"prompt": "hi", "stream": "yes"})", "stream"},
         {"/v1/completions", R"({"prompt": "hi", "stream_options": {"include_usage": true}})", "stream_options"},
         {"/v1/completions", R"({"prompt": "hi", "stop": 5})", "stop"},
@@ -427,7 +509,8 @@ TEST_F(ServerTest, BadInputsAreRefusedAndTheServerKeepsServing) {
         {"/v1/completions", R"({"prompt": "hi", "seed": 1.5})", "seed"},
         {"/v1/completions", R"({"prompt": "hi", "logprobs": true})", "logprobs"},
         {"/v1/completions", R"({"prompt": "hi", "logprobs": 6})", "logprobs"},
-        {"/v1/completions", R"({"prompt": "hi", "echo": true})", "echo"},
+        {"/v1/completions", R"({"prompt": "hi", "echo": true, "logprobs": 1})", "echo"},
+        {"/v1/completions", R"({"prompt": "hi", "echo": 1})", "echo"},
         {"/v1/completions", R"({"prompt": "hi", "logit_bias": [5]})", "logit_bias"},
         {"/v1/completions", R"({"prompt": "hi", "logit_bias": {"five": 10}})", "logit_bias"},
         {"/v1/completions", R"({"prompt": "hi", "logit_bias": {"5": 101}})", "logit_bias"},
@@ -435,6 +518,8 @@ TEST_F(ServerTest, BadInputsAreRefusedAndTheServerKeepsServing) {
         {"/v1/completions", R"({"prompt": "hi", "logit_bias": {"100000000": 1}})", "logit_bias"},
         {"/v1/completions", R"({"prompt": "hi", "model": 7})", "model"},
         {"/v1/chat/completions", R"({"messages": "hi"})", "messages"},
+        {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}], "echo": true})", "echo"},
+        {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}], "best_of": 2})", "best_of"},
         {"/v1/chat/completions", R"({"messages": []})", "messages"},
         {"/v1/chat/completions", R"({"messages": [{"role": "wizard", "content": "hi"}]})", "messages[0].role"},
         {"/v1/chat/completions", R"({"messages": [{"content": "hi"}]})", "messages[0].role"},
