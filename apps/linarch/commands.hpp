@@ -1,7 +1,13 @@
 // Each subcommand registers itself on the root app; its callback does the work through library
 // calls and prints the result.
 #pragma once
+#include <filesystem>
+#include <memory>
+#include <string>
+
 #include <CLI/CLI.hpp>
+
+#include "model/language_model.hpp"
 
 namespace linarch::cli {
 
@@ -13,5 +19,10 @@ void add_serve_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_search_command(CLI::App& app);
 void add_report_command(CLI::App& app);
+
+// The checkpoint's model for inference on `device`: "cpu", or "cuda" (fp32 on the first GPU; without a
+// usable one, an error naming `command`).
+std::unique_ptr<LanguageModel> load_model(const std::filesystem::path& checkpoint_dir, const std::string& device,
+                                          const std::string& command);
 
 }  // namespace linarch::cli

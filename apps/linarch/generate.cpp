@@ -10,7 +10,7 @@ namespace linarch::cli {
 
 void add_generate_command(CLI::App& app) {
     struct Options {
-        std::string checkpoint, prompt, tokenizer = "byte";
+        std::string checkpoint, prompt, tokenizer = "byte", device = "cpu";
         GenerateOptions generate;
     };
     auto options = std::make_shared<Options>();
@@ -18,6 +18,9 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--checkpoint", options->checkpoint, "Run directory or checkpoint directory")->required();
     cmd->add_option("--prompt,-p", options->prompt, "Text to continue");
     cmd->add_option("--tokenizer", options->tokenizer, "\"byte\" or a SentencePiece .model file")
+        ->capture_default_str();
+    cmd->add_option("--device", options->device, "Where the model runs: cpu, or cuda (fp32 on the first GPU)")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
         ->capture_default_str();
     auto& generate = options->generate;
     cmd->add_option("--max-tokens,-n", generate.max_tokens, "Tokens to generate")->capture_default_str();
@@ -34,12 +37,11 @@ void add_generate_command(CLI::App& app) {
         ->allow_extra_args(false);
     cmd->callback([options] {
         const auto dir = resolve_checkpoint(options->checkpoint);
-        LanguageModel model(read_checkpoint_spec(dir).model);
-        load_checkpoint(dir, model, nullptr, nullptr);
+        const auto model = load_model(dir, options->device, "linarch generate");
         const auto tokenizer = load_tokenizer(options->tokenizer);
         fmt::print("{}", options->prompt);
         std::fflush(stdout);
-        generate_text(model, *tokenizer, options->prompt, options->generate, [](const std::string& piece) {
+        generate_text(*model, *tokenizer, options->prompt, options->generate, [](const std::string& piece) {
             fmt::print("{}", piece);
             std::fflush(stdout);
         });

@@ -25,7 +25,7 @@ std::string model_name(const std::string& checkpoint) {
 
 void add_serve_command(CLI::App& app) {
     struct Options {
-        std::string checkpoint, tokenizer = "byte", chat_template;
+        std::string checkpoint, tokenizer = "byte", chat_template, device = "cpu";
         ServeOptions serve;
     };
     auto options = std::make_shared<Options>();
@@ -40,6 +40,9 @@ void add_serve_command(CLI::App& app) {
         ->capture_default_str();
     cmd->add_option("--tokenizer", options->tokenizer, "\"byte\" or a SentencePiece .model file")
         ->capture_default_str();
+    cmd->add_option("--device", options->device, "Where the model runs: cpu, or cuda (fp32 on the first GPU)")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
+        ->capture_default_str();
     cmd->add_option("--chat-template", options->chat_template,
                     "File holding a chat template with {role} and {content} (default \"<|{role}|>\\n{content}\\n\")");
     cmd->callback([options] {
@@ -52,13 +55,12 @@ void add_serve_command(CLI::App& app) {
         pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
         const auto dir = resolve_checkpoint(options->checkpoint);
-        LanguageModel model(read_checkpoint_spec(dir).model);
-        load_checkpoint(dir, model, nullptr, nullptr);
+        const auto model = load_model(dir, options->device, "linarch serve");
         const auto tokenizer = load_tokenizer(options->tokenizer);
         const ChatTemplate chat_template =
             options->chat_template.empty() ? ChatTemplate() : ChatTemplate::from_file(options->chat_template);
         options->serve.model_name = model_name(options->checkpoint);
-        Server server(model, *tokenizer, chat_template, options->serve);
+        Server server(*model, *tokenizer, chat_template, options->serve);
         const int port = server.start();
         fmt::print("serving \"{}\" ({}) on http://{}:{} (max batch {})\n", options->serve.model_name, dir.string(),
                    options->serve.host, port, options->serve.max_batch);

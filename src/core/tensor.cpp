@@ -173,9 +173,13 @@ void Tensor::copy_from(const Tensor& source) {
     LINARCH_CHECK(source.shape_ == shape_, "copy_from: shape {} into {}", shape_string(source.shape_),
                   shape_string(shape_));
     if (device() != Device::cpu || source.device() != Device::cpu) {
-        // Between devices or on the GPU: whole contiguous arrays of one dtype; anything else goes
-        // through a host copy converted there.
+        // Between devices or on the GPU: whole contiguous arrays of one dtype, or a strided GPU view
+        // gathered on the GPU; anything else goes through a host copy converted there.
         LINARCH_CHECK(is_contiguous(), "copy_from into a non-contiguous {} tensor", device_name(device()));
+        if (device() == Device::cuda && source.device() == Device::cuda && dtype_ == source.dtype_ &&
+            !source.is_contiguous())
+            return cuda::copy_strided(raw_data(), source.raw_data(), source.shape_, source.strides_,
+                                      dtype_size(dtype_));
         if (dtype_ != source.dtype_ || !source.is_contiguous()) {
             Tensor host = empty(shape_, dtype_);
             host.copy_from(source.to(Device::cpu));
@@ -216,8 +220,7 @@ Tensor Tensor::to(DType dtype) const {
 
 Tensor Tensor::to(Device target) const {
     if (target == device()) return *this;
-    Tensor src = device() == Device::cpu ? contiguous() : *this;
-    LINARCH_CHECK(src.is_contiguous(), "moving a non-contiguous tensor between devices");
+    const Tensor src = contiguous();  // (a strided GPU view is gathered on the GPU first)
     Tensor t = empty(shape_, dtype_, target);
     if (target == Device::cuda) cuda::copy_to_device(t.raw_data(), src.raw_data(), nbytes());
     else cuda::copy_to_host(t.raw_data(), src.raw_data(), nbytes());

@@ -65,8 +65,9 @@ public:
     Tensor select(int64_t axis, int64_t index) const;  // drops the axis
     Tensor transpose(int64_t axis0, int64_t axis1) const;
 
-    // Copies. On the CPU any layout; a GPU tensor must be contiguous (element-wise conversions and
-    // strided reads go through a host copy: fine for initialisation and checkpoints, not hot loops).
+    // Copies. On the CPU any layout. On the GPU the destination is contiguous; a strided GPU source of the
+    // same dtype is gathered by a kernel, and dtype conversions go through a host copy (fine for
+    // initialisation and checkpoints, not hot loops).
     Tensor contiguous() const;
     Tensor clone() const;
     Tensor to(DType dtype) const;

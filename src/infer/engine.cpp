@@ -70,11 +70,21 @@ TokenEvent Engine::record(Sequence& s, int32_t token, std::optional<TokenLogprob
 }
 
 namespace {
-// Rows `rows` of hidden [n, d] as a [rows, d] tensor.
+// Rows `rows` of hidden [n, d] as a [rows, d] tensor on its device.
 Tensor gather_rows(const Tensor& hidden, const std::vector<size_t>& rows) {
-    Tensor out = Tensor::empty({int64_t(rows.size()), hidden.size(1)}, hidden.dtype());
+    Tensor out = Tensor::empty({int64_t(rows.size()), hidden.size(1)}, hidden.dtype(), hidden.device());
     for (size_t i = 0; i < rows.size(); ++i) out.narrow(0, int64_t(i), 1).copy_from(hidden.narrow(0, int64_t(rows[i]), 1));
     return out;
+}
+
+// Logits on the host in f32, for the samplers that need whole rows.
+Tensor host_rows(const Tensor& logits) { return logits.to(Device::cpu).to(DType::f32); }
+
+// Whether the fused LM-head sampler takes these options on this device: on the GPU it draws with a
+// temperature (or greedily) but has no top-k, top-p or min-p.
+bool fused_sampler_takes(const SamplingOptions& options, Device device) {
+    return device == Device::cpu || options.temperature == 0 ||
+           (options.top_k == 0 && options.top_p == 1 && options.min_p == 0);
 }
 }  // namespace
 
@@ -90,7 +100,8 @@ std::vector<TokenEvent> Engine::draw_active(const Tensor& hidden) {
     std::vector<std::pair<SamplingOptions, std::vector<size_t>>> fused;
     for (size_t b = 0; b < n; ++b) {
         const GenerationRequest& request = active_[b].request;
-        if (request.sampling.penalized() || request.top_logprobs > 0) {
+        if (request.sampling.penalized() || request.top_logprobs > 0 ||
+            !fused_sampler_takes(request.sampling, hidden.device())) {
             plain.push_back(b);
             continue;
         }
@@ -100,9 +111,9 @@ std::vector<TokenEvent> Engine::draw_active(const Tensor& hidden) {
     }
     std::vector<TokenEvent> events(n);
     if (!plain.empty()) {
-        Tensor logits = Tensor::empty({int64_t(plain.size()), vocab}, hidden.dtype());
+        Tensor logits = Tensor::empty({int64_t(plain.size()), vocab}, hidden.dtype(), hidden.device());
         ops::lm_head_logits(logits, gather_rows(hidden, plain), weight);
-        Tensor rows = logits.to(DType::f32);
+        Tensor rows = host_rows(logits);
         for (size_t i = 0; i < plain.size(); ++i)
             events[plain[i]] = emit(active_[plain[i]], std::span(rows.data<float>() + int64_t(i) * vocab, size_t(vocab)));
     }
@@ -110,8 +121,9 @@ std::vector<TokenEvent> Engine::draw_active(const Tensor& hidden) {
         std::vector<RngStream> rngs;
         for (size_t b : members) rngs.push_back(active_[b].rng);
         std::vector<int32_t> drawn(members.size());
-        Tensor chosen_logprobs = Tensor::empty({int64_t(members.size())}, hidden.dtype());
+        Tensor chosen_logprobs = Tensor::empty({int64_t(members.size())}, hidden.dtype(), hidden.device());
         ops::lm_head_sample(drawn, &chosen_logprobs, gather_rows(hidden, members), weight, options, rngs);
+        chosen_logprobs = chosen_logprobs.to(Device::cpu);
         for (size_t i = 0; i < members.size(); ++i) {
             Sequence& s = active_[members[i]];
             s.rng = rngs[i];
@@ -135,7 +147,8 @@ std::vector<TokenEvent> Engine::step() {
             states.push_back(&s.state);
             tokens.push_back(s.generated.back());
         }
-        Tensor hidden = Tensor::empty({n, model_.spec().d_model}, model_.parameters().dtype());
+        Tensor hidden = Tensor::empty({n, model_.spec().d_model}, model_.parameters().dtype(),
+                                      model_.parameters().device());
         model_.step_batch_hidden(states, tokens, hidden);
         events = draw_active(hidden);
     }
@@ -144,9 +157,9 @@ std::vector<TokenEvent> Engine::step() {
     while (!waiting_.empty() && int64_t(active_.size() + admitted.size()) < max_batch_) {
         Sequence s = std::move(waiting_.front());
         waiting_.pop_front();
-        Tensor logits = Tensor::empty({1, vocab}, model_.parameters().dtype());
+        Tensor logits = Tensor::empty({1, vocab}, model_.parameters().dtype(), model_.parameters().device());
         model_.step(s.state, s.request.prompt, logits);
-        Tensor row_logits = logits.to(DType::f32);
+        Tensor row_logits = host_rows(logits);
         events.push_back(emit(s, std::span(row_logits.data<float>(), size_t(vocab))));
         admitted.push_back(std::move(s));
     }

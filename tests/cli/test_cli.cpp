@@ -257,6 +257,19 @@ TEST_F(Cli, TrainOnCudaWithoutAGpuSaysSo) {
     EXPECT_NE(unknown.output.find("--device"), std::string::npos) << unknown.output;
 }
 
+TEST_F(Cli, GenerateAndServeOnCudaWithoutAGpuSaySo) {
+    if (cuda::device_count() > 0) GTEST_SKIP() << "a GPU is present: " << cuda::describe_device();
+    const auto run = dir / "run";
+    ASSERT_EQ(run_command(train_args(run, {"--steps", "2"})).exit_code, 0);
+    const auto generate = run_command({kCli, "generate", "--checkpoint", run.string(), "--prompt", "x", "--device", "cuda"});
+    EXPECT_EQ(generate.exit_code, 1);
+    EXPECT_NE(generate.output.find("linarch generate --device cuda needs a CUDA GPU"), std::string::npos)
+        << generate.output;
+    const auto serve = run_command({kCli, "serve", "--checkpoint", run.string(), "--port", "0", "--device", "cuda"});
+    EXPECT_EQ(serve.exit_code, 1);
+    EXPECT_NE(serve.output.find("linarch serve --device cuda needs a CUDA GPU"), std::string::npos) << serve.output;
+}
+
 TEST_F(Cli, DataPrepareErrors) {
     auto missing = run_command({kCli, "data", "prepare", "--input", (dir / "nope.txt").string(), "--out",
                                 (dir / "o").string()});

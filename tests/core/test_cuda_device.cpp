@@ -22,6 +22,26 @@ TEST(CudaDevice, TensorsRoundTripThroughTheGpu) {
     }
 }
 
+TEST(CudaDevice, StridedViewsOfGpuTensorsAreGatheredOnTheGpu) {
+    SKIP_WITHOUT_GPU();
+    for (DType dtype : {DType::f32, DType::bf16, DType::f64}) {
+        const Tensor host = testkit::random_normal({5, 37, 12}, dtype, 3);
+        const Tensor device = host.to(Device::cuda);
+        // narrow on an inner axis, transpose, select: each a strided view of the GPU storage.
+        const Tensor views[] = {device.narrow(1, 4, 9), device.transpose(0, 2), device.select(2, 7),
+                                device.narrow(2, 3, 5).transpose(0, 1)};
+        const Tensor expected[] = {host.narrow(1, 4, 9), host.transpose(0, 2), host.select(2, 7),
+                                   host.narrow(2, 3, 5).transpose(0, 1)};
+        for (size_t v = 0; v < std::size(views); ++v) {
+            const Tensor gathered = views[v].contiguous();
+            EXPECT_EQ(gathered.device(), Device::cuda);
+            EXPECT_TRUE(gathered.is_contiguous());
+            EXPECT_EQ(testkit::relative_error(gathered.to(Device::cpu), expected[v]), 0.0) << v;
+            EXPECT_EQ(testkit::relative_error(views[v].to(Device::cpu), expected[v]), 0.0) << v;
+        }
+    }
+}
+
 TEST(CudaDevice, RunningOutOfMemorySaysWhatWasAskedAndWhatIsFree) {
     SKIP_WITHOUT_GPU();
     try {

@@ -154,3 +154,30 @@ TEST(CudaSoftmaxAttention, BadOperandsAreNamed) {
     testkit::expect_error([&] { ops::softmax_attention_forward(o16, lse, q16, Tensor::zeros({1, 8, 1, 16}, DType::f32), q16, args); },
                           {"softmax_attention_forward", "k:", "expected cuda"});
 }
+
+TEST(CudaSoftmaxAttention, DecodeMatchesF64) {
+    SKIP_WITHOUT_GPU();
+    // A KV cache of 300 slots, 0 to 299 of them in use; every bias and a window.
+    const int64_t capacity = 300, heads = 3, key_dim = 40, value_dim = 24;
+    uint64_t stream = 9300;
+    const Tensor keys = testkit::random_normal({capacity, heads, key_dim}, DType::f64, stream++, 1.5);
+    const Tensor values = testkit::random_normal({capacity, heads, value_dim}, DType::f64, stream++);
+    const Tensor log_forget = testkit::random_uniform({capacity, heads}, DType::f64, stream++, -0.5, -0.001);
+    for (const int64_t cached : {int64_t(1), int64_t(77), int64_t(300)})
+        for (const Case& c : {Case{"plain", 1, 1, heads, key_dim, value_dim},
+                              Case{"every bias and a window", 1, 1, heads, key_dim, value_dim, 50, true, true}}) {
+            SCOPED_TRACE(fmt::format("{}, {} cached", c.name, cached));
+            const Tensor q = testkit::random_normal({heads, key_dim}, DType::f64, stream++, 1.5);
+            ops::SoftmaxAttentionArgs args;
+            args.scale = 1.0 / std::sqrt(double(key_dim));
+            args.window = c.window;
+            if (c.alibi) args.alibi_slopes = ops::alibi_slopes(heads, DType::f64);
+            const Tensor forget = c.forget ? log_forget : Tensor();
+            Tensor o = Tensor::empty({heads, value_dim}, DType::f64);
+            ops::softmax_attention_decode(o, q, keys, values, forget, cached, args);
+            Tensor o_gpu = Tensor::empty({heads, value_dim}, DType::f32, Device::cuda);
+            ops::softmax_attention_decode(o_gpu, gpu(q), gpu(keys), gpu(values), c.forget ? gpu(forget) : Tensor(),
+                                          cached, on_gpu(args));
+            EXPECT_LT(relative_error(host(o_gpu), o), kTolerance);
+        }
+}

@@ -1,6 +1,8 @@
 // CUDA device management: stream-ordered allocation and clear errors naming what was asked.
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "backend/cuda/device.hpp"
 #include "core/error.hpp"
 
@@ -9,6 +11,25 @@ namespace linarch::cuda {
 namespace {
 void check(cudaError_t status, const char* what) {
     if (status != cudaSuccess) fail("CUDA error in {}: {}", what, cudaGetErrorString(status));
+}
+
+constexpr int kMaxAxes = 8;
+
+struct StridedView {
+    int axes;
+    int64_t shape[kMaxAxes], strides[kMaxAxes];
+};
+
+// dst[i] = src[offset of the i-th element in row-major order]: a thread per element.
+template <typename Word> __global__ void copy_strided_kernel(Word* dst, const Word* src, StridedView view, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int64_t rest = i, offset = 0;
+    for (int axis = view.axes - 1; axis >= 0; --axis) {
+        offset += rest % view.shape[axis] * view.strides[axis];
+        rest /= view.shape[axis];
+    }
+    dst[i] = src[offset];
 }
 }  // namespace
 
@@ -111,6 +132,34 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
 // Stream-ordered on cudaStreamPerThread like every kernel, so no synchronisation is needed.
 void copy_on_device(void* dst, const void* src, size_t bytes) {
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cudaStreamPerThread), "copy on GPU");
+}
+
+void copy_strided(void* dst, const void* src, const std::vector<int64_t>& shape, const std::vector<int64_t>& strides,
+                  size_t element_bytes) {
+    LINARCH_CHECK(shape.size() == strides.size() && shape.size() <= size_t(kMaxAxes),
+                  "copy_strided: {} axes with {} strides (at most {})", shape.size(), strides.size(), kMaxAxes);
+    StridedView view{int(shape.size()), {}, {}};
+    int64_t n = 1;
+    for (size_t a = 0; a < shape.size(); ++a) {
+        view.shape[a] = shape[a];
+        view.strides[a] = strides[a];
+        n *= shape[a];
+    }
+    if (n == 0) return;
+    const unsigned blocks = unsigned((n + 255) / 256);
+    auto launch = [&](auto word) {
+        using Word = decltype(word);
+        copy_strided_kernel<<<blocks, 256, 0, cudaStreamPerThread>>>(static_cast<Word*>(dst),
+                                                                     static_cast<const Word*>(src), view, n);
+    };
+    switch (element_bytes) {
+        case 1: launch(uint8_t{}); break;
+        case 2: launch(uint16_t{}); break;
+        case 4: launch(uint32_t{}); break;
+        case 8: launch(uint64_t{}); break;
+        default: fail("copy_strided: elements of {} bytes", element_bytes);
+    }
+    check(cudaGetLastError(), "copy_strided_kernel");
 }
 
 void fill_zero(void* ptr, size_t bytes) {

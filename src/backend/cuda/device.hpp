@@ -21,6 +21,9 @@ void release(void* ptr, size_t bytes);
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_on_device(void* dst, const void* src, size_t bytes);
+// dst (contiguous) = the strided view at src: shape and strides in elements, at most 8 axes.
+void copy_strided(void* dst, const void* src, const std::vector<int64_t>& shape, const std::vector<int64_t>& strides,
+                  size_t element_bytes);
 void fill_zero(void* ptr, size_t bytes);
 // Waits for everything enqueued on the calling thread's stream (timings; host reads go through copies).
 void synchronize();

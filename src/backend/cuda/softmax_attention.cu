@@ -435,6 +435,76 @@ __global__ void forget_gradient_kernel(float* dlog_forget, const float* query_to
     }
 }
 
+// ---- decode -------------------------------------------------------------------------------------------
+
+// x reduced over the block (max or sum) with a fixed-order tree; every thread gets the result.
+template <typename Combine> __device__ float block_reduce(float x, float* scratch, Combine combine) {
+    scratch[threadIdx.x] = x;
+    __syncthreads();
+    for (int width = kThreads / 2; width > 0; width /= 2) {
+        if (int(threadIdx.x) < width) scratch[threadIdx.x] = combine(scratch[threadIdx.x], scratch[threadIdx.x + width]);
+        __syncthreads();
+    }
+    const float result = scratch[0];
+    __syncthreads();
+    return result;
+}
+
+// A block per head. Each thread scores a contiguous stretch of the visible keys, walking it backwards so
+// that the FoX bias Σ_{l=j+1..t} log_forget_l accumulates as it goes (the sums of the later stretches come
+// from a scan over the threads); then a softmax over the block and o = Σ_j p_j v_j, a thread per column.
+// logits: [H, cached] scratch.
+__global__ void __launch_bounds__(kThreads)
+    attention_decode_kernel(float* o, const float* q, const float* keys, const float* values,
+                            const float* log_forget, const float* alibi_slopes, float* logits, int64_t cached,
+                            int64_t heads, int64_t key_dim, int64_t value_dim, float scale, int64_t window) {
+    __shared__ double later_forget[kThreads];
+    __shared__ float scratch[kThreads];
+    const int64_t h = blockIdx.x, t = cached - 1;
+    const int64_t first = window > 0 ? max(int64_t(0), t - window + 1) : int64_t(0);
+    const int64_t per_thread = (t - first + kThreads) / kThreads;
+    const int64_t lo = first + int64_t(threadIdx.x) * per_thread, hi = min(lo + per_thread, t + 1);
+    double stretch_forget = 0;
+    if (log_forget != nullptr)
+        for (int64_t j = lo; j < hi; ++j) stretch_forget += double(log_forget[j * heads + h]);
+    later_forget[threadIdx.x] = stretch_forget;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0;
+        for (int i = kThreads - 1; i >= 0; --i) {
+            const double stretch = later_forget[i];
+            later_forget[i] = total;
+            total += stretch;
+        }
+    }
+    __syncthreads();
+    double forget = later_forget[threadIdx.x];  // Σ_{l ≥ hi} log_forget_l
+    const float slope = alibi_slopes != nullptr ? alibi_slopes[h] : 0.f;
+    float* row = logits + h * cached;
+    float local_max = -INFINITY;
+    for (int64_t j = hi - 1; j >= lo; --j) {
+        float dot = 0.f;
+        for (int64_t c = 0; c < key_dim; ++c) dot = fmaf(q[h * key_dim + c], keys[(j * heads + h) * key_dim + c], dot);
+        const float logit = scale * dot + float(forget) - slope * float(t - j);
+        if (log_forget != nullptr) forget += double(log_forget[j * heads + h]);
+        row[j] = logit;
+        local_max = fmaxf(local_max, logit);
+    }
+    const float row_max = block_reduce(local_max, scratch, [](float a, float b) { return fmaxf(a, b); });
+    float local_sum = 0.f;
+    for (int64_t j = lo; j < hi; ++j) {
+        const float weight = expf(row[j] - row_max);
+        row[j] = weight;
+        local_sum += weight;
+    }
+    const float inverse = 1.f / block_reduce(local_sum, scratch, [](float a, float b) { return a + b; });
+    for (int64_t c = threadIdx.x; c < value_dim; c += kThreads) {
+        float acc = 0.f;
+        for (int64_t j = first; j <= t; ++j) acc = fmaf(row[j], values[(j * heads + h) * value_dim + c], acc);
+        o[h * value_dim + c] = acc * inverse;
+    }
+}
+
 // ---- host ---------------------------------------------------------------------------------------------
 
 unsigned warps_blocks(int64_t warps) { return unsigned((warps * 32 + kThreads - 1) / kThreads); }
@@ -525,6 +595,16 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, float* dlog_for
             layout.heads);
         check_launch("forget_gradient_kernel");
     }
+}
+
+void softmax_attention_decode(float* o, const float* q, const float* keys, const float* values,
+                              const float* log_forget, const float* alibi_slopes, int64_t cached, int64_t heads,
+                              int64_t key_dim, int64_t value_dim, double scale, int64_t window) {
+    const DeviceBuffer logits(size_t(heads * cached) * sizeof(float));
+    attention_decode_kernel<<<unsigned(heads), kThreads, 0, cudaStreamPerThread>>>(
+        o, q, keys, values, log_forget, alibi_slopes, logits.as<float>(), cached, heads, key_dim, value_dim,
+        float(scale), window);
+    check_launch("attention_decode_kernel");
 }
 
 }  // namespace linarch::cuda

@@ -33,4 +33,11 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, float* dlog_for
                                 const float* q, const float* k, const float* v, const float* out,
                                 const float* logsumexp, const SoftmaxAttentionLayout& layout);
 
+// One decode step: the query q [H,Dk] at position t = cached − 1 against a KV cache keys [≥cached,H,Dk],
+// values [≥cached,H,Dv] and, for FoX, the cached tokens' log forget gates [≥cached,H] (else null); o [H,Dv].
+// The same biases and window as the forward. A block per head.
+void softmax_attention_decode(float* o, const float* q, const float* keys, const float* values,
+                              const float* log_forget, const float* alibi_slopes, int64_t cached, int64_t heads,
+                              int64_t key_dim, int64_t value_dim, double scale, int64_t window);
+
 }  // namespace linarch::cuda

@@ -1,0 +1,143 @@
+// Inference on the GPU (`linarch generate|serve --device cuda`): a CUDA copy of a model (fp32: the exact
+// scans, the fp32 softmax kernels, the KV-cache decode kernel) gives the CPU model's logits through a
+// prefill and token-by-token decoding, for every preset but HLA (refused by name) at a test size; the
+// engine on the GPU draws the CPU engine's tokens for greedy, temperature (the fused GPU sampler), top-k
+// and penalised requests (whole rows on the host), with the same log-probabilities. Skipped (not passed)
+// where no GPU is usable.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/spec.hpp"
+#include "infer/engine.hpp"
+#include "model/language_model.hpp"
+#include "support/gpu.hpp"
+#include "support/testkit.hpp"
+
+using namespace linarch;
+
+namespace {
+
+// fp32 on both devices, different summation orders: ~1e-6 relative on logits.
+constexpr double kLogitTolerance = 1e-4;
+constexpr int64_t kVocab = 64;
+
+std::string source_dir() {
+    const char* moved = std::getenv("LINARCH_SOURCE_DIR");
+    return moved ? moved : LINARCH_SOURCE_DIR;
+}
+
+ModelSpec preset_at_test_size(const std::string& preset, const std::string& extra = "") {
+    std::vector<std::string> overrides = {"model.d_model=64", "model.n_layers=2", "model.n_heads=2",
+                                          "model.head_dim=32", "model.vocab_size=64"};
+    if (!extra.empty()) overrides.push_back(extra);
+    return load_spec(source_dir() + "/configs/presets/" + preset + ".toml", overrides).model;
+}
+
+// The CPU model's parameters on a new GPU model.
+std::unique_ptr<LanguageModel> on_gpu(const LanguageModel& cpu) {
+    auto gpu = std::make_unique<LanguageModel>(cpu.spec(), DType::f32, Device::cuda);
+    auto& to = gpu->parameters().all();
+    const auto& from = cpu.parameters().all();
+    EXPECT_EQ(to.size(), from.size());
+    for (size_t i = 0; i < to.size(); ++i) to[i].value.copy_from(from[i].value);
+    return gpu;
+}
+
+int32_t argmax(const Tensor& logits) {
+    const std::vector<double> row = logits.to_vector();
+    return int32_t(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+}  // namespace
+
+TEST(CudaInference, PrefillAndDecodeGiveTheCpuLogitsForEveryPreset) {
+    SKIP_WITHOUT_GPU();
+    const std::vector<std::pair<std::string, std::string>> presets = {
+        {"linear_attention", ""}, {"retnet", ""}, {"gla", ""},   {"deltanet", ""},
+        {"gated_deltanet", ""},   {"mamba2", ""}, {"hgrn2", ""}, {"gated_deltanet", "model.mixer.rotation=rope"},
+        {"fox", ""},              {"gated_attention", ""},       {"gated_deltanet_hybrid", "model.hybrid_every=2"}};
+    uint64_t stream = 4100;
+    for (const auto& [preset, extra] : presets) {
+        SCOPED_TRACE(preset + " " + extra);
+        LanguageModel cpu(preset_at_test_size(preset, extra));
+        cpu.initialize(stream++);
+        const auto gpu = on_gpu(cpu);
+        auto cpu_state = cpu.new_decode_state();
+        auto gpu_state = gpu->new_decode_state();
+        // A prompt long enough for the chunkwise forms, then tokens one at a time.
+        std::vector<int32_t> prompt(37);
+        for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 29 + stream) % kVocab);
+        Tensor cpu_logits = Tensor::empty({1, kVocab}, DType::f32);
+        Tensor gpu_logits = Tensor::empty({1, kVocab}, DType::f32, Device::cuda);
+        cpu.step(cpu_state, prompt, cpu_logits);
+        gpu->step(gpu_state, prompt, gpu_logits);
+        double worst = testkit::relative_error(gpu_logits.to(Device::cpu), cpu_logits);
+        for (int t = 0; t < 12; ++t) {
+            const int32_t token = argmax(cpu_logits);
+            cpu.step(cpu_state, token, cpu_logits);
+            gpu->step(gpu_state, token, gpu_logits);
+            worst = std::max(worst, testkit::relative_error(gpu_logits.to(Device::cpu), cpu_logits));
+        }
+        EXPECT_LT(worst, kLogitTolerance);
+    }
+}
+
+TEST(CudaInference, HlaIsRefusedByName) {
+    SKIP_WITHOUT_GPU();
+    LanguageModel cpu(preset_at_test_size("hla"));
+    cpu.initialize(4200);
+    const auto gpu = on_gpu(cpu);
+    auto state = gpu->new_decode_state();
+    Tensor logits = Tensor::empty({1, kVocab}, DType::f32, Device::cuda);
+    testkit::expect_error([&] { gpu->step(state, 3, logits); }, {"higher_order_attention", "cuda"});
+}
+
+TEST(CudaInference, TheEngineOnTheGpuDrawsTheCpuTokens) {
+    SKIP_WITHOUT_GPU();
+    LanguageModel cpu(preset_at_test_size("gated_deltanet_hybrid", "model.hybrid_every=2"));
+    cpu.initialize(4300);
+    const auto gpu = on_gpu(cpu);
+    std::vector<GenerationRequest> requests(5);
+    for (size_t r = 0; r < requests.size(); ++r) {
+        requests[r].prompt = {int32_t(r + 1), 7, 11, int32_t(20 + r)};
+        requests[r].max_tokens = 14;
+        requests[r].seed = 50 + r;
+    }
+    requests[1].sampling.temperature = 0.8;     // the fused sampler on both devices
+    requests[2].sampling.top_k = 5;             // whole rows on the host (no top-k in the GPU sampler)
+    requests[3].sampling.temperature = 0.7;
+    requests[3].top_logprobs = 2;
+    requests[4].sampling.temperature = 0;
+    requests[4].sampling.repetition_penalty = 1.3;
+    // Each request's tokens and log-probabilities, by request.
+    auto run = [&](const LanguageModel& model) {
+        Engine engine(model, nullptr, 8);
+        for (const GenerationRequest& request : requests) engine.submit(request);
+        std::map<int64_t, std::vector<TokenEvent>> events;
+        while (!engine.idle())
+            for (const TokenEvent& event : engine.step()) events[event.request].push_back(event);
+        return events;
+    };
+    const auto on_cpu = run(cpu), on_device = run(*gpu);
+    ASSERT_EQ(on_cpu.size(), requests.size());
+    ASSERT_EQ(on_device.size(), requests.size());
+    for (const auto& [id, expected] : on_cpu) {
+        SCOPED_TRACE(id);
+        const std::vector<TokenEvent>& got = on_device.at(id);
+        ASSERT_EQ(got.size(), expected.size());
+        for (size_t t = 0; t < got.size(); ++t) {
+            EXPECT_EQ(got[t].token, expected[t].token) << t;
+            ASSERT_EQ(got[t].logprobs.has_value(), expected[t].logprobs.has_value());
+            if (got[t].logprobs) {
+                EXPECT_NEAR(got[t].logprobs->logprob, expected[t].logprobs->logprob, 1e-4) << t;
+            }
+        }
+    }
+}
