@@ -466,14 +466,26 @@ void lm_head_logits(Tensor& logits, const Tensor& hidden, const Tensor& weight) 
 
 // Σ x² over all elements, in double
 double sum_squares(const Tensor& x) {
+    const Tensor* one[1] = {&x};
+    return sum_squares(one);
+}
+
+double sum_squares(std::span<const Tensor* const> xs) {
     OpChecks c("sum_squares", Cuda::implemented);
-    c.tensor(x, "x");
+    for (const Tensor* x : xs) c.tensor(*x, "x");
+    if (xs.empty()) return 0;
 #if LINARCH_HAS_CUDA
-    if (c.on_cuda()) return cuda::sum_squares(f32(x), x.numel());
+    if (c.on_cuda()) {
+        std::vector<cuda::FloatArray> arrays;
+        for (const Tensor* x : xs) arrays.push_back({f32(*x), x->numel()});
+        return cuda::sum_squares(arrays);
+    }
 #endif
     return dispatch(c.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        return cpu::sum_squares<T>(ptr<T>(x), x.numel());
+        double sum = 0;
+        for (const Tensor* x : xs) sum += cpu::sum_squares<T>(ptr<T>(*x), x->numel());
+        return sum;
     });
 }
 

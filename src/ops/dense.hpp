@@ -67,8 +67,10 @@ void lm_head_cross_entropy_backward(Tensor* dhidden, Tensor* dweight, const Tens
 // logits[N,V] for sampling (generation needs the full row).
 void lm_head_logits(Tensor& logits, const Tensor& hidden, const Tensor& weight);
 
-// Σ x² over all elements (for the global gradient norm), accumulated in double.
+// Σ x² over all elements (for the global gradient norm), accumulated in double; of several tensors on one
+// device, with one synchronisation on the GPU.
 double sum_squares(const Tensor& x);
+double sum_squares(std::span<const Tensor* const> xs);
 // x *= factor
 void scale_inplace(Tensor& x, double factor);
 

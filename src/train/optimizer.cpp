@@ -1,6 +1,7 @@
 #include "train/optimizer.hpp"
 
 #include <cmath>
+#include <vector>
 
 #include "ops/dense.hpp"
 
@@ -25,9 +26,9 @@ void AdamW::step(ParameterStore& params, double lr) {
 }
 
 double clip_grad_norm(ParameterStore& params, double max_norm) {
-    double sum = 0;
-    for (const Parameter& p : params.all()) sum += ops::sum_squares(p.grad);
-    const double norm = std::sqrt(sum);
+    std::vector<const Tensor*> grads;
+    for (const Parameter& p : params.all()) grads.push_back(&p.grad);
+    const double norm = std::sqrt(ops::sum_squares(grads));
     if (max_norm > 0 && norm > max_norm)
         for (Parameter& p : params.all()) ops::scale_inplace(p.grad, max_norm / norm);
     return norm;

@@ -20,6 +20,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "backend/cuda/check.cuh"
 #include "backend/cuda/linear_attention_chunkwise.hpp"
 #include "backend/cuda/mma_ptx.cuh"
 #include "backend/cuda/warp_tiles.cuh"
@@ -637,24 +638,15 @@ __global__ void __launch_bounds__(kThreads, 2) delta_rule_wy_backward_kernel(con
     }
 }
 
-template <typename Kernel> void launch_kernel(Kernel kernel, const char* name, dim3 grid, int bytes, const BackwardParams& p) {
-    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (status == cudaSuccess) {
-        kernel<<<grid, kThreads, bytes, cudaStreamPerThread>>>(p);
-        status = cudaGetLastError();
-    }
-    if (status != cudaSuccess)
-        fail("CUDA kernel {} of delta_rule_chunkwise_backward failed to launch: {}", name, cudaGetErrorString(status));
-}
-
 template <int DK, int DV> void launch_backward(const BackwardParams& p, int batch) {
     const dim3 chunks(unsigned(p.chunks), unsigned(p.heads), unsigned(batch));
-    launch_kernel(delta_rule_state_backward_kernel<DK>, "delta_rule_state_backward_kernel",
-                  dim3(unsigned(DV / kValueTile), unsigned(p.heads), unsigned(batch)), StateBackwardLayout<DK>::bytes, p);
-    launch_kernel(delta_rule_chunk_grads_kernel<DK, DV>, "delta_rule_chunk_grads_kernel", chunks,
-                  ChunkGradsLayout<DK, DV>::bytes, p);
-    launch_kernel(delta_rule_wy_backward_kernel<DK, DV>, "delta_rule_wy_backward_kernel", chunks,
-                  WyBackwardLayout<DK, DV>::bytes, p);
+    launch_with_shared_memory(delta_rule_state_backward_kernel<DK>, "delta_rule_state_backward_kernel",
+                              dim3(unsigned(DV / kValueTile), unsigned(p.heads), unsigned(batch)), kThreads,
+                              StateBackwardLayout<DK>::bytes, p);
+    launch_with_shared_memory(delta_rule_chunk_grads_kernel<DK, DV>, "delta_rule_chunk_grads_kernel", chunks, kThreads,
+                              ChunkGradsLayout<DK, DV>::bytes, p);
+    launch_with_shared_memory(delta_rule_wy_backward_kernel<DK, DV>, "delta_rule_wy_backward_kernel", chunks, kThreads,
+                              WyBackwardLayout<DK, DV>::bytes, p);
 }
 
 }  // namespace

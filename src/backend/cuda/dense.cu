@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
 
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/device.hpp"
@@ -14,19 +16,6 @@ namespace {
 constexpr int kThreads = 256;
 
 unsigned blocks_for(int64_t n) { return unsigned(std::max<int64_t>((n + kThreads - 1) / kThreads, 1)); }
-
-// Sum over the block (kThreads threads); every thread gets the total.
-__device__ float block_sum(float value) {
-    __shared__ float warp_sums[kThreads / 32];
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
-    const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-    __syncthreads();  // warp_sums may still be read by a previous call
-    if (lane == 0) warp_sums[warp] = value;
-    __syncthreads();
-    float total = 0.f;
-    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
-    return total;
-}
 
 __global__ void embedding_forward_kernel(float* out, const int32_t* ids, const float* table, int64_t D) {
     const int64_t row = blockIdx.x;
@@ -40,30 +29,91 @@ __global__ void embedding_backward_kernel(float* dtable, const int32_t* ids, con
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) atomicAdd(dst + d, dout[row * D + d]);
 }
 
-// One block per row.
-__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* weight, int64_t D,
-                                       float eps) {
-    const int64_t row = blockIdx.x;
-    const float* xr = x + row * D;
-    float squares = 0.f;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) squares += xr[d] * xr[d];
-    const float r = rsqrtf(block_sum(squares) / float(D) + eps);
-    if (threadIdx.x == 0) rstd[row] = r;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) out[row * D + d] = xr[d] * r * weight[d];
+// RMSNorm: a warp per row, 8 rows a block; lanes stride the row (four columns at a time when D is a multiple
+// of 4 and the rows are 16-byte aligned), shuffles reduce it, no block barriers. The second pass over a row
+// reads it from cache.
+__device__ float warp_sum(float value) {
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
 }
 
-// dx = rstd · (w·dout − x̂ · mean(w·dout·x̂)),  x̂ = x · rstd. One block per row.
+// The row this warp owns, or −1.
+__device__ int64_t warp_row(int64_t N) {
+    const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    return row < N ? row : -1;
+}
+
+// Σ_d f(d, width) over the lane's columns of a row of D: f gets the first column and how many (1 or 4).
+template <bool VEC, typename F> __device__ void for_lane_columns(int64_t D, F f) {
+    const int lane = int(threadIdx.x) % 32;
+    if constexpr (VEC)
+        for (int64_t d = 4 * lane; d < D; d += 128) f(d);
+    else
+        for (int64_t d = lane; d < D; d += 32) f(d);
+}
+
+template <bool VEC> __device__ float4 load4(const float* p, int64_t d) {
+    if constexpr (VEC) return *reinterpret_cast<const float4*>(p + d);
+    return make_float4(p[d], 0.f, 0.f, 0.f);
+}
+template <bool VEC> __device__ void store4(float* p, int64_t d, float4 v) {
+    if constexpr (VEC) *reinterpret_cast<float4*>(p + d) = v;
+    else p[d] = v.x;
+}
+__device__ float4 operator*(float4 a, float4 b) { return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w); }
+__device__ float4 operator*(float4 a, float s) { return make_float4(a.x * s, a.y * s, a.z * s, a.w * s); }
+__device__ float4 operator-(float4 a, float4 b) { return make_float4(a.x - b.x, a.y - b.y, a.z - b.z, a.w - b.w); }
+__device__ float4 operator+(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+__device__ float total(float4 a) { return (a.x + a.y) + (a.z + a.w); }
+
+template <bool VEC>
+__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* weight, int64_t N,
+                                       int64_t D, float eps) {
+    const int64_t row = warp_row(N);
+    if (row < 0) return;
+    const float* xr = x + row * D;
+    float squares = 0.f;
+    for_lane_columns<VEC>(D, [&](int64_t d) {
+        const float4 v = load4<VEC>(xr, d);
+        squares += total(v * v);
+    });
+    const float r = rsqrtf(warp_sum(squares) / float(D) + eps);
+    if (threadIdx.x % 32 == 0) rstd[row] = r;
+    for_lane_columns<VEC>(D, [&](int64_t d) {
+        store4<VEC>(out + row * D, d, load4<VEC>(xr, d) * r * load4<VEC>(weight, d));
+    });
+}
+
+// dx += rstd · (w·dout − x̂ · mean(w·dout·x̂)),  x̂ = x · rstd.
+template <bool VEC>
 __global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* weight,
-                                           const float* rstd, int64_t D) {
-    const int64_t row = blockIdx.x;
+                                           const float* rstd, int64_t N, int64_t D) {
+    const int64_t row = warp_row(N);
+    if (row < 0) return;
     const float* xr = x + row * D;
     const float* gr = dout + row * D;
     const float r = rstd[row];
     float dot = 0.f;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dot += weight[d] * gr[d] * xr[d] * r;
-    const float mean = block_sum(dot) / float(D);
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dx[row * D + d] += r * (weight[d] * gr[d] - xr[d] * r * mean);
+    for_lane_columns<VEC>(D, [&](int64_t d) {
+        dot += total(load4<VEC>(weight, d) * load4<VEC>(gr, d) * load4<VEC>(xr, d)) * r;
+    });
+    const float mean = warp_sum(dot) / float(D);
+    float* dr = dx + row * D;
+    for_lane_columns<VEC>(D, [&](int64_t d) {
+        const float4 g = load4<VEC>(weight, d) * load4<VEC>(gr, d);
+        store4<VEC>(dr, d, load4<VEC>(dr, d) + (g - load4<VEC>(xr, d) * (r * mean)) * r);
+    });
 }
+
+// Whether rows of D floats at these addresses can be read four at a time.
+bool rows_vectorizable(int64_t D, std::initializer_list<const void*> pointers) {
+    if (D % 4 != 0) return false;
+    for (const void* p : pointers)
+        if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+    return true;
+}
+
+unsigned warp_row_blocks(int64_t N) { return unsigned((N * 32 + kThreads - 1) / kThreads); }
 
 // dweight[d] += Σ_rows dout·x·rstd: a thread per column sums a slab of rows, then one atomic per slab.
 constexpr int64_t kRowsPerSlab = 64;
@@ -211,7 +261,12 @@ void embedding_backward(float* dtable, const int32_t* ids, const float* dout, in
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t N, int64_t D, double eps) {
     if (N == 0) return;
-    rmsnorm_forward_kernel<<<unsigned(N), kThreads, 0, cudaStreamPerThread>>>(out, rstd, x, weight, D, float(eps));
+    if (rows_vectorizable(D, {out, x, weight}))
+        rmsnorm_forward_kernel<true><<<warp_row_blocks(N), kThreads, 0, cudaStreamPerThread>>>(out, rstd, x, weight, N,
+                                                                                             D, float(eps));
+    else
+        rmsnorm_forward_kernel<false><<<warp_row_blocks(N), kThreads, 0, cudaStreamPerThread>>>(out, rstd, x, weight,
+                                                                                              N, D, float(eps));
     check_launch("rmsnorm_forward_kernel");
 }
 
@@ -219,7 +274,12 @@ void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float*
                       const float* rstd, int64_t N, int64_t D) {
     if (N == 0) return;
     if (dx) {
-        rmsnorm_backward_dx_kernel<<<unsigned(N), kThreads, 0, cudaStreamPerThread>>>(dx, dout, x, weight, rstd, D);
+        if (rows_vectorizable(D, {dx, dout, x, weight}))
+            rmsnorm_backward_dx_kernel<true><<<warp_row_blocks(N), kThreads, 0, cudaStreamPerThread>>>(
+                dx, dout, x, weight, rstd, N, D);
+        else
+            rmsnorm_backward_dx_kernel<false><<<warp_row_blocks(N), kThreads, 0, cudaStreamPerThread>>>(
+                dx, dout, x, weight, rstd, N, D);
         check_launch("rmsnorm_backward_dx_kernel");
     }
     if (dweight) {
@@ -351,12 +411,15 @@ void add_bf16_into(float* dst, const uint16_t* x, int64_t n) {
     check_launch("add_bf16_into_kernel");
 }
 
-double sum_squares(const float* x, int64_t n) {
+double sum_squares(const std::vector<FloatArray>& arrays) {
     double* total = static_cast<double*>(allocate(sizeof(double)));
     check_cuda(cudaMemsetAsync(total, 0, sizeof(double), cudaStreamPerThread), "cudaMemsetAsync");
-    const unsigned blocks = unsigned(std::min<int64_t>(blocks_for(n), 1024));
-    sum_squares_kernel<<<blocks, kThreads, 0, cudaStreamPerThread>>>(total, x, n);
-    check_launch("sum_squares_kernel");
+    for (const FloatArray& array : arrays) {
+        if (array.n == 0) continue;
+        const unsigned blocks = unsigned(std::min<int64_t>(blocks_for(array.n), 1024));
+        sum_squares_kernel<<<blocks, kThreads, 0, cudaStreamPerThread>>>(total, array.data, array.n);
+        check_launch("sum_squares_kernel");
+    }
     double result = 0;
     copy_to_host(&result, total, sizeof(double));
     release(total, sizeof(double));

@@ -3,6 +3,7 @@
 // kernels add into their gradients, as every op's backward does. All run on cudaStreamPerThread.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace linarch::cuda {
 
@@ -42,8 +43,12 @@ void add_bf16_into(float* dst, const uint16_t* x, int64_t n);
 void gather_rows(void* dst, const void* src, const int64_t* rows, int64_t count, int64_t row_bytes);
 void scatter_rows(void* dst, const void* src, const int64_t* rows, int64_t count, int64_t row_bytes);
 
-// Σ x², accumulated in double (one synchronisation: the result comes back to the host).
-double sum_squares(const float* x, int64_t n);
+// Σ x² over every array, accumulated in double (one synchronisation: the result comes back to the host).
+struct FloatArray {
+    const float* data;
+    int64_t n;
+};
+double sum_squares(const std::vector<FloatArray>& arrays);
 void scale(float* x, int64_t n, double factor);
 // One AdamW step as cpu::adamw_update computes it (bias corrections formed in double on the host).
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, double lr, double beta1,

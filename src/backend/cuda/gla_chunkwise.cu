@@ -36,6 +36,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "backend/cuda/check.cuh"
 #include "backend/cuda/linear_attention_chunkwise.hpp"
 #include "backend/cuda/mma_ptx.cuh"
 #include "backend/cuda/warp_tiles.cuh"
@@ -764,18 +765,6 @@ __global__ void __launch_bounds__(kIntraThreads) gla_intra_backward_kernel(const
     }
 }
 
-template <typename Kernel, typename Params>
-void launch_kernel(Kernel kernel, const char* name, int dk, dim3 grid, int threads, int bytes, const Params& p) {
-    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (status == cudaSuccess) {
-        kernel<<<grid, threads, bytes, cudaStreamPerThread>>>(p);
-        status = cudaGetLastError();
-    }
-    if (status != cudaSuccess)
-        fail("CUDA kernel {}<Dk={}> of the GLA chunkwise path failed to launch: {}", name, dk,
-             cudaGetErrorString(status));
-}
-
 size_t round_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // The forward's scratch, carved in order: q̂, k̂, A, e^{G_L}.
@@ -845,20 +834,21 @@ template <int DK> void run_forward(const GlaForward& a, const ForwardScratch& s)
     const IntraParams intra{static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), a.log_gate, s.q_hat,
                             s.k_hat, s.a_intra, s.row_decay, int(a.seq_len), int(a.heads)};
     const dim3 grid(unsigned((a.seq_len + kChunk - 1) / kChunk), unsigned(a.heads), unsigned(a.batch));
-    launch_kernel(gla_intra_kernel<DK>, "gla_intra_kernel", DK, grid, kIntraThreads, IntraLayout<DK>::bytes, intra);
+    launch_with_shared_memory(gla_intra_kernel<DK>, "gla_intra_kernel", grid, kIntraThreads, IntraLayout<DK>::bytes,
+                              intra);
     gla_walk({s.q_hat, s.k_hat, a.v, s.a_intra, s.row_decay, a.initial_state, a.o, a.final_state, a.chunk_states,
               a.batch, a.seq_len, a.heads, a.key_dim, a.value_dim, a.scale});
 }
 
 template <int DK, int DV> void run_backward(const BackwardParams& p, int batch) {
     const dim3 chunks(unsigned(p.chunks), unsigned(p.heads), unsigned(batch));
-    launch_kernel(gla_state_backward_kernel<DK>, "gla_state_backward_kernel", DK,
-                  dim3(unsigned(DV / kValueTile), unsigned(p.heads), unsigned(batch)), kStateThreads,
-                  StateBackwardLayout<DK>::bytes, p);
-    launch_kernel(gla_chunk_grads_kernel<DK, DV>, "gla_chunk_grads_kernel", DK, chunks, kGradThreads,
-                  ChunkGradsLayout<DK, DV>::bytes, p);
-    launch_kernel(gla_intra_backward_kernel<DK>, "gla_intra_backward_kernel", DK, chunks, kIntraThreads,
-                  IntraBackwardLayout<DK>::bytes, p);
+    launch_with_shared_memory(gla_state_backward_kernel<DK>, "gla_state_backward_kernel",
+                              dim3(unsigned(DV / kValueTile), unsigned(p.heads), unsigned(batch)), kStateThreads,
+                              StateBackwardLayout<DK>::bytes, p);
+    launch_with_shared_memory(gla_chunk_grads_kernel<DK, DV>, "gla_chunk_grads_kernel", chunks, kGradThreads,
+                              ChunkGradsLayout<DK, DV>::bytes, p);
+    launch_with_shared_memory(gla_intra_backward_kernel<DK>, "gla_intra_backward_kernel", chunks, kIntraThreads,
+                              IntraBackwardLayout<DK>::bytes, p);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "backend/cuda/check.cuh"
 #include "backend/cuda/linear_attention_chunkwise.hpp"
 #include "backend/cuda/device.hpp"
 #include "backend/cuda/mma_ptx.cuh"
@@ -430,16 +431,13 @@ __global__ void __launch_bounds__(kThreads, 2) linear_attention_chunkwise_forwar
 template <int DK, bool GATED, bool DELTA, bool VECTOR, int STAGES, int BV> void launch(const Params& p, int batch) {
     auto* kernel = linear_attention_chunkwise_forward_kernel<DK, GATED, DELTA, STAGES, BV, VECTOR>;
     constexpr int bytes = Layout<DK, DELTA, STAGES, BV, VECTOR>::bytes;
-    // Over 48 KB of dynamic shared memory needs the opt-in (per device; cheap to repeat).
-    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (status == cudaSuccess) {
-        const dim3 grid(unsigned(p.value_dim / BV), unsigned(p.heads), unsigned(batch));
-        kernel<<<grid, kThreads, bytes, cudaStreamPerThread>>>(p);
-        status = cudaGetLastError();
-    }
-    if (status != cudaSuccess)
-        fail("CUDA kernel linear_attention_chunkwise_forward_kernel<Dk={}, gated={}, delta={}, vector gate={}, stages={}, "
-             "value tile={}> failed to launch: {}", DK, GATED, DELTA, VECTOR, STAGES, BV, cudaGetErrorString(status));
+    const dim3 grid(unsigned(p.value_dim / BV), unsigned(p.heads), unsigned(batch));
+    launch_with_shared_memory(kernel,
+                              fmt::format("linear_attention_chunkwise_forward_kernel<Dk={}, gated={}, delta={}, "
+                                          "vector gate={}, stages={}, value tile={}>",
+                                          DK, GATED, DELTA, VECTOR, STAGES, BV)
+                                  .c_str(),
+                              grid, kThreads, bytes, p);
 }
 
 int multiprocessor_count() {
@@ -570,16 +568,10 @@ __global__ void __launch_bounds__(kThreads) chunk_output_kernel(const OutputPara
 template <int DK, bool GATED> void launch_output(const OutputParams& p, int batch) {
     auto* kernel = chunk_output_kernel<DK, GATED>;
     constexpr int bytes = OutputLayout<DK>::bytes;
-    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (status == cudaSuccess) {
-        const dim3 grid(unsigned((p.seq_len + kChunk - 1) / kChunk), unsigned(p.heads),
-                        unsigned(batch * (p.value_dim / kValueTile)));
-        kernel<<<grid, kThreads, bytes, cudaStreamPerThread>>>(p);
-        status = cudaGetLastError();
-    }
-    if (status != cudaSuccess)
-        fail("CUDA kernel chunk_output_kernel<Dk={}, gated={}> failed to launch: {}", DK, GATED,
-             cudaGetErrorString(status));
+    const dim3 grid(unsigned((p.seq_len + kChunk - 1) / kChunk), unsigned(p.heads),
+                    unsigned(batch * (p.value_dim / kValueTile)));
+    launch_with_shared_memory(kernel, fmt::format("chunk_output_kernel<Dk={}, gated={}>", DK, GATED).c_str(), grid,
+                              kThreads, bytes, p);
 }
 
 // ---- the delta rule's chunk-local solve ----
@@ -795,14 +787,9 @@ __global__ void __launch_bounds__(kThreads) delta_rule_wy_kernel(const WyParams 
 template <int DK> void launch_wy(const WyParams& p, int batch) {
     auto* kernel = delta_rule_wy_kernel<DK>;
     constexpr int bytes = WyLayout<DK>::bytes;
-    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (status == cudaSuccess) {
-        const dim3 grid(unsigned((p.seq_len + kChunk - 1) / kChunk), unsigned(p.heads), unsigned(batch));
-        kernel<<<grid, kThreads, bytes, cudaStreamPerThread>>>(p);
-        status = cudaGetLastError();
-    }
-    if (status != cudaSuccess)
-        fail("CUDA kernel delta_rule_wy_kernel<Dk={}> failed to launch: {}", DK, cudaGetErrorString(status));
+    const dim3 grid(unsigned((p.seq_len + kChunk - 1) / kChunk), unsigned(p.heads), unsigned(batch));
+    launch_with_shared_memory(kernel, fmt::format("delta_rule_wy_kernel<Dk={}>", DK).c_str(), grid, kThreads, bytes,
+                              p);
 }
 
 }  // namespace

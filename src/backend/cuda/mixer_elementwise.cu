@@ -1,6 +1,7 @@
 #include "backend/cuda/mixer_elementwise.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/device.hpp"
@@ -240,95 +241,176 @@ void sigmoid_backward(float* dx, const float* dout, const float* out, int64_t n)
     for_each("sigmoid_backward", n, [=] __device__(int64_t i) { dx[i] += dout[i] * out[i] * (1.f - out[i]); });
 }
 
+// ---- short causal convolution ---------------------------------------------------------------------------
+// A thread owns one channel over kConvRowsPerThread consecutive rows (tokens); a block is 32 channels
+// (coalesced) × 8 row stretches. Each thread loads its stretch's inputs, with the K − 1 rows around it, in
+// one go (every load in flight at once: one per row at a time left the kernels latency-bound), and the
+// taps are a template parameter, so every array index is a compile-time one and the arrays stay in
+// registers. Rows of another sequence count as zeros: t is the row's position in its sequence.
 namespace {
-// Σ_j w[c,j] · x[b, t−K+1+j, c], zeros before the sequence start.
-__device__ float conv_preactivation(const float* x, const float* weight, int64_t b, int64_t t, int64_t c,
-                                    int64_t T, int64_t C, int64_t K) {
-    float pre = 0.f;
-    for (int64_t j = max(int64_t(0), K - 1 - t); j < K; ++j) pre += weight[c * K + j] * x[(b * T + t - K + 1 + j) * C + c];
-    return pre;
+constexpr int kMaxConvTaps = 8;  // ops::short_conv_* refuse more
+constexpr int kConvRowsPerThread = 16;
+constexpr int kConvChannels = 32, kConvStretches = 8;
+
+dim3 conv_grid(int64_t rows, int64_t C) {
+    const int64_t rows_per_block = int64_t(kConvStretches) * kConvRowsPerThread;
+    const int64_t block_rows = (rows + rows_per_block - 1) / rows_per_block;
+    LINARCH_CHECK(block_rows <= 65535, "short_conv (CUDA): {} tokens exceed the grid ({} at most)", rows,
+                  65535 * rows_per_block);
+    return dim3(unsigned((C + kConvChannels - 1) / kConvChannels), unsigned(block_rows));
 }
 
-// ∂out/∂pre: silu'(z) = σ(z)(1 + z(1 − σ(z))), or 1.
-__device__ float conv_dpre(const float* dout, const float* x, const float* weight, bool silu, int64_t b, int64_t t,
-                           int64_t c, int64_t T, int64_t C, int64_t K) {
-    const float g = dout[(b * T + t) * C + c];
-    if (!silu) return g;
-    const float z = conv_preactivation(x, weight, b, t, c, T, C, K), s = sigmoid(z);
-    return g * s * (1.f + z * (1.f - s));
+// The thread's channel and first row; false when it has none.
+__device__ bool conv_thread(int64_t rows, int64_t C, int64_t& c, int64_t& first) {
+    c = int64_t(blockIdx.x) * kConvChannels + threadIdx.x;
+    first = (int64_t(blockIdx.y) * kConvStretches + threadIdx.y) * kConvRowsPerThread;
+    return c < C && first < rows;
+}
+
+// values[i] = a[(first + offset + i) · C + c] for rows inside [0, rows), else 0.
+template <int N>
+__device__ void load_column(float (&values)[N], const float* __restrict__ a, int64_t first, int offset, int64_t rows,
+                            int64_t C, int64_t c) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        const int64_t row = first + offset + i;
+        values[i] = row >= 0 && row < rows ? a[row * C + c] : 0.f;
+    }
+}
+
+// out = act(pre), or with `dout` given, dpre = dout · act'(pre): both need the pre-activation
+// pre[s] = Σ_j w[j] · x[s − K + 1 + j] (the CPU's order, tap by tap).
+template <int K>
+__global__ void __launch_bounds__(kConvChannels * kConvStretches)
+    short_conv_rows_kernel(float* __restrict__ out, const float* __restrict__ dout, const float* __restrict__ x,
+                           const float* __restrict__ weight, bool silu, int64_t rows, int64_t T, int64_t C) {
+    constexpr int R = kConvRowsPerThread;
+    int64_t c, first;
+    if (!conv_thread(rows, C, c, first)) return;
+    float w[K], xs[K - 1 + R], gs[R];
+#pragma unroll
+    for (int j = 0; j < K; ++j) w[j] = weight[c * K + j];
+    load_column(xs, x, first, -(K - 1), rows, C, c);  // xs[i + j] = x[first + i − (K − 1 − j)]
+    if (dout != nullptr) load_column(gs, dout, first, 0, rows, C, c);
+    int64_t t = first % T;
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const int64_t row = first + i;
+        if (row >= rows) break;
+        float pre = 0.f;
+#pragma unroll
+        for (int j = 0; j < K; ++j) pre += w[j] * (t >= K - 1 - j ? xs[i + j] : 0.f);
+        if (dout == nullptr) {
+            out[row * C + c] = silu ? pre * sigmoid(pre) : pre;
+        } else {
+            const float s = sigmoid(pre);  // silu'(z) = σ(z)(1 + z(1 − σ(z)))
+            out[row * C + c] = gs[i] * s * (1.f + pre * (1.f - s));
+        }
+        if (++t == T) t = 0;
+    }
+}
+
+// dx[s] += Σ_j w[j] · dpre[s + K − 1 − j] (inside the sequence; the CPU's order), and this block's share of
+// dweight[c, j] = Σ_s dpre[s] · x[s − K + 1 + j]: each thread sums its rows, the block's 8 stretches are
+// added in order, and partial[block row][c][j] holds the result.
+template <int K>
+__global__ void __launch_bounds__(kConvChannels * kConvStretches)
+    short_conv_backward_kernel(float* __restrict__ dx, float* __restrict__ partial, const float* __restrict__ dpre,
+                               const float* __restrict__ x, const float* __restrict__ weight, int64_t rows, int64_t T,
+                               int64_t C) {
+    constexpr int R = kConvRowsPerThread;
+    __shared__ float shares[kConvStretches][kConvChannels][K];
+    int64_t c, first;
+    float acc[K] = {};
+    if (conv_thread(rows, C, c, first)) {
+        float w[K], xs[K - 1 + R], ds[R + K - 1], dxs[R];
+#pragma unroll
+        for (int j = 0; j < K; ++j) w[j] = weight[c * K + j];
+        load_column(xs, x, first, -(K - 1), rows, C, c);  // xs[i + j] = x[first + i − (K − 1 − j)]
+        load_column(ds, dpre, first, 0, rows, C, c);      // ds[i + a] = dpre[first + i + a]
+        load_column(dxs, dx, first, 0, rows, C, c);
+        int64_t t = first % T;
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const int64_t row = first + i;
+            if (row >= rows) break;
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < K; ++j) sum += w[j] * (t + K - 1 - j < T ? ds[i + K - 1 - j] : 0.f);
+            dx[row * C + c] = dxs[i] + sum;
+#pragma unroll
+            for (int j = 0; j < K; ++j) acc[j] += ds[i] * (t >= K - 1 - j ? xs[i + j] : 0.f);
+            if (++t == T) t = 0;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < K; ++j) shares[threadIdx.y][threadIdx.x][j] = acc[j];
+    __syncthreads();
+    c = int64_t(blockIdx.x) * kConvChannels + threadIdx.x;
+    if (threadIdx.y != 0 || c >= C) return;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        float total = 0.f;
+        for (int y = 0; y < kConvStretches; ++y) total += shares[y][threadIdx.x][j];
+        partial[(int64_t(blockIdx.y) * C + c) * K + j] = total;
+    }
+}
+
+// Calls launch with the taps as a compile-time constant.
+template <typename Launch> void with_taps(int64_t K, Launch launch) {
+    switch (K) {
+        case 1: return launch(std::integral_constant<int, 1>{});
+        case 2: return launch(std::integral_constant<int, 2>{});
+        case 3: return launch(std::integral_constant<int, 3>{});
+        case 4: return launch(std::integral_constant<int, 4>{});
+        case 5: return launch(std::integral_constant<int, 5>{});
+        case 6: return launch(std::integral_constant<int, 6>{});
+        case 7: return launch(std::integral_constant<int, 7>{});
+        case 8: return launch(std::integral_constant<int, 8>{});
+        default: fail("short_conv (CUDA): 1 to {} taps, got {}", kMaxConvTaps, K);
+    }
 }
 }  // namespace
 
 void short_conv_forward(float* out, const float* x, const float* weight, bool silu, int64_t batch, int64_t seq_len,
                         int64_t channels, int64_t kernel_size) {
-    const int64_t T = seq_len, C = channels, K = kernel_size;
-    for_each("short_conv_forward", batch * T * C, [=] __device__(int64_t i) {
-        const int64_t c = i % C, t = (i / C) % T, b = i / (C * T);
-        const float pre = conv_preactivation(x, weight, b, t, c, T, C, K);
-        out[i] = silu ? pre * sigmoid(pre) : pre;
+    const int64_t rows = batch * seq_len, C = channels;
+    if (rows == 0 || C == 0) return;
+    with_taps(kernel_size, [&](auto taps) {
+        short_conv_rows_kernel<decltype(taps)::value>
+            <<<conv_grid(rows, C), dim3(kConvChannels, kConvStretches), 0, cudaStreamPerThread>>>(
+                out, nullptr, x, weight, silu, rows, seq_len, C);
     });
+    check_launch("short_conv_rows_kernel (forward)");
 }
-
-namespace {
-constexpr int kConvRowsPerBlock = 256;  // tokens a block of the weight gradient's first pass sums
-constexpr int kMaxConvTaps = 8;         // ops::short_conv_* refuse more
-
-// First pass of dweight: block (token block, channel tile) sums dpre[row, c] · x[row − K + 1 + j, c] over its
-// tokens for every tap j, a thread per channel (reads coalesced over c), into partial[block][c][j].
-__global__ void short_conv_dweight_partial_kernel(float* partial, const float* dpre, const float* x, int64_t rows,
-                                                  int64_t T, int64_t C, int64_t K) {
-    const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    float acc[kMaxConvTaps] = {};
-    const int64_t first = int64_t(blockIdx.x) * kConvRowsPerBlock, last = min(rows, first + kConvRowsPerBlock);
-    for (int64_t row = first; row < last; ++row) {
-        const int64_t t = row % T;
-        const float d = dpre[row * C + c];
-#pragma unroll
-        for (int j = 0; j < kMaxConvTaps; ++j)
-            if (j < K && t >= K - 1 - j) acc[j] += d * x[(row - K + 1 + j) * C + c];
-    }
-    float* out = partial + (int64_t(blockIdx.x) * C + c) * K;
-#pragma unroll
-    for (int j = 0; j < kMaxConvTaps; ++j)
-        if (j < K) out[j] = acc[j];
-}
-}  // namespace
 
 void short_conv_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight, bool silu,
                          int64_t batch, int64_t seq_len, int64_t channels, int64_t kernel_size) {
     const int64_t T = seq_len, C = channels, K = kernel_size, rows = batch * T;
-    LINARCH_CHECK(K <= kMaxConvTaps, "short_conv_backward (CUDA): at most {} taps, got {}", kMaxConvTaps, K);
     if (rows == 0 || C == 0) return;
-    // dpre = ∂out/∂pre once (recomputing it per tap and per weight cost K² loads an element: 12 ms a step).
+    const dim3 grid = conv_grid(rows, C), block(kConvChannels, kConvStretches);
+    // dpre = ∂out/∂pre once (recomputing it per tap would cost K² loads an element).
     const float* dpre = dout;
     DeviceBuffer dpre_buffer(silu ? size_t(rows * C) * sizeof(float) : 0);
-    if (silu) {
-        float* buffer = dpre_buffer.as<float>();
-        for_each("short_conv_backward (dpre)", rows * C, [=] __device__(int64_t i) {
-            const int64_t c = i % C, t = (i / C) % T, b = i / (C * T);
-            buffer[i] = conv_dpre(dout, x, weight, true, b, t, c, T, C, K);
-        });
-        dpre = buffer;
-    }
-    // dx[b,s,c] += Σ_j w[c,j] · dpre[b, s+K−1−j, c].
-    for_each("short_conv_backward (dx)", rows * C, [=] __device__(int64_t i) {
-        const int64_t c = i % C, s = (i / C) % T;
-        float sum = 0.f;
-        for (int64_t j = max(int64_t(0), s + K - T); j < K; ++j) sum += weight[c * K + j] * dpre[i + (K - 1 - j) * C];
-        dx[i] += sum;
-    });
-    // dweight[c,j] += Σ_{b,t} dpre[b,t,c] · x[b, t−K+1+j, c]: token blocks, then their partials in a fixed order.
-    const int64_t blocks = (rows + kConvRowsPerBlock - 1) / kConvRowsPerBlock;
-    LINARCH_CHECK(C <= int64_t(65535) * kThreads, "short_conv_backward (CUDA): {} channels exceed the grid", C);
-    DeviceBuffer partial(size_t(blocks * C * K) * sizeof(float));
+    DeviceBuffer partial(size_t(grid.y) * size_t(C * K) * sizeof(float));
     float* partials = partial.as<float>();
-    short_conv_dweight_partial_kernel<<<dim3(unsigned(blocks), blocks_for(C)), kThreads, 0, cudaStreamPerThread>>>(
-        partials, dpre, x, rows, T, C, K);
-    check_launch("short_conv_backward (dweight partials)");
+    with_taps(K, [&](auto taps) {
+        constexpr int kTaps = decltype(taps)::value;
+        if (silu) {
+            short_conv_rows_kernel<kTaps><<<grid, block, 0, cudaStreamPerThread>>>(dpre_buffer.as<float>(), dout, x,
+                                                                                  weight, true, rows, T, C);
+            check_launch("short_conv_rows_kernel (dpre)");
+            dpre = dpre_buffer.as<float>();
+        }
+        short_conv_backward_kernel<kTaps><<<grid, block, 0, cudaStreamPerThread>>>(dx, partials, dpre, x, weight, rows,
+                                                                                  T, C);
+        check_launch("short_conv_backward_kernel");
+    });
+    // The block rows' partials in a fixed order: deterministic.
+    const int64_t block_rows = grid.y;
     for_each("short_conv_backward (dweight)", C * K, [=] __device__(int64_t i) {
         float sum = 0.f;
-        for (int64_t blk = 0; blk < blocks; ++blk) sum += partials[blk * C * K + i];
+        for (int64_t blk = 0; blk < block_rows; ++blk) sum += partials[blk * C * K + i];
         dweight[i] += sum;
     });
 }
