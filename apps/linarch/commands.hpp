@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include "model/language_model.hpp"
+#include "train/checkpoint.hpp"
 
 namespace linarch::cli {
 
@@ -21,8 +22,8 @@ void add_search_command(CLI::App& app);
 void add_report_command(CLI::App& app);
 
 // The checkpoint's model for inference on `device`: "cpu", or "cuda" (fp32 on the first GPU; without a
-// usable one, an error naming `command`).
+// usable one, an error naming `command`); the trainer's state too where `state` is given.
 std::unique_ptr<LanguageModel> load_model(const std::filesystem::path& checkpoint_dir, const std::string& device,
-                                          const std::string& command);
+                                          const std::string& command, TrainerState* state = nullptr);
 
 }  // namespace linarch::cli

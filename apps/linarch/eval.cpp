@@ -43,7 +43,7 @@ bool has(const std::vector<std::string>& suites, const char* suite) {
 
 void add_eval_command(CLI::App& app) {
     struct Options {
-        std::string checkpoint, suite = "all", corpus, json, plot;
+        std::string checkpoint, suite = "all", corpus, json, plot, device = "cpu";
         int64_t seq_len = 0;
         LossOptions loss;
         MqarOptions mqar;
@@ -82,6 +82,9 @@ void add_eval_command(CLI::App& app) {
                                              "instead of the table)");
     cmd->add_option("--plot", options->plot, "Write the loss-by-position curve as a PNG (extrapolation suite)");
     cmd->add_option("--threads", options->threads, "Threads (0 = one per core)");
+    cmd->add_option("--device", options->device, "Where the model runs: cpu, or cuda (fp32 on the first GPU)")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
+        ->capture_default_str();
     cmd->callback([options] {
         if (options->threads > 0) omp_set_num_threads(options->threads);
         const std::vector<std::string> suites = parse_suites(options->suite);
@@ -89,10 +92,9 @@ void add_eval_command(CLI::App& app) {
                       "eval --plot draws the extrapolation suite's curve: add extrapolation to --suite");
         const auto dir = resolve_checkpoint(options->checkpoint);
         const Spec spec = read_checkpoint_spec(dir);
-        LanguageModel model(spec.model);
         TrainerState state;
-        load_checkpoint(dir, model, nullptr, &state);
-        const ModelScorer scorer(model);
+        const auto model = load_model(dir, options->device, "linarch eval", &state);
+        const ModelScorer scorer(*model);
 
         EvalRun run;
         run.checkpoint = dir.string();

@@ -1,5 +1,5 @@
 #!/bin/bash
-# One device call for inference on the GPU (`linarch generate|serve --device cuda`): the CUDA inference,
+# One device call for inference on the GPU (`linarch generate|serve|eval --device cuda`): the CUDA inference,
 # softmax-attention (decode included) and strided-copy tests, compute-sanitizer memcheck on them, then the
 # CLI end to end — train a small model on synthetic data, generate from it on the CPU and on the GPU
 # (greedy: the same text), serve it from the GPU and ask over HTTP — and the decode speed of a ~125M Gated
@@ -29,6 +29,12 @@ for device in cpu cuda; do
   timeout 60 $L generate --checkpoint $R --prompt "the lord" --max-tokens 48 --temperature 0 --device $device > $OUT/generate_$device.txt 2>&1
 done
 cmp $OUT/generate_cpu.txt $OUT/generate_cuda.txt && echo "generate: cpu and cuda greedy texts are identical" | tee -a $OUT/cli.log
+for device in cpu cuda; do
+  timeout 120 $L eval --checkpoint $R --suite mqar --mqar-lengths 64,128 --mqar-pairs 4 --mqar-examples 64 \
+    --device $device --json $OUT/eval_$device.json > /dev/null 2>&1
+done
+python3 -c "import json,sys; a,b=(json.load(open(f'$OUT/eval_{d}.json')) for d in ('cpu','cuda')); \
+ra,rb=a['results'],b['results']; print('eval mqar cpu vs cuda:', [(x['metric'],x.get('seq_len'),x['value'],y['value']) for x,y in zip(ra,rb)])" | tee -a $OUT/cli.log
 (timeout 60 $L serve --checkpoint $R --port 18080 --device cuda > $OUT/serve.log 2>&1 &)
 sleep 4
 curl -s http://127.0.0.1:18080/v1/completions -H 'Content-Type: application/json' \

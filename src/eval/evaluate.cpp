@@ -21,12 +21,15 @@ void ModelScorer::score(std::span<const int32_t> tokens, Tensor& logits) const {
     const int64_t V = vocab_size();
     check_shape(logits, {T, V}, "ModelScorer: logits");
     auto state = model_.new_decode_state();
+    // The model's logits on its device; each piece's come to the host.
+    const Device device = model_.parameters().device();
     Tensor piece_logits;
     for (int64_t start = 0; start < T; start += piece_tokens_) {
         const int64_t n = std::min(piece_tokens_, T - start);
-        if (piece_logits.dim() == 0 || piece_logits.size(0) != n) piece_logits = Tensor::empty({n, V});
+        if (piece_logits.dim() == 0 || piece_logits.size(0) != n) piece_logits = Tensor::empty({n, V}, DType::f32, device);
         model_.step(state, tokens.subspan(static_cast<size_t>(start), static_cast<size_t>(n)), piece_logits);
-        std::copy_n(piece_logits.data<float>(), n * V, logits.data<float>() + start * V);
+        const Tensor host = piece_logits.to(Device::cpu);
+        std::copy_n(host.data<float>(), n * V, logits.data<float>() + start * V);
     }
 }
 

@@ -257,7 +257,7 @@ TEST_F(Cli, TrainOnCudaWithoutAGpuSaysSo) {
     EXPECT_NE(unknown.output.find("--device"), std::string::npos) << unknown.output;
 }
 
-TEST_F(Cli, GenerateAndServeOnCudaWithoutAGpuSaySo) {
+TEST_F(Cli, GenerateServeAndEvalOnCudaWithoutAGpuSaySo) {
     if (cuda::device_count() > 0) GTEST_SKIP() << "a GPU is present: " << cuda::describe_device();
     const auto run = dir / "run";
     ASSERT_EQ(run_command(train_args(run, {"--steps", "2"})).exit_code, 0);
@@ -268,6 +268,9 @@ TEST_F(Cli, GenerateAndServeOnCudaWithoutAGpuSaySo) {
     const auto serve = run_command({kCli, "serve", "--checkpoint", run.string(), "--port", "0", "--device", "cuda"});
     EXPECT_EQ(serve.exit_code, 1);
     EXPECT_NE(serve.output.find("linarch serve --device cuda needs a CUDA GPU"), std::string::npos) << serve.output;
+    const auto eval = run_command({kCli, "eval", "--checkpoint", run.string(), "--suite", "mqar", "--device", "cuda"});
+    EXPECT_EQ(eval.exit_code, 1);
+    EXPECT_NE(eval.output.find("linarch eval --device cuda needs a CUDA GPU"), std::string::npos) << eval.output;
 }
 
 TEST_F(Cli, DataPrepareErrors) {

@@ -1,9 +1,9 @@
-// Inference on the GPU (`linarch generate|serve --device cuda`): a CUDA copy of a model (fp32: the exact
+// Inference on the GPU (`linarch generate|serve|eval --device cuda`): a CUDA copy of a model (fp32: the exact
 // scans, the fp32 softmax kernels, the KV-cache decode kernel) gives the CPU model's logits through a
 // prefill and token-by-token decoding, for every preset but HLA (refused by name) at a test size; the
 // engine on the GPU draws the CPU engine's tokens for greedy, temperature (the fused GPU sampler), top-k
-// and penalised requests (whole rows on the host), with the same log-probabilities. Skipped (not passed)
-// where no GPU is usable.
+// and penalised requests (whole rows on the host), with the same log-probabilities; the evaluation's scorer
+// gives the CPU's logits over a sequence longer than its pieces. Skipped (not passed) where no GPU is usable.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +15,7 @@
 
 #include "core/error.hpp"
 #include "core/spec.hpp"
+#include "eval/evaluate.hpp"
 #include "infer/engine.hpp"
 #include "model/language_model.hpp"
 #include "support/gpu.hpp"
@@ -140,4 +141,18 @@ TEST(CudaInference, TheEngineOnTheGpuDrawsTheCpuTokens) {
             }
         }
     }
+}
+
+TEST(CudaInference, TheScorerOnTheGpuGivesTheCpuLogits) {
+    SKIP_WITHOUT_GPU();
+    LanguageModel cpu(preset_at_test_size("gated_deltanet_hybrid", "model.hybrid_every=2"));
+    cpu.initialize(4400);
+    const auto gpu = on_gpu(cpu);
+    std::vector<int32_t> tokens(150);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 37 + 11) % kVocab);
+    // Pieces of 64 tokens: the state carries across three of them.
+    Tensor expected = Tensor::empty({150, kVocab}, DType::f32), got = Tensor::empty({150, kVocab}, DType::f32);
+    ModelScorer(cpu, 64).score(tokens, expected);
+    ModelScorer(*gpu, 64).score(tokens, got);
+    EXPECT_LT(testkit::relative_error(got, expected), kLogitTolerance);
 }
