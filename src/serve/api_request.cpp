@@ -266,8 +266,11 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Re
     request.stream = boolean(body, "stream").value_or(false);
     request.n = integer_in(body, "n", 1, 1, kMaxChoices);
     if (chat) {
-        for (const char* key : {"best_of", "echo"})
-            if (field(body, key)) refuse(key, fmt::format("'{}' is a field of /v1/completions, not of chat completions", key));
+        // Not fields of OpenAI's chat API: their default values are accepted, anything else refused.
+        if (boolean(body, "echo").value_or(false))
+            refuse("echo", "'echo' is a field of /v1/completions, not of chat completions");
+        if (integer(body, "best_of").value_or(1) != 1)
+            refuse("best_of", "'best_of' is a field of /v1/completions, not of chat completions");
     } else {
         request.best_of = integer_in(body, "best_of", request.n, request.n, kMaxChoices);
         if (request.best_of > request.n && request.stream)

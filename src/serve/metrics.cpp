@@ -62,7 +62,7 @@ std::string ServerMetrics::prometheus() const {
     const auto metric = [&](const char* name, const char* type, const char* help, auto value) {
         out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, value);
     };
-    metric("linarch_requests_total", "counter", "Generation requests accepted.", received_);
+    metric("linarch_requests_total", "counter", "Engine requests accepted (each of a request's n choices or best_of candidates counts).", received_);
     metric("linarch_requests_rejected_total", "counter", "Requests answered with an error status.", rejected_);
     metric("linarch_requests_cancelled_total", "counter", "Requests cancelled because their client went away.",
            cancelled_);

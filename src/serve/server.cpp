@@ -154,8 +154,8 @@ void Server::generate(Endpoint endpoint, const httplib::Request& http_request, h
             refuse(response, ApiError(503, refused));
             return;
         }
+        metrics_.request_received();  // per engine request, as the finished and cancelled counts
     }
-    metrics_.request_received();
     if (!request.stream) {
         for (size_t c = 0; c < channels->size(); ++c) {
             while (const auto event = (*channels)[c]->next()) builder->add(int64_t(c), *event);
@@ -197,6 +197,7 @@ void Server::generate(Endpoint endpoint, const httplib::Request& http_request, h
                     }
                 failure = (*channels)[c]->error();
             }
+            if (failure.empty()) failure = "the request ended without a finish reason";
             const bool sent = builder->finished() ? send_all(builder->end())
                                                   : send(sse_event(error_object(ApiError(503, failure))));
             if (!builder->finished()) cancel_all();

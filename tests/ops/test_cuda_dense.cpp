@@ -107,7 +107,8 @@ TEST(CudaDense, EmbeddingGathersAndScattersRepeatedIds) {
 TEST(CudaDense, RmsNormForwardAndBackwardMatchF64) {
     SKIP_WITHOUT_GPU();
     uint64_t stream = 1200;
-    for (const auto& [N, D] : {std::pair<int64_t, int64_t>{37, 200}, {5, 1000}, {300, 64}}) {
+    // D = 130: not a multiple of 4, so the rows are read one column at a time.
+    for (const auto& [N, D] : {std::pair<int64_t, int64_t>{37, 200}, {5, 1000}, {300, 64}, {41, 130}}) {
         SCOPED_TRACE(::testing::Message() << "N=" << N << " D=" << D);
         const Tensor x = random_normal({N, D}, DType::f32, stream++, 2.0);
         const Tensor weight = testkit::random_uniform({D}, DType::f32, stream++, 0.5, 1.5);
@@ -243,6 +244,12 @@ TEST(CudaDense, NormScaleAndAdamWMatchF64) {
     const int64_t n = 1000003;  // more elements than the reduction's grid covers in one sweep
     const Tensor x = random_normal({n}, DType::f32, 1600);
     EXPECT_NEAR(ops::sum_squares(gpu(x)), ops::sum_squares(f64(x)), 1e-9 * ops::sum_squares(f64(x)));
+    // Several tensors in one call (the gradient norm): one synchronisation, the same sum.
+    const Tensor y = random_normal({777}, DType::f32, 1601), z = random_normal({5, 9}, DType::f32, 1602);
+    const Tensor gx = gpu(x), gy = gpu(y), gz = gpu(z);
+    const Tensor* all[] = {&gx, &gy, &gz};
+    const double expected = ops::sum_squares(f64(x)) + ops::sum_squares(f64(y)) + ops::sum_squares(f64(z));
+    EXPECT_NEAR(ops::sum_squares(all), expected, 1e-9 * expected);
     Tensor scaled = gpu(x), scaled_ref = f64(x);
     ops::scale_inplace(scaled, 0.37);
     ops::scale_inplace(scaled_ref, 0.37);

@@ -130,8 +130,9 @@ TEST(CudaMixerOps, ShortConvMatchesF64) {
     SKIP_WITHOUT_GPU();
     uint64_t stream = 3100;
     // Taps 1 to 8 (the kernels' compile-time cases); 29 tokens put sequence starts inside the kernels'
-    // 16-row stretches; 3 tokens is shorter than the taps.
-    for (const auto& [K, T] : {std::pair<int64_t, int64_t>{1, 29}, {3, 29}, {4, 29}, {8, 29}, {4, 3}}) {
+    // 16-row stretches; 3 tokens is shorter than the taps; 3 × 300 tokens span several blocks of rows,
+    // whose weight-gradient partials are then summed.
+    for (const auto& [K, T] : {std::pair<int64_t, int64_t>{1, 29}, {3, 29}, {4, 29}, {8, 29}, {4, 3}, {4, 300}}) {
         for (bool silu : {false, true}) {
             SCOPED_TRACE(::testing::Message() << "K=" << K << " T=" << T << " silu=" << silu);
             const int64_t B = 3, C = 70;

@@ -3,10 +3,11 @@
 // decay, a gate per key dimension (GLA), the delta rule and the gated delta rule — forward (o, each
 // sequence's final state) and backward (every gradient, each sequence's initial-state gradient) against the
 // CPU float64 chunkwise forms with the same cu_seqlens, on fresh random inputs whose sequences are 1, 63,
-// 130, 64 and 43 tokens long. Mixed precision (f32 tensors) takes the same path. Skipped (not passed)
+// 130, 64 and 43 tokens long; the gradients are added into nonzero ones. Mixed precision (f32 tensors) takes the same path. Skipped (not passed)
 // where no GPU is usable.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 
 #include "core/tensor.hpp"
 #include "ops/delta_rule.hpp"
+#include "ops/dense.hpp"
 #include "ops/linear_attention.hpp"
 #include "ops/precision.hpp"
 #include "support/gpu.hpp"
@@ -86,8 +88,9 @@ struct Placement {
 };
 
 // o, final_state, then dq, dk, dv, dinitial_state, dgate, dbeta (the last two where the member has them),
-// as f64 CPU tensors.
-std::vector<Tensor> run(const Member& m, const Inputs& in, const Placement& at, const std::vector<int64_t>& cu) {
+// as f64 CPU tensors. The gradients start from `priors` (f64, in that order) where given, else from zeros.
+std::vector<Tensor> run(const Member& m, const Inputs& in, const Placement& at, const std::vector<int64_t>& cu,
+                        const std::vector<Tensor>& priors = {}) {
     const Tensor q = at.put(in.q, true), k = at.put(in.k, true), v = at.put(in.v, true);
     const Tensor dout = at.put(in.dout, true), beta = at.put(in.beta, false), gate = at.put(in.gate, false);
     const Tensor s0 = at.put(in.initial_state, false), dsT = at.put(in.dfinal_state, false);
@@ -103,6 +106,13 @@ std::vector<Tensor> run(const Member& m, const Inputs& in, const Placement& at, 
                                                            : Tensor();
     Tensor dbeta = Tensor::zeros(beta.shape(), state_dtype, at.device);
     EXPECT_EQ(s0.size(0), sequences);
+    if (!priors.empty()) {
+        std::vector<Tensor*> grads = {&dq, &dk, &dv, &ds0};
+        if (dgate.defined()) grads.push_back(&dgate);
+        if (m.delta) grads.push_back(&dbeta);
+        EXPECT_EQ(priors.size(), grads.size());
+        for (size_t g = 0; g < grads.size(); ++g) grads[g]->copy_from(priors[g].to(grads[g]->dtype()).to(at.device));
+    }
     const double scale = 1.0 / 8;
     if (m.delta) {
         ops::DeltaRuleArgs args;
@@ -128,6 +138,14 @@ std::vector<Tensor> run(const Member& m, const Inputs& in, const Placement& at, 
     return out;
 }
 
+// a − b, in float64 on the CPU.
+Tensor minus(const Tensor& a, const Tensor& b) {
+    std::vector<double> difference = a.to_vector();
+    const std::vector<double> subtrahend = b.to_vector();
+    for (size_t n = 0; n < difference.size(); ++n) difference[n] -= subtrahend[n];
+    return Tensor::from_vector(a.shape(), difference, DType::f64);
+}
+
 const char* kNames[] = {"o", "final_state", "dq", "dk", "dv", "dinitial_state", "dgate or dbeta", "dbeta"};
 
 }  // namespace
@@ -140,10 +158,20 @@ TEST(CudaPackedSequences, EveryMemberMatchesF64BothWays) {
         const Inputs in(m, stream);
         stream += 10;
         const std::vector<Tensor> ref = run(m, in, {Device::cpu, DType::f64}, kCuSeqlens);
-        const std::vector<Tensor> got = run(m, in, {Device::cuda, DType::bf16}, kCuSeqlens);
+        // The GPU's gradients start from random values of the reference gradients' size (bf16 ones rounded
+        // to bf16): what was added must be the gradient (one that overwrote would miss by ~100%).
+        std::vector<Tensor> priors;
+        for (size_t n = 2; n < ref.size(); ++n) {
+            const double rms = std::sqrt(ops::sum_squares(ref[n]) / double(ref[n].numel()));
+            const DType rounding = n < 5 ? DType::bf16 : DType::f32;
+            priors.push_back(testkit::random_normal(ref[n].shape(), rounding, stream + 100 + n, rms).to(DType::f64));
+        }
+        const std::vector<Tensor> got = run(m, in, {Device::cuda, DType::bf16}, kCuSeqlens, priors);
         ASSERT_EQ(got.size(), ref.size());
-        for (size_t n = 0; n < ref.size(); ++n)
-            EXPECT_LT(relative_error(got[n], ref[n]), kTolerance) << kNames[n];
+        for (size_t n = 0; n < ref.size(); ++n) {
+            const Tensor added = n < 2 ? got[n] : minus(got[n], priors[n - 2]);
+            EXPECT_LT(relative_error(added, ref[n]), kTolerance) << kNames[n];
+        }
     }
 }
 

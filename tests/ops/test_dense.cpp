@@ -444,6 +444,10 @@ TEST(Elementwise, AddSumSquaresAndScaleMatchDefinitions) {
         double expected = 0;
         for (int64_t i = 0; i < x.numel(); ++i) expected += x.flat(i) * x.flat(i);
         EXPECT_NEAR(ops::sum_squares(x), expected, 1e-12 * expected);
+        // Of several tensors at once: the sum of theirs.
+        const Tensor x2 = random_normal({17}, dtype, 505);
+        const Tensor* both[] = {&x, &x2};
+        EXPECT_EQ(ops::sum_squares(both), ops::sum_squares(x) + ops::sum_squares(x2));
 
         const double factor = testkit::random_uniform({1}, DType::f64, 504, 0.1, 2.0).flat(0);
         Tensor y = x.clone();

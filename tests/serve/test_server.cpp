@@ -243,9 +243,16 @@ TEST_F(ServerTest, SeveralChoicesBestOfAndEchoFollowOpenAI) {
     const StreamReply stream = http_stream(port, "/v1/completions", body.dump());
     ASSERT_TRUE(stream.done);
     std::vector<std::string> texts(3);
+    std::vector<int> finishes(3);
     for (const json& chunk : stream.chunks)
-        for (const json& choice : chunk["choices"]) texts.at(choice["index"].get<size_t>()) += choice["text"];
-    for (int i = 0; i < 3; ++i) EXPECT_EQ(texts[size_t(i)], singles[size_t(i)]) << i;
+        for (const json& choice : chunk["choices"]) {
+            texts.at(choice["index"].get<size_t>()) += choice["text"];
+            finishes.at(choice["index"].get<size_t>()) += choice["finish_reason"].is_null() ? 0 : 1;
+        }
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(texts[size_t(i)], singles[size_t(i)]) << i;
+        EXPECT_EQ(finishes[size_t(i)], 1) << i;
+    }
     // best_of = 3: the candidate with the highest mean log-probability per token, every candidate's tokens
     // in the usage, and no logprobs unless asked.
     body = completion_body(c, false);
@@ -272,7 +279,12 @@ TEST_F(ServerTest, SeveralChoicesBestOfAndEchoFollowOpenAI) {
     EXPECT_EQ(echoed.chunks.at(0)["choices"][0]["text"], c.prompt);
     EXPECT_EQ(streamed_text(echoed.chunks), c.prompt + singles[0]);
     // Chat: two choices, each an assistant message.
-    const json chat = complete({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 6}, {"n", 2}},
+    // (echo and best_of are not chat fields; their default values are accepted.)
+    const json chat = complete({{"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                                {"max_tokens", 6},
+                                {"n", 2},
+                                {"echo", false},
+                                {"best_of", 1}},
                                "/v1/chat/completions");
     ASSERT_EQ(chat["choices"].size(), 2u);
     for (int i = 0; i < 2; ++i) {

@@ -383,10 +383,14 @@ void move_rows(void* dst, const void* src, const int64_t* rows, int64_t count, i
         move_rows_kernel<<<blocks_for(count * words), kThreads, 0, cudaStreamPerThread>>>(
             static_cast<Word*>(dst), static_cast<const Word*>(src), rows, count, words, gather);
     };
-    const bool aligned = reinterpret_cast<uintptr_t>(dst) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
-    if (row_bytes % 16 == 0 && aligned) launch(uint4{});
-    else if (row_bytes % 4 == 0) launch(uint32_t{});
-    else if (row_bytes % 2 == 0) launch(uint16_t{});
+    // The widest word that divides the rows and both addresses.
+    const auto fits = [&](int64_t word) {
+        return row_bytes % word == 0 && reinterpret_cast<uintptr_t>(dst) % word == 0 &&
+               reinterpret_cast<uintptr_t>(src) % word == 0;
+    };
+    if (fits(16)) launch(uint4{});
+    else if (fits(4)) launch(uint32_t{});
+    else if (fits(2)) launch(uint16_t{});
     else launch(uint8_t{});
     check_launch(gather ? "gather_rows" : "scatter_rows");
 }

@@ -36,13 +36,14 @@ struct Params {
     const double* forget_cumsum;  // F [tokens,H] or null
 };
 
-// The (sequence, head) pair of this block: blockIdx.y = sequence · H + head.
+// The (sequence, head) pair of this block: blockIdx.x = sequence · H + head (x: packed batches of many short
+// sequences can hold more pairs than a grid's y dimension); blockIdx.y is the block of queries or keys.
 struct Slice {
     int64_t start, length, head;
     float slope;
     __device__ explicit Slice(const Params& p) {
-        const int64_t sequence = blockIdx.y / p.heads;
-        head = blockIdx.y % p.heads;
+        const int64_t sequence = blockIdx.x / p.heads;
+        head = blockIdx.x % p.heads;
         start = p.starts[sequence];
         length = p.starts[sequence + 1] - start;
         slope = p.alibi_slopes ? p.alibi_slopes[head] : 0.f;
@@ -166,7 +167,7 @@ __global__ void __launch_bounds__(kThreads)
                              float* logsumexp) {
     extern __shared__ float shared[];
     const Slice s(p);
-    const int64_t i0 = int64_t(blockIdx.x) * kBlock;
+    const int64_t i0 = int64_t(blockIdx.y) * kBlock;
     if (i0 >= s.length) return;
     float* queries = shared;
     float* keys = queries + tile_floats(p.key_dim);
@@ -281,7 +282,7 @@ __global__ void __launch_bounds__(kThreads)
                                    float* key_forget_total) {
     extern __shared__ float shared[];
     const Slice s(p);
-    const int64_t j0 = int64_t(blockIdx.x) * kBlock;
+    const int64_t j0 = int64_t(blockIdx.y) * kBlock;
     if (j0 >= s.length) return;
     float* keys = shared;
     float* values = keys + tile_floats(p.key_dim);
@@ -355,7 +356,7 @@ __global__ void __launch_bounds__(kThreads)
                                       float* query_forget_total) {
     extern __shared__ float shared[];
     const Slice s(p);
-    const int64_t i0 = int64_t(blockIdx.x) * kBlock;
+    const int64_t i0 = int64_t(blockIdx.y) * kBlock;
     if (i0 >= s.length) return;
     float* queries = shared;
     float* douts = queries + tile_floats(p.key_dim);
@@ -545,7 +546,12 @@ struct Problem {
             check_launch("forget_cumsum_kernel");
         }
     }
-    dim3 grid() const { return dim3(unsigned((max_length + kBlock - 1) / kBlock), unsigned(sequences * params.heads)); }
+    dim3 grid() const {
+        const int64_t blocks = (max_length + kBlock - 1) / kBlock;
+        LINARCH_CHECK(blocks <= 65535, "softmax_attention: a sequence of {} tokens exceeds the grid ({} at most)",
+                      max_length, 65535 * kBlock);
+        return dim3(unsigned(sequences * params.heads), unsigned(blocks));
+    }
 };
 
 }  // namespace
