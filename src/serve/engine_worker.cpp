@@ -26,6 +26,20 @@ std::optional<TokenEvent> RequestChannel::next() {
     return event;
 }
 
+std::optional<TokenEvent> RequestChannel::next_within(std::chrono::milliseconds wait) {
+    std::unique_lock lock(mutex_);
+    changed_.wait_for(lock, wait, [&] { return !events_.empty() || closed_; });
+    if (events_.empty()) return std::nullopt;
+    TokenEvent event = std::move(events_.front());
+    events_.pop_front();
+    return event;
+}
+
+bool RequestChannel::ended() const {
+    std::lock_guard lock(mutex_);
+    return closed_ && events_.empty();
+}
+
 std::string RequestChannel::error() const {
     std::lock_guard lock(mutex_);
     return error_;

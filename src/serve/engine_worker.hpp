@@ -4,6 +4,7 @@
 // sleeps while the engine is idle and the inbox empty; otherwise it drains the inbox, runs one
 // engine step (all running requests decode together) and hands the events to their channels.
 #pragma once
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -29,6 +30,10 @@ public:
     // Blocks for the next token event; nullopt once the request has ended (error() says why when it
     // ended without a finish reason: refused, engine failure, shutdown; "" after a cancellation).
     std::optional<TokenEvent> next();
+    // The same, waiting at most `wait`: an event, or nullopt with ended() telling an ended request from a
+    // quiet one (for a handler that reads several channels in turn).
+    std::optional<TokenEvent> next_within(std::chrono::milliseconds wait);
+    bool ended() const;
     std::string error() const;
 
 private:

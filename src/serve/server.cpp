@@ -3,12 +3,19 @@
 #include <httplib.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <random>
 
 #include "serve/api_response.hpp"
 
 namespace linarch {
+
+namespace {
+// How long a stream of several choices waits on one before looking at the others again.
+constexpr std::chrono::milliseconds kStreamPoll{2};
+}  // namespace
 
 namespace {
 using json = ResponseJson;
@@ -187,15 +194,40 @@ void Server::generate(Endpoint endpoint, const httplib::Request& http_request, h
                 cancel_all();
                 return false;
             }
-            // Choice by choice: the later ones' events wait in their channels meanwhile.
+            // The choices' events as they come: a round takes one ready event of each running choice;
+            // a round that found none waits briefly on the first running one (each choice is its own engine
+            // request, decoded in the same batch: they stream side by side).
             std::string failure;
-            for (size_t c = 0; c < channels->size() && failure.empty(); ++c) {
-                while (const auto event = (*channels)[c]->next())
-                    if (!send_all(builder->add(int64_t(c), *event))) {
+            std::vector<bool> running(channels->size(), true);
+            size_t left = channels->size();
+            // Choice c's next event within `wait`: sent (true), or none; false when the client is gone.
+            const auto take = [&](size_t c, std::chrono::milliseconds wait, bool& took) {
+                RequestChannel& channel = *(*channels)[c];
+                if (const auto event = channel.next_within(wait)) {
+                    took = true;
+                    return send_all(builder->add(int64_t(c), *event));
+                }
+                if (channel.ended()) {
+                    running[c] = false;
+                    --left;
+                    failure = channel.error();
+                }
+                return true;
+            };
+            while (left > 0 && failure.empty()) {
+                bool took = false;
+                for (size_t c = 0; c < channels->size() && failure.empty(); ++c)
+                    if (running[c] && !take(c, std::chrono::milliseconds(0), took)) {
                         cancel_all();
                         return false;
                     }
-                failure = (*channels)[c]->error();
+                if (took || left == 0 || !failure.empty()) continue;
+                // With one choice left there is nothing else to look at: wait for it (a day stands for ever).
+                const auto first = size_t(std::find(running.begin(), running.end(), true) - running.begin());
+                if (!take(first, left == 1 ? std::chrono::hours(24) : kStreamPoll, took)) {
+                    cancel_all();
+                    return false;
+                }
             }
             if (failure.empty()) failure = "the request ended without a finish reason";
             const bool sent = builder->finished() ? send_all(builder->end())

@@ -253,6 +253,16 @@ TEST_F(ServerTest, SeveralChoicesBestOfAndEchoFollowOpenAI) {
         EXPECT_EQ(texts[size_t(i)], singles[size_t(i)]) << i;
         EXPECT_EQ(finishes[size_t(i)], 1) << i;
     }
+    // Side by side, not one choice after another: some chunk comes after a chunk of a later choice.
+    bool interleaved = false;
+    int64_t latest = -1;
+    for (const json& chunk : stream.chunks)
+        for (const json& choice : chunk["choices"]) {
+            const auto index = choice["index"].get<int64_t>();
+            interleaved = interleaved || index < latest;
+            latest = std::max(latest, index);
+        }
+    EXPECT_TRUE(interleaved);
     // best_of = 3: the candidate with the highest mean log-probability per token, every candidate's tokens
     // in the usage, and no logprobs unless asked.
     body = completion_body(c, false);
