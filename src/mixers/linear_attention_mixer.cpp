@@ -6,6 +6,7 @@
 
 #include "core/rng.hpp"
 #include "ops/dense.hpp"
+#include "ops/recurrent_step.hpp"
 #include "ops/rotary.hpp"
 
 namespace linarch {
@@ -524,6 +525,27 @@ void LinearAttentionMixer::step_sequences(Tensor& out, const Tensor& x, std::spa
         unstack_states(states, &MixerState::key_moment, next.key_moment);
         unstack_states(states, &MixerState::attention, next.query_value_moment);
         if (next.correction.defined()) unstack_states(states, &MixerState::correction, next.correction);
+    } else if (n == 1 && device_ == Device::cuda && !(delta_ && decay_ == "vector") &&
+               ops::recurrent_step_takes(device_, key_dim_, value_dim_)) {
+        // One token per sequence on the GPU: the decode step kernel updates the stacked states in place, in
+        // one launch (the recurrent form would run the exact scan's several).
+        Tensor state = stack_states(states, &MixerState::attention);
+        const auto per_head = [&](const Tensor& t, int64_t width) { return t.contiguous().view({G, heads_, width}); };
+        Tensor o = a.o.view({G, heads_, value_dim_});
+        const Tensor q = per_head(a.rotated[0], key_dim_), k = per_head(a.rotated[1], key_dim_);
+        const Tensor v = per_head(a.convolved[2], value_dim_);
+        Tensor gate;
+        if (a.log_gate.defined()) {
+            gate = decay_ == "vector" ? a.log_gate.view({G, heads_, key_dim_}) : a.log_gate.view({G, heads_});
+        } else if (args_.log_decay.defined()) {  // the fixed decay as the gate it equals
+            gate = Tensor::empty({G, heads_}, dtype_, device_);
+            for (int64_t g = 0; g < G; ++g) gate.narrow(0, g, 1).copy_from(args_.log_decay.view({1, heads_}));
+        }
+        if (delta_)
+            ops::delta_rule_step(o, state, q, k, v, a.beta.view({G, heads_}), gate, args_.scale);
+        else
+            ops::linear_attention_step(o, state, q, k, v, gate, args_.scale);
+        unstack_states(states, &MixerState::attention, state);
     } else {
         const Tensor current = stack_states(states, &MixerState::attention);
         Tensor next_state = Tensor::empty(current.shape(), dtype_, device_);

@@ -96,6 +96,16 @@ void run_cuda(const char* op, Tensor& o, Tensor& state, const Tensor& q, const T
 
 }  // namespace
 
+bool recurrent_step_takes(Device device, int64_t key_dim, int64_t value_dim) {
+    if (device == Device::cpu) return true;
+#if LINARCH_HAS_CUDA
+    return cuda::recurrent_step_supports(key_dim, value_dim);
+#else
+    (void)key_dim, (void)value_dim;
+    return false;
+#endif
+}
+
 void linear_attention_step(Tensor& o, Tensor& state, const Tensor& q, const Tensor& k, const Tensor& v,
                            const Tensor& log_gate, double scale) {
     const char* op = "linear_attention_step";

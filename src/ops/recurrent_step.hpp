@@ -14,6 +14,10 @@
 
 namespace linarch::ops {
 
+// Whether the step ops take heads of this size on this device: any on the CPU; on CUDA, what the kernel is
+// built for.
+bool recurrent_step_takes(Device device, int64_t key_dim, int64_t value_dim);
+
 void linear_attention_step(Tensor& o, Tensor& state, const Tensor& q, const Tensor& k, const Tensor& v,
                            const Tensor& log_gate, double scale);
 void delta_rule_step(Tensor& o, Tensor& state, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,

@@ -1,9 +1,10 @@
-// Inference on the GPU (`linarch generate|serve|eval --device cuda`): a CUDA copy of a model (fp32: the exact
-// scans, the fp32 softmax kernels, the KV-cache decode kernel) gives the CPU model's logits through a
-// prefill and token-by-token decoding, for every preset but HLA (refused by name) at a test size; the
-// engine on the GPU draws the CPU engine's tokens for greedy, temperature (the fused GPU sampler), top-k
-// and penalised requests (whole rows on the host), with the same log-probabilities; the evaluation's scorer
-// gives the CPU's logits over a sequence longer than its pieces. Skipped (not passed) where no GPU is usable.
+// Inference on the GPU (`linarch generate|serve|eval --device cuda`). A CUDA copy of a model in fp32 (the
+// exact scans or, for heads of 64 or 128, the recurrent step kernels; the fp32 softmax kernels and the
+// KV-cache decode kernel) gives the CPU model's logits through a prefill and token-by-token decoding, for
+// every preset but HLA (refused by name) at a test size. The engine on the GPU draws the CPU engine's
+// tokens for greedy, temperature (the fused GPU sampler), top-k and penalised requests (whole rows on the
+// host), with the same log-probabilities; the evaluation's scorer gives the CPU's logits over a sequence
+// longer than its pieces. Skipped (not passed) where no GPU is usable.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -63,7 +64,11 @@ TEST(CudaInference, PrefillAndDecodeGiveTheCpuLogitsForEveryPreset) {
     const std::vector<std::pair<std::string, std::string>> presets = {
         {"linear_attention", ""}, {"retnet", ""}, {"gla", ""},   {"deltanet", ""},
         {"gated_deltanet", ""},   {"mamba2", ""}, {"hgrn2", ""}, {"gated_deltanet", "model.mixer.rotation=rope"},
-        {"fox", ""},              {"gated_attention", ""},       {"gated_deltanet_hybrid", "model.hybrid_every=2"}};
+        {"fox", ""},              {"gated_attention", ""},       {"gated_deltanet_hybrid", "model.hybrid_every=2"},
+        // Heads of 64: decoding takes the recurrent step kernels (the others take the exact scans).
+        {"linear_attention", "model.head_dim=64"}, {"retnet", "model.head_dim=64"}, {"gla", "model.head_dim=64"},
+        {"deltanet", "model.head_dim=64"},         {"gated_deltanet", "model.head_dim=64"},
+        {"hgrn2", "model.head_dim=64"}};
     uint64_t stream = 4100;
     for (const auto& [preset, extra] : presets) {
         SCOPED_TRACE(preset + " " + extra);
