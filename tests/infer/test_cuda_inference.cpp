@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -20,6 +19,7 @@
 #include "infer/engine.hpp"
 #include "model/language_model.hpp"
 #include "support/gpu.hpp"
+#include "support/models.hpp"
 #include "support/testkit.hpp"
 
 using namespace linarch;
@@ -30,16 +30,11 @@ namespace {
 constexpr double kLogitTolerance = 1e-4;
 constexpr int64_t kVocab = 64;
 
-std::string source_dir() {
-    const char* moved = std::getenv("LINARCH_SOURCE_DIR");
-    return moved ? moved : LINARCH_SOURCE_DIR;
-}
-
 ModelSpec preset_at_test_size(const std::string& preset, const std::string& extra = "") {
     std::vector<std::string> overrides = {"model.d_model=64", "model.n_layers=2", "model.n_heads=2",
                                           "model.head_dim=32", "model.vocab_size=64"};
     if (!extra.empty()) overrides.push_back(extra);
-    return load_spec(source_dir() + "/configs/presets/" + preset + ".toml", overrides).model;
+    return testkit::load_preset(preset, overrides).model;
 }
 
 // The CPU model's parameters on a new GPU model.

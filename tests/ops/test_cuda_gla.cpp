@@ -18,6 +18,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::minus;
 
 namespace {
 
@@ -171,12 +172,6 @@ namespace {
 struct Grads {
     Tensor dq, dk, dv, dlog_gate, dinitial_state;  // on the CPU, f64
 };
-
-Tensor minus(const Tensor& a, const Tensor& b) {
-    std::vector<double> x = a.to_vector(), y = b.to_vector();
-    for (size_t i = 0; i < x.size(); ++i) x[i] -= y[i];
-    return Tensor::from_vector(a.shape(), x);
-}
 
 Grads run_cuda_backward(const Problem& p, const Inputs& in, const Tensor& dout, const Tensor& dfinal, double scale) {
     ops::LinearAttentionArgs args;

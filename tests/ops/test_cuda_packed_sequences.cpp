@@ -22,6 +22,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::minus;
 using testkit::relative_error;
 
 namespace {
@@ -136,14 +137,6 @@ std::vector<Tensor> run(const Member& m, const Inputs& in, const Placement& at, 
     if (m.delta) out.push_back(dbeta);
     for (Tensor& t : out) t = t.to(Device::cpu).to(DType::f64);
     return out;
-}
-
-// a − b, in float64 on the CPU.
-Tensor minus(const Tensor& a, const Tensor& b) {
-    std::vector<double> difference = a.to_vector();
-    const std::vector<double> subtrahend = b.to_vector();
-    for (size_t n = 0; n < difference.size(); ++n) difference[n] -= subtrahend[n];
-    return Tensor::from_vector(a.shape(), difference, DType::f64);
 }
 
 const char* kNames[] = {"o", "final_state", "dq", "dk", "dv", "dinitial_state", "dgate or dbeta", "dbeta"};

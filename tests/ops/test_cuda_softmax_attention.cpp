@@ -18,6 +18,7 @@
 #include "support/testkit.hpp"
 
 using namespace linarch;
+using testkit::minus;
 using testkit::relative_error;
 
 namespace {
@@ -51,14 +52,6 @@ ops::SoftmaxAttentionArgs on_gpu(const ops::SoftmaxAttentionArgs& args) {
     if (args.alibi_slopes.defined()) out.alibi_slopes = args.alibi_slopes.to(DType::f32).to(Device::cuda);
     if (args.log_forget.defined()) out.log_forget = args.log_forget.to(DType::f32).to(Device::cuda);
     return out;
-}
-
-// a − b, in float64 on the CPU.
-Tensor minus(const Tensor& a, const Tensor& b) {
-    std::vector<double> difference = a.to_vector();
-    const std::vector<double> subtrahend = b.to_vector();
-    for (size_t n = 0; n < difference.size(); ++n) difference[n] -= subtrahend[n];
-    return Tensor::from_vector(a.shape(), difference, DType::f64);
 }
 
 Tensor gpu(const Tensor& t) { return t.to(DType::f32).to(Device::cuda); }

@@ -1,5 +1,7 @@
 #include "support/models.hpp"
 
+#include <cstdlib>
+
 namespace linarch::testkit {
 
 ModelSpec tiny_language_model(const std::vector<std::string>& overrides) {
@@ -21,6 +23,12 @@ qk_norm = "l2"
 )",
                       "tiny test model", overrides)
         .model;
+}
+
+Spec load_preset(const std::string& preset, const std::vector<std::string>& overrides) {
+    const char* moved = std::getenv("LINARCH_SOURCE_DIR");
+    const std::string source = moved ? moved : LINARCH_SOURCE_DIR;
+    return load_spec(source + "/configs/presets/" + preset + ".toml", overrides);
 }
 
 }  // namespace linarch::testkit

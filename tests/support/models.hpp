@@ -11,4 +11,8 @@ namespace linarch::testkit {
 // linear mixer, a short conv and small chunks; `overrides` are --set style ("model.hybrid_every=2").
 ModelSpec tiny_language_model(const std::vector<std::string>& overrides = {});
 
+// configs/presets/<preset>.toml of the checkout (or of $LINARCH_SOURCE_DIR, where a test binary was copied
+// to another machine: the GPU runs), with --set style overrides.
+Spec load_preset(const std::string& preset, const std::vector<std::string>& overrides);
+
 }  // namespace linarch::testkit

@@ -62,6 +62,14 @@ std::vector<int32_t> random_ids(int64_t count, int32_t n, uint64_t stream) {
     return ids;
 }
 
+Tensor minus(const Tensor& a, const Tensor& b) {
+    LINARCH_CHECK(a.shape() == b.shape(), "minus: shapes {} and {}", shape_string(a.shape()), shape_string(b.shape()));
+    std::vector<double> difference = a.to_vector();
+    const std::vector<double> subtrahend = b.to_vector();
+    for (size_t n = 0; n < difference.size(); ++n) difference[n] -= subtrahend[n];
+    return Tensor::from_vector(a.shape(), difference, DType::f64);
+}
+
 double relative_error(const Tensor& out, const Tensor& ref) {
     LINARCH_CHECK(out.shape() == ref.shape(), "relative_error: shapes {} and {}", shape_string(out.shape()),
                   shape_string(ref.shape()));

@@ -27,6 +27,9 @@ std::vector<int32_t> random_ids(int64_t count, int32_t n, uint64_t stream);
 // ‖out − ref‖ / ‖ref‖ over all elements, in double; shapes must match.
 double relative_error(const Tensor& out, const Tensor& ref);
 
+// a − b element by element, in float64 on the CPU (what a backward added into nonzero gradients).
+Tensor minus(const Tensor& a, const Tensor& b);
+
 // Entries of a CPU tensor that are NaN or ±inf.
 int64_t count_non_finite(const Tensor& t);
 

@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -19,6 +18,7 @@
 #include "core/error.hpp"
 #include "core/spec.hpp"
 #include "support/gpu.hpp"
+#include "support/models.hpp"
 #include "support/process.hpp"
 #include "support/testkit.hpp"
 #include "train/trainer.hpp"
@@ -31,13 +31,6 @@ namespace {
 constexpr double kLossTolerance = 1e-3;
 constexpr int64_t kSteps = 50;
 
-// The checkout the presets come from: the build's, or $LINARCH_SOURCE_DIR where the test binary was
-// copied to another machine (the GPU runs).
-std::string source_dir() {
-    const char* moved = std::getenv("LINARCH_SOURCE_DIR");
-    return moved ? moved : LINARCH_SOURCE_DIR;
-}
-
 // lr 1e-3: at 3e-3 HGRN2's run leaves a loss plateau near step 25, where rounding decides the path: two
 // chunk sizes on the CPU alone (exact forms, different sums) end 2.2e-3 apart; at 1e-3, 5e-8 apart.
 Spec preset_at_test_size(const std::string& preset, const std::string& extra = "") {
@@ -48,7 +41,7 @@ Spec preset_at_test_size(const std::string& preset, const std::string& extra = "
         "optim.warmup_steps=10", "run.steps=" + std::to_string(kSteps), "run.eval_every=0", "run.checkpoint_every=0",
         "run.eval_batches=2",  "run.log_every=1000"};
     if (!extra.empty()) overrides.push_back(extra);
-    return load_spec(source_dir() + "/configs/presets/" + preset + ".toml", overrides);
+    return testkit::load_preset(preset, overrides);
 }
 
 // The training losses of metrics.jsonl, in step order.
