@@ -1,7 +1,7 @@
 // Inference on the GPU (`linarch generate|serve|eval --device cuda`). A CUDA copy of a model in fp32 (the
 // exact scans or, for heads of 64 or 128, the recurrent step kernels; the fp32 softmax kernels and the
-// KV-cache decode kernel) gives the CPU model's logits through a prefill and token-by-token decoding, for
-// every preset but HLA (refused by name) at a test size. The engine on the GPU draws the CPU engine's
+// KV-cache decode kernel; HLA's fp32 chunkwise kernels) gives the CPU model's logits through a prefill and
+// token-by-token decoding, for every preset at a test size. The engine on the GPU draws the CPU engine's
 // tokens for greedy, temperature (the fused GPU sampler), top-k and penalised requests (whole rows on the
 // host), with the same log-probabilities; the evaluation's scorer gives the CPU's logits over a sequence
 // longer than its pieces. Skipped (not passed) where no GPU is usable.
@@ -60,6 +60,7 @@ TEST(CudaInference, PrefillAndDecodeGiveTheCpuLogitsForEveryPreset) {
         {"linear_attention", ""}, {"retnet", ""}, {"gla", ""},   {"deltanet", ""},
         {"gated_deltanet", ""},   {"mamba2", ""}, {"hgrn2", ""}, {"gated_deltanet", "model.mixer.rotation=rope"},
         {"fox", ""},              {"gated_attention", ""},       {"gated_deltanet_hybrid", "model.hybrid_every=2"},
+        {"hla", ""},              {"hla", "model.mixer.hla_masked=false"}, {"hla", "model.mixer.decay=scalar"},
         // Heads of 64: decoding takes the recurrent step kernels (the others take the exact scans).
         {"linear_attention", "model.head_dim=64"}, {"retnet", "model.head_dim=64"}, {"gla", "model.head_dim=64"},
         {"deltanet", "model.head_dim=64"},         {"gated_deltanet", "model.head_dim=64"},
@@ -88,16 +89,6 @@ TEST(CudaInference, PrefillAndDecodeGiveTheCpuLogitsForEveryPreset) {
         }
         EXPECT_LT(worst, kLogitTolerance);
     }
-}
-
-TEST(CudaInference, HlaIsRefusedByName) {
-    SKIP_WITHOUT_GPU();
-    LanguageModel cpu(preset_at_test_size("hla"));
-    cpu.initialize(4200);
-    const auto gpu = on_gpu(cpu);
-    auto state = gpu->new_decode_state();
-    Tensor logits = Tensor::empty({1, kVocab}, DType::f32, Device::cuda);
-    testkit::expect_error([&] { gpu->step(state, 3, logits); }, {"higher_order_attention", "cuda"});
 }
 
 TEST(CudaInference, TheEngineOnTheGpuDrawsTheCpuTokens) {

@@ -1,8 +1,8 @@
 // `linarch train --device cuda` in fp32 against the same run on the CPU: the presets (each at a test-sized
 // width) train 50 steps on MQAR on both devices from the same
 // initialisation and data, and each step's loss must agree within 1e-3 relative (issue 6's fp32-mode
-// criterion); the validation at the end too, and a GPU run's checkpoint resumes on the CPU. HLA has no CUDA
-// kernels yet. Skipped (not passed) where no GPU is usable.
+// criterion); the validation at the end too, and a GPU run's checkpoint resumes on the CPU. Skipped (not
+// passed) where no GPU is usable.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -63,7 +63,7 @@ TEST(CudaTraining, Fp32RunsMatchTheCpuLossesOfEveryPreset) {
     const std::vector<std::pair<std::string, std::string>> runs = {
         {"linear_attention", ""}, {"retnet", ""},  {"gla", ""},   {"deltanet", ""}, {"gated_deltanet", ""},
         {"mamba2", ""},           {"hgrn2", ""},   {"gated_deltanet", "model.mixer.rotation=rope"},
-        {"fox", ""},              {"gated_attention", ""},
+        {"fox", ""},              {"gated_attention", ""}, {"hla", ""}, {"hla", "model.mixer.decay=scalar"},
         // At two layers the hybrid's softmax layer is the second.
         {"gated_deltanet_hybrid", "model.hybrid_every=2"}};
     for (const auto& [preset, extra] : runs) {
