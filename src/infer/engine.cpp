@@ -79,13 +79,6 @@ Tensor gather_rows(const Tensor& hidden, const std::vector<size_t>& rows) {
 
 // Logits on the host in f32, for the samplers that need whole rows.
 Tensor host_rows(const Tensor& logits) { return logits.to(Device::cpu).to(DType::f32); }
-
-// Whether the fused LM-head sampler takes these options on this device: on the GPU it draws with a
-// temperature (or greedily) but has no top-k, top-p or min-p.
-bool fused_sampler_takes(const SamplingOptions& options, Device device) {
-    return device == Device::cpu || options.temperature == 0 ||
-           (options.top_k == 0 && options.top_p == 1 && options.min_p == 0);
-}
 }  // namespace
 
 std::vector<TokenEvent> Engine::draw_active(const Tensor& hidden) {
@@ -100,8 +93,7 @@ std::vector<TokenEvent> Engine::draw_active(const Tensor& hidden) {
     std::vector<std::pair<SamplingOptions, std::vector<size_t>>> fused;
     for (size_t b = 0; b < n; ++b) {
         const GenerationRequest& request = active_[b].request;
-        if (request.sampling.penalized() || request.top_logprobs > 0 ||
-            !fused_sampler_takes(request.sampling, hidden.device())) {
+        if (request.sampling.penalized() || request.top_logprobs > 0) {
             plain.push_back(b);
             continue;
         }

@@ -1,6 +1,6 @@
 // Entry point of the fused LM head + sampler: check tensors, options and streams, then dispatch on
-// the dtype to the CPU backend, or for CUDA tensors to the CUDA one (backend/cuda/lm_head_sample.hpp:
-// temperature and greedy modes), and advance the streams.
+// the dtype to the CPU backend, or for CUDA tensors to the CUDA one (backend/cuda/lm_head_sample.hpp),
+// and advance the streams.
 #include "ops/fused_sampling.hpp"
 
 #include <limits>
@@ -44,11 +44,11 @@ void check_cuda_operand(const char* op, const char* name, const Tensor& t, DType
     LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
 }
 
-// hidden [B,D] and weight [V,D] bf16 (or both f32) on the GPU, logprobs [B] f32 on the GPU: temperature and
-// greedy draws. Top-k, top-p and min-p have no CUDA implementation yet (they are ignored at T = 0, as on
-// the CPU); the tiling does not apply (the CUDA path cuts the vocabulary its own way, same draws).
+// hidden [B,D] and weight [V,D] bf16 (or both f32) on the GPU, logprobs [B] f32 on the GPU: every mode of
+// the CPU op, the same draws for the same logits; the tiling does not apply (the CUDA path cuts the
+// vocabulary its own way).
 void lm_head_sample_cuda(std::span<int32_t> tokens, Tensor* logprobs, const Tensor& hidden, const Tensor& weight,
-                         const SamplingOptions& options, std::span<RngStream> rngs) {
+                         const SamplingOptions& options, std::span<RngStream> rngs, const FusedSamplingTiling& tiling) {
     const char* op = "lm_head_sample";
     LINARCH_CHECK(hidden.dtype() == DType::bf16 || hidden.dtype() == DType::f32,
                   "{}: hidden: the CUDA path takes bf16 (or f32) hidden and weight, got {}", op,
@@ -73,19 +73,14 @@ void lm_head_sample_cuda(std::span<int32_t> tokens, Tensor* logprobs, const Tens
     LINARCH_CHECK(int64_t(rngs.size()) == B, "{}: rngs: expected {} streams (one per row of hidden), got {}", op, B,
                   rngs.size());
     check_fused_options(op, options);
-    if (options.temperature > 0) {
-        LINARCH_CHECK(options.top_k == 0, "{}: top_k = {}: top-k has no CUDA implementation yet; sample on the CPU "
-                      "(CPU tensors) or use temperature alone", op, options.top_k);
-        LINARCH_CHECK(options.top_p == 1, "{}: top_p = {}: top-p has no CUDA implementation yet; sample on the CPU "
-                      "(CPU tensors) or use temperature alone", op, options.top_p);
-        LINARCH_CHECK(options.min_p == 0, "{}: min_p = {}: min-p has no CUDA implementation yet; sample on the CPU "
-                      "(CPU tensors) or use temperature alone", op, options.min_p);
-    }
+    LINARCH_CHECK(tiling.materialised_rows >= 0, "{}: tiling.materialised_rows must be ≥ 0, got {}", op,
+                  tiling.materialised_rows);
     if (B == 0) return;
     std::vector<noise::NoiseKey> keys(static_cast<size_t>(B));
     for (int64_t b = 0; b < B; ++b) keys[size_t(b)] = noise_key(rngs[size_t(b)]);
     cuda::lm_head_sample({hidden.raw_data(), weight.raw_data(), dtype == DType::f32, keys.data(), options.temperature,
-                          tokens.data(), present(logprobs) ? logprobs->data<float>() : nullptr, B, D, V});
+                          options.top_k, options.top_p, options.min_p, tiling.materialised_rows, tokens.data(),
+                          present(logprobs) ? logprobs->data<float>() : nullptr, B, D, V});
     if (options.temperature == 0) return;
     for (RngStream& rng : rngs) advance_past_draw(rng, V);
 }
@@ -98,7 +93,8 @@ void lm_head_sample(std::span<int32_t> tokens, Tensor* logprobs, const Tensor& h
     const char* op = "lm_head_sample";
     LINARCH_CHECK(hidden.defined(), "{}: hidden: tensor is not defined", op);
 #if LINARCH_HAS_CUDA
-    if (hidden.device() == Device::cuda) return lm_head_sample_cuda(tokens, logprobs, hidden, weight, options, rngs);
+    if (hidden.device() == Device::cuda)
+        return lm_head_sample_cuda(tokens, logprobs, hidden, weight, options, rngs, tiling);
 #endif
     LINARCH_CHECK(hidden.dtype() == DType::f32 || hidden.dtype() == DType::f64,
                   "{}: hidden: expected dtype F32 or F64, got {}", op, dtype_name(hidden.dtype()));

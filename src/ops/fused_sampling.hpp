@@ -58,13 +58,16 @@ namespace linarch::ops {
 struct FusedSamplingTiling {
     int64_t vocab_tile = 256;    // vocabulary entries per GEMM tile
     int64_t candidates = 1024;   // largest logits kept per row for top-p and min-p; the largest top-k kept
+    // CUDA (which cuts the vocabulary its own way and ignores the two above): rows whose logits are
+    // materialised together for top-k, top-p and min-p; 0: as many as 256 MB of fp32 logits hold.
+    int64_t materialised_rows = 0;
 };
 
 // tokens[B] ← one draw per row of hidden[B,D] · weight[V,D]ᵀ under `options` (as sample_token on the
 // full logits); logprobs [B] (null = not wanted) ← log_softmax(logits)[token]. rngs[B]: one stream per
 // row, each advanced past the ⌈V/4⌉ Philox blocks the draw used (not at T = 0). f32 or f64, CPU; or
-// bf16 (or f32) CUDA tensors, logprobs f32 on the GPU: temperature and greedy only (top-k, top-p and min-p
-// refused), the same draws as the CPU for the same logits (backend/cuda/lm_head_sample.hpp).
+// bf16 (or f32) CUDA tensors, logprobs f32 on the GPU: every mode, the same draws as the CPU for the same
+// logits (backend/cuda/lm_head_sample.hpp).
 void lm_head_sample(std::span<int32_t> tokens, Tensor* logprobs, const Tensor& hidden, const Tensor& weight,
                     const SamplingOptions& options, std::span<RngStream> rngs, const FusedSamplingTiling& tiling = {});
 

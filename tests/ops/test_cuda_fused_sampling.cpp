@@ -2,8 +2,9 @@
 // inputs: the same tokens row for row (pathwise: same noise, same streams), except where the CPU's two best
 // scores, from float64 logits of the same values, are closer than the GPU's fp32 accumulation can tell
 // apart (counted, and bounded); greedy = argmax; logprobs = the CPU's; a chi-square test of 10⁵ draws on a
-// small vocabulary; streams advanced; options the GPU does not have refused by name. Skipped (not passed)
-// where no GPU is usable.
+// small vocabulary, with and without top-k / top-p / min-p; the filters' draws equal the CPU op's on
+// logits both devices form exactly (integer products, many ties); streams advanced; bad inputs refused by
+// name. Skipped (not passed) where no GPU is usable.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +13,8 @@
 #include <numeric>
 #include <string>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "backend/cuda/device.hpp"
 #include "core/rng.hpp"
@@ -194,9 +197,8 @@ TEST(CudaFusedSampling, BadInputsGiveClearErrors) {
     const auto sample = [&](const Tensor& h, const Tensor& w, const SamplingOptions& o, Tensor* logprobs = nullptr) {
         ops::lm_head_sample(tokens, logprobs, h, w, o, rngs);
     };
-    expect_error([&] { sample(hidden, weight, {.top_k = 5}); }, {"top_k = 5: top-k has no CUDA implementation"});
-    expect_error([&] { sample(hidden, weight, {.top_p = 0.9}); }, {"top_p = 0.9: top-p has no CUDA implementation"});
-    expect_error([&] { sample(hidden, weight, {.min_p = 0.1}); }, {"min_p = 0.1: min-p has no CUDA implementation"});
+    expect_error([&] { sample(hidden, weight, {.top_p = 0}); }, {"top_p must be in (0, 1]"});
+    expect_error([&] { sample(hidden, weight, {.min_p = 2}); }, {"min_p must be in [0, 1]"});
     expect_error([&] { sample(hidden, weight, {.repetition_penalty = 1.2}); }, {"penalties need the generated tokens"});
     expect_error([&] { sample(hidden, weight, {.temperature = -1}); }, {"temperature must be ≥ 0"});
     expect_error([&] { sample(hidden, weight.to(Device::cpu), {}); }, {"lm_head_sample: weight: tensor is on cpu"});
@@ -216,4 +218,132 @@ TEST(CudaFusedSampling, BadInputsGiveClearErrors) {
                  {"lm_head_sample: tokens: expected 2 entries"});
     // Greedy ignores the truncations, as on the CPU.
     sample(hidden, weight, {.temperature = 0, .top_k = 3});
+}
+
+namespace {
+
+// A [rows, cols] tensor of integers in [−2, 2] (exact in bf16): logits of such rows are integers that
+// fp32 accumulation forms exactly, so the GPU's logits are the CPU's bit for bit, and equal logits (ties,
+// broken by the lower index) are common.
+Tensor small_integers(int64_t rows, int64_t cols, uint64_t stream) {
+    RngStream rng(testkit::test_seed(), stream);
+    std::vector<double> values(size_t(rows * cols));
+    for (double& x : values) x = double(int64_t(rng.next_u32() % 5) - 2);
+    return Tensor::from_vector({rows, cols}, values, DType::bf16);
+}
+
+std::string describe(const SamplingOptions& o) {
+    return fmt::format("T={} top_k={} top_p={} min_p={}", o.temperature, o.top_k, o.top_p, o.min_p);
+}
+
+}  // namespace
+
+// Top-k, top-p and min-p, alone and together, on exactly formed logits: the GPU draws the CPU op's token in
+// every row, with its log-probability. Several chunks (V > 32768), V odd, both thread shapes, groups of
+// materialised rows (and the default, all at once), k = 1 and k = V − 1.
+TEST(CudaFusedSampling, FilteredDrawsAreTheCpuOpsOnExactLogits) {
+    SKIP_WITHOUT_GPU();
+    struct Case {
+        int64_t B, D, V;
+        SamplingOptions options;
+        int64_t materialised_rows = 0;
+    };
+    const std::vector<Case> cases = {
+        {5, 48, 1000, {.temperature = 2.0, .top_k = 1}},
+        {5, 48, 1000, {.temperature = 2.0, .top_k = 7}},
+        {40, 48, 1000, {.temperature = 3.0, .top_k = 999}},
+        {5, 48, 40001, {.temperature = 2.0, .top_k = 50}},
+        {5, 48, 40001, {.temperature = 2.0, .top_p = 0.5}},
+        {70, 32, 5003, {.temperature = 5.0, .top_p = 0.95}, 16},
+        {70, 32, 5003, {.temperature = 5.0, .top_k = 9, .min_p = 0.01}, 64},
+        {5, 48, 70001, {.temperature = 2.0, .min_p = 0.1}},
+        {40, 48, 40001, {.temperature = 3.0, .top_k = 20, .top_p = 0.8, .min_p = 0.02}},
+        {3, 16, 33, {.temperature = 1.0, .top_p = 0.3, .min_p = 0.5}},
+    };
+    uint64_t stream = 700;
+    for (const Case& c : cases) {
+        SCOPED_TRACE(fmt::format("B={} D={} V={} {} rows at once {}", c.B, c.D, c.V, describe(c.options),
+                                 c.materialised_rows));
+        const Tensor hidden = small_integers(c.B, c.D, stream++), weight = small_integers(c.V, c.D, stream++);
+        std::vector<RngStream> gpu_rngs = streams(c.B, stream++), cpu_rngs = gpu_rngs;
+        std::vector<int32_t> gpu_tokens(size_t(c.B), -1), cpu_tokens(size_t(c.B), -2);
+        Tensor gpu_logprobs = Tensor::empty({c.B}, DType::f32, Device::cuda);
+        Tensor cpu_logprobs = Tensor::empty({c.B}, DType::f64);
+        ops::lm_head_sample(gpu_tokens, &gpu_logprobs, hidden.to(Device::cuda), weight.to(Device::cuda), c.options,
+                            gpu_rngs, {.materialised_rows = c.materialised_rows});
+        ops::lm_head_sample(cpu_tokens, &cpu_logprobs, hidden.to(DType::f64), weight.to(DType::f64), c.options,
+                            cpu_rngs);
+        EXPECT_EQ(gpu_tokens, cpu_tokens);
+        const std::vector<double> gpu_lp = gpu_logprobs.to(Device::cpu).to_vector(), cpu_lp = cpu_logprobs.to_vector();
+        for (int64_t b = 0; b < c.B; ++b) {
+            EXPECT_NEAR(gpu_lp[size_t(b)], cpu_lp[size_t(b)], 2e-3) << "row " << b;
+            EXPECT_EQ(gpu_rngs[size_t(b)].counter(), cpu_rngs[size_t(b)].counter()) << "row " << b;
+        }
+    }
+}
+
+// 10⁵ draws of one small row (V = 17) under each filter against softmax(l/T) restricted to the plain
+// sampler's kept set and renormalised (chi-square at p = 1e-4, fixed seeds); nothing outside the set.
+TEST(CudaFusedSampling, FilteredDrawsFollowTheRestrictedSoftmax) {
+    SKIP_WITHOUT_GPU();
+    constexpr int64_t kRows = 1000, kCalls = 100, V = 17, D = 8;
+    RngStream data(20261125, 1);
+    std::vector<double> h(D), w(size_t(V * D));
+    for (double& x : h) x = data.normal();
+    for (double& x : w) x = 0.5 * data.normal();
+    std::vector<double> rows(size_t(kRows * D));
+    for (int64_t r = 0; r < kRows; ++r) std::copy(h.begin(), h.end(), rows.begin() + r * D);
+    const Tensor hidden = Tensor::from_vector({kRows, D}, rows, DType::f32);
+    const Tensor weight = Tensor::from_vector({V, D}, w, DType::f32);
+    const std::vector<double> logits = exact_logits(hidden.narrow(0, 0, 1), weight);
+    const Tensor h_gpu = hidden.to(Device::cuda), w_gpu = weight.to(Device::cuda);
+    for (const SamplingOptions& options : {SamplingOptions{.temperature = 1.0, .top_k = 5},
+                                           SamplingOptions{.temperature = 0.8, .top_p = 0.7},
+                                           SamplingOptions{.temperature = 1.0, .min_p = 0.2}}) {
+        SCOPED_TRACE(describe(options));
+        // The kept set: the plain sampler's prefix of the row sorted by descending logit.
+        std::vector<int32_t> order(V);
+        std::iota(order.begin(), order.end(), 0);
+        std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
+        std::vector<double> weights(V);
+        for (int64_t i = 0; i < V; ++i)
+            weights[size_t(i)] = std::exp((logits[size_t(order[size_t(i)])] - logits[size_t(order[0])]) / options.temperature);
+        size_t keep = options.top_k > 0 ? size_t(options.top_k) : size_t(V);
+        const double total = std::accumulate(weights.begin(), weights.begin() + int64_t(keep), 0.0);
+        if (options.top_p < 1) {
+            double mass = 0;
+            size_t cut = 0;
+            while (cut < keep && mass < options.top_p * total) mass += weights[cut++];
+            keep = cut;
+        }
+        if (options.min_p > 0)
+            keep = size_t(std::count_if(weights.begin(), weights.begin() + int64_t(keep),
+                                        [&](double x) { return x >= options.min_p; }));
+        ASSERT_GE(keep, 2u);
+        ASSERT_LT(keep, size_t(V));
+        std::vector<int64_t> counts(V, 0);
+        std::vector<RngStream> rngs = streams(kRows, 11);
+        std::vector<int32_t> tokens(static_cast<size_t>(kRows));
+        for (int64_t call = 0; call < kCalls; ++call) {
+            ops::lm_head_sample(tokens, nullptr, h_gpu, w_gpu, options, rngs);
+            for (int32_t t : tokens) ++counts[size_t(t)];
+        }
+        const double kept_total = std::accumulate(weights.begin(), weights.begin() + int64_t(keep), 0.0);
+        double chi2 = 0;
+        for (size_t i = 0; i < size_t(V); ++i) {
+            const int64_t observed = counts[size_t(order[i])];
+            if (i >= keep) {
+                EXPECT_EQ(observed, 0) << "token " << order[i] << " is outside the kept set";
+                continue;
+            }
+            const double expected = double(kRows * kCalls) * weights[i] / kept_total;
+            ASSERT_GE(expected, 5.0);
+            chi2 += (double(observed) - expected) * (double(observed) - expected) / expected;
+        }
+        const double k = double(keep - 1), z = (std::cbrt(chi2 / k) - (1 - 2 / (9 * k))) / std::sqrt(2 / (9 * k));
+        const double p_value = 0.5 * std::erfc(z / std::sqrt(2.0));
+        std::printf("  %s: kept %zu, chi2 = %.2f, dof = %.0f, p = %.3g\n", describe(options).c_str(), keep, chi2, k,
+                    p_value);
+        EXPECT_GT(p_value, 1e-4) << "chi2 " << chi2;
+    }
 }
