@@ -2,8 +2,8 @@
 // exact scans or, for heads of 64 or 128, the recurrent step kernels; the fp32 softmax kernels and the
 // KV-cache decode kernel; HLA's fp32 chunkwise kernels) gives the CPU model's logits through a prefill and
 // token-by-token decoding, for every preset at a test size. The engine on the GPU draws the CPU engine's
-// tokens for greedy, temperature (the fused GPU sampler), top-k and penalised requests (whole rows on the
-// host), with the same log-probabilities; the evaluation's scorer gives the CPU's logits over a sequence
+// tokens for greedy, temperature and top-k requests (the fused GPU sampler) and penalised ones (whole rows
+// on the host), with the same log-probabilities; the evaluation's scorer gives the CPU's logits over a sequence
 // longer than its pieces. Skipped (not passed) where no GPU is usable.
 #include <gtest/gtest.h>
 
@@ -103,7 +103,7 @@ TEST(CudaInference, TheEngineOnTheGpuDrawsTheCpuTokens) {
         requests[r].seed = 50 + r;
     }
     requests[1].sampling.temperature = 0.8;     // the fused sampler on both devices
-    requests[2].sampling.top_k = 5;             // whole rows on the host (no top-k in the GPU sampler)
+    requests[2].sampling.top_k = 5;             // the fused sampler's filters on both devices
     requests[3].sampling.temperature = 0.7;
     requests[3].top_logprobs = 2;
     requests[4].sampling.temperature = 0;
