@@ -38,8 +38,9 @@ void PositionRotation::initialize() {
 }
 
 const ops::GrapeRotation& PositionRotation::prepared() const {
-    std::vector<double> values = basis_generator_->value.to_vector();
-    const std::vector<double> second = (log_frequencies_ ? log_frequencies_ : mixing_)->value.to_vector();
+    // Read on the host (the parameters may live on the GPU): the rotation is derived there in float64.
+    std::vector<double> values = basis_generator_->value.to(Device::cpu).to_vector();
+    const std::vector<double> second = (log_frequencies_ ? log_frequencies_ : mixing_)->value.to(Device::cpu).to_vector();
     values.insert(values.end(), second.begin(), second.end());
     if (values != prepared_from_) {
         prepared_ = kind_ == Kind::grape_planes

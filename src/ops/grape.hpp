@@ -21,6 +21,9 @@
 // through plane couplings instead of a spectrum.
 // Parameters share the dtype of x (f32 or f64); the matrix functions (exp, its Fréchet derivative,
 // the powers exp(n L_r)) and the angles n·ω run in float64, so f32 positions of 10⁵ keep their digits.
+// On the GPU (f32 x and parameters there): the same steps, the basis products through cuBLASLt and the
+// row moves in kernels (backend/cuda/grape.hpp); the rotation is still prepared on the host, and the
+// mixture's powers and every parameter gradient's matrix functions stay there (O(D³ + T r³) float64).
 // Conventions as in ops/dense.hpp (backward adds into grads, null gradient pointers skip work).
 #pragma once
 #include <cstdint>

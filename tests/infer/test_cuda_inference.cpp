@@ -61,6 +61,7 @@ TEST(CudaInference, PrefillAndDecodeGiveTheCpuLogitsForEveryPreset) {
         {"gated_deltanet", ""},   {"mamba2", ""}, {"hgrn2", ""}, {"gated_deltanet", "model.mixer.rotation=rope"},
         {"fox", ""},              {"gated_attention", ""},       {"gated_deltanet_hybrid", "model.hybrid_every=2"},
         {"hla", ""},              {"hla", "model.mixer.hla_masked=false"}, {"hla", "model.mixer.decay=scalar"},
+        {"gated_deltanet", "model.mixer.rotation=grape_planes"}, {"gla", "model.mixer.rotation=grape_mixture"},
         // Heads of 64: decoding takes the recurrent step kernels (the others take the exact scans).
         {"linear_attention", "model.head_dim=64"}, {"retnet", "model.head_dim=64"}, {"gla", "model.head_dim=64"},
         {"deltanet", "model.head_dim=64"},         {"gated_deltanet", "model.head_dim=64"},

@@ -61,15 +61,27 @@ TEST(CudaTraining, Fp32RunsMatchTheCpuLossesOfEveryPreset) {
     SKIP_WITHOUT_GPU();
     const testkit::TempDir dir;
     const std::vector<std::pair<std::string, std::string>> runs = {
-        {"linear_attention", ""}, {"retnet", ""},  {"gla", ""},   {"deltanet", ""}, {"gated_deltanet", ""},
-        {"mamba2", ""},           {"hgrn2", ""},   {"gated_deltanet", "model.mixer.rotation=rope"},
-        {"fox", ""},              {"gated_attention", ""}, {"hla", ""}, {"hla", "model.mixer.decay=scalar"},
+        {"linear_attention", ""},
+        {"retnet", ""},
+        {"gla", ""},
+        {"deltanet", ""},
+        {"gated_deltanet", ""},
+        {"mamba2", ""},
+        {"hgrn2", ""},
+        {"gated_deltanet", "model.mixer.rotation=rope"},
+        {"gated_deltanet", "model.mixer.rotation=grape_planes"},
+        {"gla", "model.mixer.rotation=grape_mixture"},
+        {"fox", ""},
+        {"gated_attention", ""},
+        {"hla", ""},
+        {"hla", "model.mixer.decay=scalar"},
         // At two layers the hybrid's softmax layer is the second.
         {"gated_deltanet_hybrid", "model.hybrid_every=2"}};
-    for (const auto& [preset, extra] : runs) {
+    for (size_t run = 0; run < runs.size(); ++run) {
+        const auto& [preset, extra] = runs[run];
         SCOPED_TRACE(preset + " " + extra);
         const Spec spec = preset_at_test_size(preset, extra);
-        const std::string name = preset + (extra.empty() ? "" : "-variant");
+        const std::string name = std::to_string(run) + "-" + preset;
         TrainOptions cpu_options, gpu_options;
         cpu_options.out_dir = dir.path() / (name + "-cpu");
         gpu_options.out_dir = dir.path() / (name + "-cuda");

@@ -171,47 +171,6 @@ std::vector<double> exponential_of_multiple(const std::vector<double>& generator
     return result;
 }
 
-// exp(q L_r) at the distinct positions q_0 < q_1 < … of one call, as the chain
-//     exp(q_j L_r) = exp(q_{j−1} L_r) · exp((q_j − q_{j−1}) L_r)
-// whose first link is a direct exponential. A whole sequence (steps of 1, which reuse exp(L_r)) costs one
-// r×r product per position, O(T r³), and its backward is the reverse recurrence; a decode step at p is one
-// exponential. Accuracy: each float64 product adds at most ~r·u relative error (u = 1.1e−16), so 16k
-// chained positions at r = 32 drift by ≤ ~6e−11 (about √T·√r·u ≈ 8e−14 as rounding errors add up at
-// random), far below f32 rounding and comparable with the direct exp(p L_r), whose own conditioning
-// grows like p‖L_r‖. Memory: m·r² doubles (8 MB at T = 4096, r = 16).
-struct SubspacePowers {
-    std::vector<int64_t> distinct;                 // q_j, ascending
-    std::vector<int64_t> index_of_token;           // [T]: j of positions[t]
-    Tensor powers;                                 // [m·r·r] f64: exp(q_j L_r)
-    std::map<int64_t, std::vector<double>> steps;  // gap g → exp(g L_r)
-
-    SubspacePowers(const int64_t* positions, int64_t seq_len, const ops::GrapeRotation& rotation) {
-        const int64_t r = rotation.rank;
-        for (int64_t t = 0; t < seq_len; ++t) distinct.push_back(positions ? positions[t] : t);
-        std::sort(distinct.begin(), distinct.end());
-        distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-        for (int64_t t = 0; t < seq_len; ++t) {
-            const int64_t position = positions ? positions[t] : t;
-            index_of_token.push_back(std::lower_bound(distinct.begin(), distinct.end(), position) - distinct.begin());
-        }
-        powers = scratch<double>(int64_t(distinct.size()) * r * r);
-        const std::vector<double> first = exponential_of_multiple(rotation.generator, double(distinct[0]), r);
-        std::copy(first.begin(), first.end(), power(0, r));
-        for (size_t j = 1; j < distinct.size(); ++j) {
-            const int64_t gap = distinct[j] - distinct[j - 1];
-            auto step = steps.find(gap);
-            if (step == steps.end())
-                step = steps
-                           .emplace(gap, gap == 1 ? rotation.step
-                                                  : exponential_of_multiple(rotation.generator, double(gap), r))
-                           .first;
-            gemm(false, false, r, r, r, power(j - 1, r), step->second.data(), 0.0, power(j, r));
-        }
-    }
-    double* power(size_t j, int64_t r) { return powers.data<double>() + j * size_t(r * r); }
-    const double* power(size_t j, int64_t r) const { return powers.data<double>() + j * size_t(r * r); }
-};
-
 // dgenerator[r,r] += c · L_exp(c L_rᵀ, dexp): the gradient through exp(c L_r), which sees L_r as c·L_r.
 void add_exponential_gradient(double* dgenerator, double c, const double* dexp, const std::vector<double>& generator,
                               int64_t r) {
@@ -220,26 +179,6 @@ void add_exponential_gradient(double* dgenerator, double c, const double* dexp, 
     for (size_t i = 0; i < generator.size(); ++i) scaled[i] = c * generator[i];
     matrix_exponential_adjoint(adjoint.data(), scaled.data(), dexp, r);
     for (size_t i = 0; i < generator.size(); ++i) dgenerator[i] += c * adjoint[i];
-}
-
-// dgenerator += ∂loss/∂L_r given dpowers[m,r,r] = ∂loss/∂exp(q_j L_r) (consumed): the chain's reverse
-// recurrence P̄_{j−1} += P̄_j Sᵀ, S̄ += P_{j−1}ᵀ P̄_j in O(m r³), then one adjoint Fréchet derivative
-// for the first power and one per distinct step.
-void subspace_powers_backward(double* dgenerator, double* dpowers, const SubspacePowers& chain,
-                              const ops::GrapeRotation& rotation) {
-    const int64_t r = rotation.rank;
-    std::map<int64_t, std::vector<double>> dsteps;
-    for (size_t j = chain.distinct.size() - 1; j >= 1; --j) {
-        const int64_t gap = chain.distinct[j] - chain.distinct[j - 1];
-        std::vector<double>& dstep = dsteps[gap];
-        dstep.resize(size_t(r * r), 0.0);
-        double* dpower = dpowers + j * size_t(r * r);
-        gemm(true, false, r, r, r, chain.power(j - 1, r), dpower, 1.0, dstep.data());
-        gemm(false, true, r, r, r, dpower, chain.steps.at(gap).data(), 1.0, dpower - r * r);
-    }
-    add_exponential_gradient(dgenerator, double(chain.distinct[0]), dpowers, rotation.generator, r);
-    for (const auto& [gap, dstep] : dsteps)
-        add_exponential_gradient(dgenerator, double(gap), dstep.data(), rotation.generator, r);
 }
 
 // dst[row] = src[row] · M_j (row vectors [r]) for the rows of each token t, M_j = matrices[index_of_token[t]]
@@ -263,28 +202,13 @@ void multiply_rows(T* dst, const T* src, const T* matrices, const std::vector<in
     }
 }
 
-// K_j = exp(q_j L_r) − I [m,r,r] (or each K_jᵀ), formed in float64 and rounded once.
-template <typename T> Tensor power_offsets(const SubspacePowers& chain, int64_t r, bool transposed) {
-    Tensor offsets = scratch<T>(chain.powers.numel());
-    const double* powers = chain.powers.data<double>();
-    T* data = offsets.data<T>();
-    for (size_t j = 0; j < chain.distinct.size(); ++j)
-        for (int64_t a = 0; a < r; ++a)
-            for (int64_t c = 0; c < r; ++c) {
-                const size_t at = j * size_t(r * r);
-                data[at + size_t(transposed ? c * r + a : a * r + c)] =
-                    T(powers[at + size_t(a * r + c)] - (a == c ? 1.0 : 0.0));
-            }
-    return offsets;
-}
-
 template <typename T>
 void mixture_forward(T* out, const T* x, const int64_t* positions, const ops::GrapeRotation& rotation,
                      const GrapeDims& d) {
     const int64_t D = d.head_dim, r = rotation.rank, rows = d.batch * d.seq_len * d.heads;
     const SubspacePowers chain(positions, d.seq_len, rotation);
     const std::vector<T> basis = rounded<T>(rotation.basis);
-    const Tensor offsets_transposed = power_offsets<T>(chain, r, true);
+    const Tensor offsets_transposed = power_offsets(chain, r, true, dtype_of<T>());
     Tensor coords_buffer = scratch<T>(rows * r), moved_buffer = scratch<T>(rows * r);
     T *coords = coords_buffer.data<T>(), *moved = moved_buffer.data<T>();
     gemm(false, false, rows, r, D, x, basis.data(), T(0), coords);                                // u = Eᵀ x
@@ -301,7 +225,7 @@ void mixture_backward(T* dx, double* dbasis, double* dgenerator, const T* dout, 
     const std::vector<T> basis = rounded<T>(rotation.basis);
     Tensor dmoved_buffer = scratch<T>(rows * r), dcoords_buffer = scratch<T>(rows * r);
     T *dmoved = dmoved_buffer.data<T>(), *dcoords = dcoords_buffer.data<T>();
-    const Tensor offsets = power_offsets<T>(chain, r, false);
+    const Tensor offsets = power_offsets(chain, r, false, dtype_of<T>());
     gemm(false, false, rows, r, D, dout, basis.data(), T(0), dmoved);              // dw = Eᵀ dy
     multiply_rows(dcoords, dmoved, offsets.data<T>(), chain.index_of_token, d, r);  // du = Kᵀ dw
     if (dx) {
@@ -313,7 +237,7 @@ void mixture_backward(T* dx, double* dbasis, double* dgenerator, const T* dout, 
     T* coords = coords_buffer.data<T>();
     gemm(false, false, rows, r, D, x, basis.data(), T(0), coords);  // u, as in the forward
     if (dbasis) {
-        const Tensor offsets_transposed = power_offsets<T>(chain, r, true);
+        const Tensor offsets_transposed = power_offsets(chain, r, true, dtype_of<T>());
         Tensor moved = scratch<T>(rows * r);
         std::vector<T> dE(size_t(D * r));
         multiply_rows(moved.data<T>(), coords, offsets_transposed.data<T>(), chain.index_of_token, d, r);  // w
@@ -350,6 +274,62 @@ void mixture_backward(T* dx, double* dbasis, double* dgenerator, const T* dout, 
 }
 
 }  // namespace
+
+SubspacePowers::SubspacePowers(const int64_t* positions, int64_t seq_len, const ops::GrapeRotation& rotation) {
+    const int64_t r = rotation.rank;
+    for (int64_t t = 0; t < seq_len; ++t) distinct.push_back(positions ? positions[t] : t);
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    for (int64_t t = 0; t < seq_len; ++t) {
+        const int64_t position = positions ? positions[t] : t;
+        index_of_token.push_back(std::lower_bound(distinct.begin(), distinct.end(), position) - distinct.begin());
+    }
+    powers = scratch<double>(int64_t(distinct.size()) * r * r);
+    const std::vector<double> first = exponential_of_multiple(rotation.generator, double(distinct[0]), r);
+    std::copy(first.begin(), first.end(), power(0, r));
+    for (size_t j = 1; j < distinct.size(); ++j) {
+        const int64_t gap = distinct[j] - distinct[j - 1];
+        auto step = steps.find(gap);
+        if (step == steps.end())
+            step = steps
+                       .emplace(gap, gap == 1 ? rotation.step
+                                              : exponential_of_multiple(rotation.generator, double(gap), r))
+                       .first;
+        gemm(false, false, r, r, r, power(j - 1, r), step->second.data(), 0.0, power(j, r));
+    }
+}
+
+Tensor power_offsets(const SubspacePowers& chain, int64_t r, bool transposed, DType dtype) {
+    const double* powers = chain.powers.data<double>();
+    std::vector<double> data(size_t(chain.powers.numel()));
+    for (size_t j = 0; j < chain.distinct.size(); ++j)
+        for (int64_t a = 0; a < r; ++a)
+            for (int64_t c = 0; c < r; ++c) {
+                const size_t at = j * size_t(r * r);
+                data[at + size_t(transposed ? c * r + a : a * r + c)] = powers[at + size_t(a * r + c)] - (a == c ? 1.0 : 0.0);
+            }
+    return Tensor::from_vector({chain.powers.numel()}, data, dtype);
+}
+
+// dgenerator += ∂loss/∂L_r given dpowers[m,r,r] = ∂loss/∂exp(q_j L_r) (consumed): the chain's reverse
+// recurrence P̄_{j−1} += P̄_j Sᵀ, S̄ += P_{j−1}ᵀ P̄_j in O(m r³), then one adjoint Fréchet derivative
+// for the first power and one per distinct step.
+void subspace_powers_backward(double* dgenerator, double* dpowers, const SubspacePowers& chain,
+                              const ops::GrapeRotation& rotation) {
+    const int64_t r = rotation.rank;
+    std::map<int64_t, std::vector<double>> dsteps;
+    for (size_t j = chain.distinct.size() - 1; j >= 1; --j) {
+        const int64_t gap = chain.distinct[j] - chain.distinct[j - 1];
+        std::vector<double>& dstep = dsteps[gap];
+        dstep.resize(size_t(r * r), 0.0);
+        double* dpower = dpowers + j * size_t(r * r);
+        gemm(true, false, r, r, r, chain.power(j - 1, r), dpower, 1.0, dstep.data());
+        gemm(false, true, r, r, r, dpower, chain.steps.at(gap).data(), 1.0, dpower - r * r);
+    }
+    add_exponential_gradient(dgenerator, double(chain.distinct[0]), dpowers, rotation.generator, r);
+    for (const auto& [gap, dstep] : dsteps)
+        add_exponential_gradient(dgenerator, double(gap), dstep.data(), rotation.generator, r);
+}
 
 void matrix_exponential(double* out, const double* X, int64_t n) {
     const double norm = norm_1(X, n);
