@@ -500,12 +500,14 @@ void LinearAttentionMixer::step_sequences(Tensor& out, const Tensor& x, std::spa
     if (decay_ == "spatial") {
         // The grid's column scan, one token at a time (its state is O(W·Dk·Dv), not a chunk carry).
         MixerState& state = *states[0];
+        // One sequence: token t's output is row t of o as [n, H, Dv], a contiguous block on either device.
+        Tensor rows = a.o.view({n, heads_, value_dim_});
         for (int64_t t = 0; t < n; ++t) {
             auto token = [&](const Tensor& v) { return v.narrow(1, t, 1).contiguous(); };
             Tensor o = Tensor::empty({1, 1, heads_, value_dim_}, dtype_, device_);
             ops::spatial_decay_attention_step(o, state.spatial, token(a.rotated[0]), token(a.rotated[1]),
                                               token(a.convolved[2]), state.position + t, spatial_args());
-            a.o.narrow(1, t, 1).copy_from(o);
+            rows.narrow(0, t, 1).copy_from(o.view({1, heads_, value_dim_}));
         }
     } else if (second_order_) {
         const ops::HigherOrderState current{stack_states(states, &MixerState::key_moment),

@@ -1,12 +1,22 @@
 // LASAD spatial-decay attention ops: check every tensor (device, dtype, contiguity, shape), the grid
-// shape and the decay rates, then dispatch to the backend. Only the CPU backend exists so far.
+// shape and the decay rates, then dispatch to the backend: the CPU one, or for f32 CUDA tensors the masked
+// parallel form on the GPU for every form (exact, like each of the CPU's), one (batch, head) pair at a time:
+// cuBLASLt GEMMs on head-major copies and backend/cuda/spatial_decay_attention.hpp's masks between them,
+// O(T²) per pair. A decode step on the GPU runs on the host, where its O(W·H·Dk·Dv) state lives.
 #include "ops/spatial_decay_attention.hpp"
 
 #include <cmath>
 #include <vector>
 
 #include "backend/cpu/spatial_decay_attention.hpp"
+#include "ops/dense.hpp"
 #include "ops/operand_checks.hpp"
+#if LINARCH_HAS_CUDA
+#include "backend/cuda/device.hpp"
+#include "backend/cuda/gemm.hpp"
+#include "backend/cuda/spatial_decay_attention.hpp"
+#include "ops/cuda_operands.hpp"
+#endif
 
 namespace linarch::ops {
 namespace {
@@ -87,16 +97,116 @@ void run_backward(const char* op, Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dl
     });
 }
 
+#if LINARCH_HAS_CUDA
+// The CUDA path's checks: q, k, v and the decays f32 on the GPU (their values are not checked to be ≤ 0
+// there: that would copy them to the host on every call; the layers make them so by construction).
+cpu::SpatialDecayDims check_cuda_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                                        const SpatialDecayAttentionArgs& args) {
+    LINARCH_CHECK(q.dim() == 4 && q.numel() > 0, "{}: q: expected a non-empty [B, T, H, Dk] tensor, got shape {}",
+                  op, shape_string(q.shape()));
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3);
+    check_cuda_operand(op, "q", q, DType::f32, q.shape());
+    check_cuda_operand(op, "k", k, DType::f32, q.shape());
+    LINARCH_CHECK(v.defined() && v.dim() == 4 && v.size(3) > 0, "{}: v: expected shape [{}, {}, {}, Dv]", op, B, T, H);
+    check_cuda_operand(op, "v", v, DType::f32, {B, T, H, v.size(3)});
+    LINARCH_CHECK(args.grid_height >= 1 && args.grid_width >= 1 && args.grid_height * args.grid_width == T,
+                  "{}: grid_height, grid_width: the grid of {} × {} cells must hold the sequence length T = {}", op,
+                  args.grid_height, args.grid_width, T);
+    check_cuda_operand(op, "log_decay_row", args.log_decay_row, DType::f32, {H});
+    check_cuda_operand(op, "log_decay_col", args.log_decay_col, DType::f32, {H});
+    LINARCH_CHECK(std::isfinite(args.scale), "{}: scale: expected a finite value, got {}", op, args.scale);
+    return {B, T, H, Dk, v.size(3), args.grid_height, args.grid_width};
+}
+
+// [B,T,H,D] ↔ [B,H,T,D]: every (batch, head) pair's rows contiguous, as the GEMMs take them.
+Tensor swap_tokens_and_heads(const Tensor& x) { return x.transpose(1, 2).contiguous(); }
+
+// Pair p's [T, width] slice of a head-major [B,H,T,width] tensor.
+float* slice(const Tensor& head_major, int64_t pair) {
+    return static_cast<float*>(head_major.raw_data()) + pair * head_major.size(2) * head_major.size(3);
+}
+
+// c[m,n] = op(a) · op(b), row-major f32 on the GPU.
+void gemm(const float* a, bool trans_a, const float* b, bool trans_b, float* c, int64_t m, int64_t n, int64_t k) {
+    cuda::gemm({.a = a, .b = b, .c = c, .m = m, .n = n, .k = k, .trans_a = trans_a, .trans_b = trans_b});
+}
+
+cuda::SpatialPair pair_of(const cpu::SpatialDecayDims& d, const SpatialDecayAttentionArgs& args, int64_t pair) {
+    return {d.seq_len, d.grid_width, args.log_decay_row.data<float>(), args.log_decay_col.data<float>(),
+            pair % d.heads, args.scale};
+}
+
+void cuda_forward(const char* op, Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
+                  const SpatialDecayAttentionArgs& args) {
+    const cpu::SpatialDecayDims d = check_cuda_inputs(op, q, k, v, args);
+    check_cuda_operand(op, "o", o, DType::f32, token_shape(d, d.value_dim));
+    const int64_t T = d.seq_len, Dk = d.key_dim, Dv = d.value_dim;
+    const Tensor Q = swap_tokens_and_heads(q), K = swap_tokens_and_heads(k), V = swap_tokens_and_heads(v);
+    Tensor O = Tensor::empty({d.batch, d.heads, T, Dv}, DType::f32, Device::cuda);
+    Tensor scores = Tensor::empty({T, T}, DType::f32, Device::cuda);
+    for (int64_t pair = 0; pair < d.batch * d.heads; ++pair) {
+        gemm(slice(Q, pair), false, slice(K, pair), true, scores.data<float>(), T, T, Dk);  // q kᵀ
+        cuda::spatial_decay_mask(scores.data<float>(), pair_of(d, args, pair));          // S
+        gemm(scores.data<float>(), false, slice(V, pair), false, slice(O, pair), T, Dv, T);  // S v
+    }
+    o.copy_from(O.transpose(1, 2));
+}
+
+void cuda_backward(const char* op, Tensor& dq, Tensor& dk, Tensor& dv, Tensor* dlog_decay_row,
+                   Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const SpatialDecayAttentionArgs& args) {
+    const cpu::SpatialDecayDims d = check_cuda_inputs(op, q, k, v, args);
+    const int64_t B = d.batch, H = d.heads, T = d.seq_len, Dk = d.key_dim, Dv = d.value_dim;
+    check_cuda_operand(op, "dout", dout, DType::f32, token_shape(d, Dv));
+    check_cuda_operand(op, "dq", dq, DType::f32, token_shape(d, Dk));
+    check_cuda_operand(op, "dk", dk, DType::f32, token_shape(d, Dk));
+    check_cuda_operand(op, "dv", dv, DType::f32, token_shape(d, Dv));
+    if (present(dlog_decay_row)) check_cuda_operand(op, "dlog_decay_row", *dlog_decay_row, DType::f32, {H});
+    if (present(dlog_decay_col)) check_cuda_operand(op, "dlog_decay_col", *dlog_decay_col, DType::f32, {H});
+    const Tensor Q = swap_tokens_and_heads(q), K = swap_tokens_and_heads(k), V = swap_tokens_and_heads(v);
+    const Tensor dO = swap_tokens_and_heads(dout);
+    Tensor dQ = Tensor::empty({B, H, T, Dk}, DType::f32, Device::cuda), dK = Tensor::empty(dQ.shape(), DType::f32, Device::cuda);
+    Tensor dV = Tensor::empty({B, H, T, Dv}, DType::f32, Device::cuda);
+    Tensor scores = Tensor::empty({T, T}, DType::f32, Device::cuda), dscores = Tensor::empty({T, T}, DType::f32, Device::cuda);
+    Tensor partials = Tensor::empty({B * H * cuda::kSpatialReductionBlocks * 2}, DType::f64, Device::cuda);
+    for (int64_t pair = 0; pair < B * H; ++pair) {
+        gemm(slice(Q, pair), false, slice(K, pair), true, scores.data<float>(), T, T, Dk);      // q kᵀ
+        gemm(slice(dO, pair), false, slice(V, pair), true, dscores.data<float>(), T, T, Dv);   // dO vᵀ
+        cuda::spatial_decay_mask_backward(scores.data<float>(), dscores.data<float>(),
+                                          partials.data<double>() + pair * cuda::kSpatialReductionBlocks * 2,
+                                          pair_of(d, args, pair));                           // S, dS
+        gemm(dscores.data<float>(), false, slice(K, pair), false, slice(dQ, pair), T, Dk, T);  // dS k
+        gemm(dscores.data<float>(), true, slice(Q, pair), false, slice(dK, pair), T, Dk, T);   // dSᵀ q
+        gemm(scores.data<float>(), true, slice(dO, pair), false, slice(dV, pair), T, Dv, T);   // Sᵀ dO
+    }
+    add_into(dq, swap_tokens_and_heads(dQ));
+    add_into(dk, swap_tokens_and_heads(dK));
+    add_into(dv, swap_tokens_and_heads(dV));
+    if (present(dlog_decay_row) || present(dlog_decay_col))
+        cuda::spatial_decay_add_rate_gradients(present(dlog_decay_row) ? dlog_decay_row->data<float>() : nullptr,
+                                               present(dlog_decay_col) ? dlog_decay_col->data<float>() : nullptr,
+                                               partials.data<double>(), B, H);
+}
+#endif
+
+bool on_cuda(const Tensor& q) { return q.defined() && q.device() == Device::cuda; }
+
 }  // namespace
 
 void spatial_decay_attention_parallel_forward(Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
                                               const SpatialDecayAttentionArgs& args) {
+#if LINARCH_HAS_CUDA
+    if (on_cuda(q)) return cuda_forward("spatial_decay_attention_parallel_forward", o, q, k, v, args);
+#endif
     run_forward("spatial_decay_attention_parallel_forward", o, q, k, v, args,
                 [](auto&&... a) { cpu::spatial_decay_attention_parallel_forward(a...); });
 }
 
 void spatial_decay_attention_recurrent_forward(Tensor& o, const Tensor& q, const Tensor& k, const Tensor& v,
                                                const SpatialDecayAttentionArgs& args) {
+#if LINARCH_HAS_CUDA
+    if (on_cuda(q)) return cuda_forward("spatial_decay_attention_recurrent_forward", o, q, k, v, args);
+#endif
     run_forward("spatial_decay_attention_recurrent_forward", o, q, k, v, args,
                 [](auto&&... a) { cpu::spatial_decay_attention_recurrent_forward(a...); });
 }
@@ -105,6 +215,9 @@ void spatial_decay_attention_chunkwise_forward(Tensor& o, const Tensor& q, const
                                                const SpatialDecayAttentionArgs& args) {
     const char* op = "spatial_decay_attention_chunkwise_forward";
     LINARCH_CHECK(args.chunk_rows >= 1, "{}: chunk_rows: expected ≥ 1, got {}", op, args.chunk_rows);
+#if LINARCH_HAS_CUDA
+    if (on_cuda(q)) return cuda_forward(op, o, q, k, v, args);
+#endif
     run_forward(op, o, q, k, v, args,
                 [&](auto&&... a) { cpu::spatial_decay_attention_chunkwise_forward(a..., args.chunk_rows); });
 }
@@ -113,6 +226,11 @@ void spatial_decay_attention_parallel_backward(Tensor& dq, Tensor& dk, Tensor& d
                                                Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
                                                const Tensor& k, const Tensor& v,
                                                const SpatialDecayAttentionArgs& args) {
+#if LINARCH_HAS_CUDA
+    if (on_cuda(q))
+        return cuda_backward("spatial_decay_attention_parallel_backward", dq, dk, dv, dlog_decay_row, dlog_decay_col,
+                             dout, q, k, v, args);
+#endif
     run_backward("spatial_decay_attention_parallel_backward", dq, dk, dv, dlog_decay_row, dlog_decay_col, dout, q, k,
                  v, args, [](auto&&... a) { cpu::spatial_decay_attention_parallel_backward(a...); });
 }
@@ -121,6 +239,11 @@ void spatial_decay_attention_recurrent_backward(Tensor& dq, Tensor& dk, Tensor& 
                                                 Tensor* dlog_decay_col, const Tensor& dout, const Tensor& q,
                                                 const Tensor& k, const Tensor& v,
                                                 const SpatialDecayAttentionArgs& args) {
+#if LINARCH_HAS_CUDA
+    if (on_cuda(q))
+        return cuda_backward("spatial_decay_attention_recurrent_backward", dq, dk, dv, dlog_decay_row, dlog_decay_col,
+                             dout, q, k, v, args);
+#endif
     run_backward("spatial_decay_attention_recurrent_backward", dq, dk, dv, dlog_decay_row, dlog_decay_col, dout, q,
                  k, v, args, [](auto&&... a) { cpu::spatial_decay_attention_recurrent_backward(a...); });
 }
@@ -131,6 +254,9 @@ void spatial_decay_attention_chunkwise_backward(Tensor& dq, Tensor& dk, Tensor& 
                                                 const SpatialDecayAttentionArgs& args) {
     const char* op = "spatial_decay_attention_chunkwise_backward";
     LINARCH_CHECK(args.chunk_rows >= 1, "{}: chunk_rows: expected ≥ 1, got {}", op, args.chunk_rows);
+#if LINARCH_HAS_CUDA
+    if (on_cuda(q)) return cuda_backward(op, dq, dk, dv, dlog_decay_row, dlog_decay_col, dout, q, k, v, args);
+#endif
     run_backward(op, dq, dk, dv, dlog_decay_row, dlog_decay_col, dout, q, k, v, args,
                  [&](auto&&... a) { cpu::spatial_decay_attention_chunkwise_backward(a..., args.chunk_rows); });
 }
@@ -148,6 +274,18 @@ SpatialDecayState spatial_decay_attention_initial_state(int64_t heads, int64_t k
 void spatial_decay_attention_step(Tensor& o, SpatialDecayState& state, const Tensor& q, const Tensor& k,
                                   const Tensor& v, int64_t position, const SpatialDecayAttentionArgs& args) {
     const char* op = "spatial_decay_attention_step";
+    if (on_cuda(q)) {
+        // The state stays on the host (spatial_decay_attention_initial_state makes it there): one token's
+        // q, k, v and the rates come over, its output goes back.
+        const auto host = [](const Tensor& t) { return t.defined() ? t.to(Device::cpu) : t; };
+        SpatialDecayAttentionArgs host_args = args;
+        host_args.log_decay_row = host(args.log_decay_row);
+        host_args.log_decay_col = host(args.log_decay_col);
+        Tensor out = Tensor::empty(o.shape(), o.dtype());
+        spatial_decay_attention_step(out, state, host(q), host(k), host(v), position, host_args);
+        o.copy_from(out);
+        return;
+    }
     LINARCH_CHECK(q.defined() && (q.dtype() == DType::f32 || q.dtype() == DType::f64) && q.dim() == 4 &&
                       q.size(0) == 1 && q.size(1) == 1,
                   "{}: q: expected one token [1, 1, H, Dk] of dtype F32 or F64, got shape {}", op,

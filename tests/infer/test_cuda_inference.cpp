@@ -33,7 +33,7 @@ constexpr int64_t kVocab = 64;
 ModelSpec preset_at_test_size(const std::string& preset, const std::string& extra = "") {
     std::vector<std::string> overrides = {"model.d_model=64", "model.n_layers=2", "model.n_heads=2",
                                           "model.head_dim=32", "model.vocab_size=64"};
-    if (!extra.empty()) overrides.push_back(extra);
+    for (const std::string& override : testkit::split_overrides(extra)) overrides.push_back(override);
     return testkit::load_preset(preset, overrides).model;
 }
 
@@ -62,6 +62,9 @@ TEST(CudaInference, PrefillAndDecodeGiveTheCpuLogitsForEveryPreset) {
         {"fox", ""},              {"gated_attention", ""},       {"gated_deltanet_hybrid", "model.hybrid_every=2"},
         {"hla", ""},              {"hla", "model.mixer.hla_masked=false"}, {"hla", "model.mixer.decay=scalar"},
         {"gated_deltanet", "model.mixer.rotation=grape_planes"}, {"gla", "model.mixer.rotation=grape_mixture"},
+        // Prompt and decoding fill 49 of the 64 cells (the decode step's state stays on the host).
+        {"linear_attention",
+         "model.mixer.decay=spatial model.mixer.grid_height=8 model.mixer.grid_width=8 data.seq_len=64"},
         // Heads of 64: decoding takes the recurrent step kernels (the others take the exact scans).
         {"linear_attention", "model.head_dim=64"}, {"retnet", "model.head_dim=64"}, {"gla", "model.head_dim=64"},
         {"deltanet", "model.head_dim=64"},         {"gated_deltanet", "model.head_dim=64"},

@@ -1,6 +1,7 @@
 #include "support/models.hpp"
 
 #include <cstdlib>
+#include <sstream>
 
 namespace linarch::testkit {
 
@@ -29,6 +30,13 @@ Spec load_preset(const std::string& preset, const std::vector<std::string>& over
     const char* moved = std::getenv("LINARCH_SOURCE_DIR");
     const std::string source = moved ? moved : LINARCH_SOURCE_DIR;
     return load_spec(source + "/configs/presets/" + preset + ".toml", overrides);
+}
+
+std::vector<std::string> split_overrides(const std::string& words) {
+    std::istringstream in(words);
+    std::vector<std::string> out;
+    for (std::string word; in >> word;) out.push_back(word);
+    return out;
 }
 
 }  // namespace linarch::testkit

@@ -15,4 +15,7 @@ ModelSpec tiny_language_model(const std::vector<std::string>& overrides = {});
 // to another machine: the GPU runs), with --set style overrides.
 Spec load_preset(const std::string& preset, const std::vector<std::string>& overrides);
 
+// "a=1 b=2" → {"a=1", "b=2"}: a test table's several overrides in one string.
+std::vector<std::string> split_overrides(const std::string& words);
+
 }  // namespace linarch::testkit

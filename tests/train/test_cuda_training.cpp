@@ -40,7 +40,7 @@ Spec preset_at_test_size(const std::string& preset, const std::string& extra = "
         "data.num_kv_pairs=4", "data.seq_len=64",         "data.batch_size=8",      "optim.lr=1e-3",
         "optim.warmup_steps=10", "run.steps=" + std::to_string(kSteps), "run.eval_every=0", "run.checkpoint_every=0",
         "run.eval_batches=2",  "run.log_every=1000"};
-    if (!extra.empty()) overrides.push_back(extra);
+    for (const std::string& override : testkit::split_overrides(extra)) overrides.push_back(override);
     return testkit::load_preset(preset, overrides);
 }
 
@@ -75,6 +75,7 @@ TEST(CudaTraining, Fp32RunsMatchTheCpuLossesOfEveryPreset) {
         {"gated_attention", ""},
         {"hla", ""},
         {"hla", "model.mixer.decay=scalar"},
+        {"linear_attention", "model.mixer.decay=spatial model.mixer.grid_height=8 model.mixer.grid_width=8"},
         // At two layers the hybrid's softmax layer is the second.
         {"gated_deltanet_hybrid", "model.hybrid_every=2"}};
     for (size_t run = 0; run < runs.size(); ++run) {

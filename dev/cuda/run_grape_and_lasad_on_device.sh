@@ -1,7 +1,7 @@
 #!/bin/bash
-# One device call for GRAPE-M on CUDA (issue 6): its op tests, compute-sanitizer memcheck on them,
-# CudaInference and CudaTraining (both now with a grape_planes and a grape_mixture model), and the HLA
-# op tests again as a control. Logs under $OUT. Carry build-cuda-sample/carry.tar.xz (test_ops,
+# One device call for GRAPE-M and LASAD (spatial decay) on CUDA (issue 6): their op tests (and the CPU ones
+# and HLA's CUDA ones as controls), compute-sanitizer memcheck on them, CudaInference and CudaTraining (both
+# with grape_planes, grape_mixture and spatial-decay models). Logs under $OUT. Carry build-cuda-sample/carry.tar.xz (test_ops,
 # test_infer, test_train and their libraries, packed as dev/cuda/run_cuda_op_tests_on_device.sh says).
 set -o pipefail
 (cd build-cuda-sample && tar -xJf carry.tar.xz)
@@ -10,7 +10,7 @@ export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
 export LINARCH_SOURCE_DIR=$PWD
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee $OUT/gpu.txt
 summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST| ms\)$"; }
-timeout 120 $C/test_ops --gtest_filter='CudaGrape*:Grape*:CudaHigherOrder*' 2>&1 | tee $OUT/test_ops.log | summary
-timeout 150 compute-sanitizer --tool memcheck $C/test_ops --gtest_filter='CudaGrape*' 2>&1 | tail -n 4 | tee $OUT/memcheck.log
+timeout 120 $C/test_ops --gtest_filter='CudaGrape*:Grape*:CudaHigherOrder*:CudaSpatialDecay*:SpatialDecay*' 2>&1 | tee $OUT/test_ops.log | summary
+timeout 150 compute-sanitizer --tool memcheck $C/test_ops --gtest_filter='CudaGrape*:CudaSpatialDecay*' 2>&1 | tail -n 4 | tee $OUT/memcheck.log
 timeout 120 $C/test_infer --gtest_filter='CudaInference.*' 2>&1 | tee $OUT/test_infer.log | summary
 timeout 300 $C/test_train --gtest_filter='CudaTraining.*' 2>&1 | tee $OUT/test_train.log | summary
