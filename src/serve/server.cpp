@@ -15,6 +15,10 @@ namespace linarch {
 namespace {
 // How long a stream of several choices waits on one before looking at the others again.
 constexpr std::chrono::milliseconds kStreamPoll{2};
+// How often a non-streamed reply sends a space while its candidates run. This HTTP library (0.11) notices a
+// client that went away only when a write fails, and JSON allows whitespace before the object: the spaces
+// are what lets a hang-up cancel the request. A broken connection fails the second write after it.
+constexpr std::chrono::milliseconds kKeepAlive{100};
 }  // namespace
 
 namespace {
@@ -164,19 +168,39 @@ void Server::generate(Endpoint endpoint, const httplib::Request& http_request, h
         metrics_.request_received();  // per engine request, as the finished and cancelled counts
     }
     if (!request.stream) {
-        for (size_t c = 0; c < channels->size(); ++c) {
-            while (const auto event = (*channels)[c]->next()) builder->add(int64_t(c), *event);
-            if (!(*channels)[c]->error().empty()) {
-                cancel_all();
-                refuse(response, ApiError(503, (*channels)[c]->error()));
-                return;
-            }
-        }
-        if (!builder->finished()) {
-            refuse(response, ApiError(503, "the request ended without a finish reason"));
-            return;
-        }
-        response.set_content(json_text(builder->body()), "application/json");
+        // One JSON object, sent chunked after a space every kKeepAlive while the candidates run. Once the
+        // reply has begun its status is 200: an engine failure after that (a shutdown) is told by an error
+        // object in the body, as a stream tells it in an event.
+        response.set_chunked_content_provider(
+            "application/json",
+            [builder, channels, cancel_all](size_t, httplib::DataSink& sink) {
+                auto last_write = std::chrono::steady_clock::now();
+                std::string failure;
+                for (size_t c = 0; c < channels->size() && failure.empty(); ++c) {
+                    RequestChannel& channel = *(*channels)[c];
+                    for (;;) {
+                        if (const auto event = channel.next_within(kKeepAlive)) builder->add(int64_t(c), *event);
+                        else if (channel.ended()) break;
+                        if (std::chrono::steady_clock::now() - last_write < kKeepAlive) continue;
+                        if (!sink.write(" ", 1)) {  // the client went away
+                            cancel_all();
+                            return false;
+                        }
+                        last_write = std::chrono::steady_clock::now();
+                    }
+                    failure = channel.error();
+                }
+                if (failure.empty() && !builder->finished()) failure = "the request ended without a finish reason";
+                if (!failure.empty()) cancel_all();
+                const std::string body =
+                    json_text(failure.empty() ? builder->body() : error_object(ApiError(503, failure)));
+                if (!sink.write(body.data(), body.size())) return false;
+                sink.done();
+                return true;
+            },
+            [cancel_all](bool success) {
+                if (!success) cancel_all();
+            });
         return;
     }
     response.set_header("Cache-Control", "no-cache");

@@ -42,6 +42,24 @@ inline HttpReply http_post(int port, const std::string& path, const std::string&
     return {result->status, result->body};
 }
 
+// POSTs body and hangs up as soon as the reply's status line and headers arrive (a client that goes away
+// while a non-streamed reply is being made); returns the status it saw (-1: none).
+inline int http_post_and_hang_up(int port, const std::string& path, const std::string& body) {
+    auto http = client(port);
+    int status = -1;
+    httplib::Request request;
+    request.method = "POST";
+    request.path = path;
+    request.body = body;
+    request.set_header("Content-Type", "application/json");
+    request.response_handler = [&](const httplib::Response& response) {
+        status = response.status;
+        return false;
+    };
+    http.send(request);
+    return status;
+}
+
 struct StreamReply {
     int status = -1;
     std::string raw;            // the whole response body

@@ -1,8 +1,8 @@
 // linarch serve in process: a real server on an ephemeral loopback port and real HTTP clients.
 // Every generated text is compared with the offline path (generate_text) for the same seed and
 // options; streams are checked event by event; bad requests get OpenAI's error object with 400 and
-// the server keeps serving; a client that hangs up mid-stream has its sequence cancelled. The
-// 64-request load test prints time-to-first-token, total latency and tokens/s.
+// the server keeps serving; a client that hangs up, mid-stream or before a non-streamed reply, has its
+// sequences cancelled. The 64-request load test prints time-to-first-token, total latency and tokens/s.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -585,38 +585,61 @@ TEST_F(ServerTest, BadInputsAreRefusedAndTheServerKeepsServing) {
     EXPECT_EQ(metric_value(metrics, "linarch_requests_total"), 1);
 }
 
-TEST(ServerHangUp, AClientThatGoesAwayHasItsSequenceCancelled) {
-    LanguageModel model(tiny_language_model());
-    model.initialize(test_seed());
+// A server whose requests run for a million tokens unless their client goes away.
+class ServerHangUp : public ::testing::Test {
+protected:
+    void SetUp() override {
+        model.initialize(test_seed());
+        options.port = 0;
+        options.max_tokens = 1'000'000;
+        options.model_name = "tiny";
+        server = std::make_unique<Server>(model, tokenizer, ChatTemplate(), options);
+        port = server->start();
+    }
+    void TearDown() override { server->stop(); }
+
+    // Waits until `count` requests are cancelled; then nothing runs or waits, nothing finished, no token
+    // is generated any more, and the server goes on serving.
+    void expect_cancelled(double count) {
+        std::string metrics;
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        do {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            metrics = http_get(port, "/metrics").body;
+        } while (metric_value(metrics, "linarch_requests_cancelled_total") < count &&
+                 std::chrono::steady_clock::now() < deadline);
+        EXPECT_EQ(metric_value(metrics, "linarch_requests_cancelled_total"), count) << metrics;
+        EXPECT_EQ(metric_value(metrics, "linarch_batch_size"), 0) << metrics;
+        EXPECT_EQ(metric_value(metrics, "linarch_queue_depth"), 0) << metrics;
+        EXPECT_EQ(metric_value(metrics, "linarch_requests_finished_total"), 0) << metrics;
+        const double generated = metric_value(metrics, "linarch_generated_tokens_total");
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        EXPECT_EQ(metric_value(http_get(port, "/metrics").body, "linarch_generated_tokens_total"), generated);
+        const HttpReply ok = http_post(port, "/v1/completions", R"({"prompt": "hi", "max_tokens": 3})");
+        EXPECT_EQ(ok.status, 200) << ok.body;
+        EXPECT_EQ(ok.parsed()["usage"]["completion_tokens"], 3);
+    }
+
+    LanguageModel model{tiny_language_model()};
     NoEosTokenizer tokenizer;
     ServeOptions options;
-    options.port = 0;
-    options.max_tokens = 1'000'000;
-    options.model_name = "tiny";
-    Server server(model, tokenizer, ChatTemplate(), options);
-    const int port = server.start();
-    // Hang up after three events of a request that would otherwise run for a million tokens.
+    std::unique_ptr<Server> server;
+    int port = 0;
+};
+
+TEST_F(ServerHangUp, AStreamingClientThatGoesAwayHasItsSequenceCancelled) {
+    // Hang up after three events.
     const StreamReply reply = http_stream(port, "/v1/completions",
                                           R"({"prompt": "the lord", "max_tokens": 1000000, "stream": true})", 3);
     EXPECT_EQ(reply.status, 200);
     EXPECT_FALSE(reply.done);
-    std::string metrics;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    do {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        metrics = http_get(port, "/metrics").body;
-    } while (metric_value(metrics, "linarch_requests_cancelled_total") < 1 && std::chrono::steady_clock::now() < deadline);
-    EXPECT_EQ(metric_value(metrics, "linarch_requests_cancelled_total"), 1) << metrics;
-    EXPECT_EQ(metric_value(metrics, "linarch_batch_size"), 0) << metrics;
-    EXPECT_EQ(metric_value(metrics, "linarch_queue_depth"), 0) << metrics;
-    EXPECT_EQ(metric_value(metrics, "linarch_requests_finished_total"), 0) << metrics;
-    // Nothing is generated any more.
-    const double generated = metric_value(metrics, "linarch_generated_tokens_total");
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    EXPECT_EQ(metric_value(http_get(port, "/metrics").body, "linarch_generated_tokens_total"), generated);
-    // And the server goes on serving.
-    const HttpReply ok = http_post(port, "/v1/completions", R"({"prompt": "hi", "max_tokens": 3})");
-    EXPECT_EQ(ok.status, 200) << ok.body;
-    EXPECT_EQ(ok.parsed()["usage"]["completion_tokens"], 3);
-    server.stop();
+    expect_cancelled(1);
+}
+
+// A non-streamed reply learns of the hang-up through the spaces it sends while its candidates run: both
+// of its choices are cancelled.
+TEST_F(ServerHangUp, AClientThatGoesAwayBeforeItsReplyHasItsSequencesCancelled) {
+    EXPECT_EQ(http_post_and_hang_up(port, "/v1/completions", R"({"prompt": "the lord", "max_tokens": 1000000, "n": 2})"),
+              200);
+    expect_cancelled(2);
 }
