@@ -18,20 +18,54 @@ constexpr int kWarps = kThreads / 32;
 // ---- whole-block helpers (each ends in __syncthreads) ----
 
 // c[m,n] = alpha · op(a) · op(b) + beta · c on row-major arrays with leading dims (BLAS's rules: beta = 0
-// does not read c; c aliases neither a nor b). A thread per output entry, fp32 sums as sgemm's.
+// does not read c; c aliases neither a nor b). 64 × 64 output tiles; each depth step of 16 stages op(a)'s
+// and op(b)'s slices in shared memory (read from global along their contiguous axis, whichever way the
+// operand is transposed), and each of the 256 threads accumulates a 4 × 4 patch in registers (fp32, as
+// sgemm). The slices of the chunk step are L1/L2-resident; the staging is what keeps a transposed
+// operand's reads coalesced.
+constexpr int kTile = 64;
+constexpr int kDepthStep = 16;
+
 __device__ void gemm(bool trans_a, bool trans_b, int m, int n, int depth, float alpha, const float* a, int64_t lda,
                      const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-    const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
-    const int64_t b_row = trans_b ? 1 : ldb, b_col = trans_b ? ldb : 1;
-    for (int idx = threadIdx.x; idx < m * n; idx += blockDim.x) {
-        const int i = idx / n, j = idx - i * n;
-        const float* ai = a + i * a_row;
-        const float* bj = b + j * b_col;
-        float sum = 0.f;
-        for (int p = 0; p < depth; ++p) sum += ai[p * a_col] * bj[p * b_row];
-        float* out = c + i * ldc + j;
-        *out = beta == 0.f ? alpha * sum : alpha * sum + beta * *out;
-    }
+    __shared__ float a_slice[kDepthStep][kTile + 4];  // op(a)[i0 + i, p0 + p] at [p][i]
+    __shared__ float b_slice[kDepthStep][kTile + 4];  // op(b)[p0 + p, j0 + j] at [p][j]
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    for (int i0 = 0; i0 < m; i0 += kTile)
+        for (int j0 = 0; j0 < n; j0 += kTile) {
+            float acc[4][4] = {};
+            for (int p0 = 0; p0 < depth; p0 += kDepthStep) {
+                for (int e = threadIdx.x; e < kTile * kDepthStep; e += blockDim.x) {
+                    // a row-major [m, depth] is contiguous along p; stored transposed, along i. Likewise b.
+                    const int ai = trans_a ? e % kTile : e / kDepthStep, ap = trans_a ? e / kTile : e % kDepthStep;
+                    const int bj = trans_b ? e / kDepthStep : e % kTile, bp = trans_b ? e % kDepthStep : e / kTile;
+                    const int gi = i0 + ai, gp = p0 + ap, gj = j0 + bj, gq = p0 + bp;
+                    a_slice[ap][ai] = gi < m && gp < depth ? (trans_a ? a[gp * lda + gi] : a[gi * lda + gp]) : 0.f;
+                    b_slice[bp][bj] = gj < n && gq < depth ? (trans_b ? b[gj * ldb + gq] : b[gq * ldb + gj]) : 0.f;
+                }
+                __syncthreads();
+#pragma unroll
+                for (int p = 0; p < kDepthStep; ++p) {
+                    float av[4], bv[4];
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) av[r] = a_slice[p][ty * 4 + r], bv[r] = b_slice[p][tx * 4 + r];
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+#pragma unroll
+                        for (int q = 0; q < 4; ++q) acc[r][q] += av[r] * bv[q];
+                }
+                __syncthreads();
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int gi = i0 + ty * 4 + r, gj = j0 + tx * 4 + q;
+                    if (gi >= m || gj >= n) continue;
+                    float* out = c + gi * ldc + gj;
+                    *out = beta == 0.f ? alpha * acc[r][q] : alpha * acc[r][q] + beta * *out;
+                }
+        }
     __syncthreads();
 }
 

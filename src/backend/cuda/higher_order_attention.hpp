@@ -3,8 +3,8 @@
 // products and decay factors, in the same order) carried out by one thread block per (sequence, head)
 // slice, its chunk matrices in a global scratch area of its own. It is what `--device cuda` trains HLA
 // with, in fp32 and under mixed precision alike (exact, like the recurrent scan of recurrent_scan.hpp),
-// and what a decode step runs (a chunk of one token). Correct first: SIMT products on L1-resident
-// operands, not tensor cores.
+// and what a decode step runs (a chunk of one token). Correct first: fp32 SIMT products on shared-memory
+// tiles, not tensor cores.
 // Device pointers to contiguous fp32 arrays; the op (ops/higher_order_attention.cpp) checks the shapes:
 // q,k [B,T,H,Dk], v,o [B,T,H,Dv], log_decay [H], log_gate [B,T,H], S [N,H,Dk,Dk], C and G [N,H,Dk,Dv].
 #pragma once
