@@ -20,12 +20,7 @@
 # Device call (the `run` tool): command `bash dev/cuda/run_cuda_op_tests_on_device.sh`,
 # carry ["build-cuda-sample/carry.tar.xz"].
 set -o pipefail
-(cd build-cuda-sample && tar -xJf carry.tar.xz)
-C=build-cuda-sample/carry
-export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
-export LINARCH_SOURCE_DIR=$PWD  # the presets test_train reads
-nvidia-smi --query-gpu=name,driver_version --format=csv | tee $OUT/gpu.txt
-summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST"; }
+source dev/cuda/device_env.sh
 timeout 150 $C/test_ops --gtest_filter='Cuda*:DenseOps.*:*.MixedDevicesAreRefused' 2>&1 | tee $OUT/test_ops.log | summary
 timeout 180 $C/test_train --gtest_filter='CudaTraining.*' 2>&1 | tee $OUT/test_train.log | summary
 timeout 120 compute-sanitizer --tool memcheck $C/test_ops --gtest_filter='CudaMixerOps.*:CudaDense.*' 2>&1 \

@@ -9,13 +9,8 @@
 # build-cuda-sample/bin/cuda_mixers copied (and stripped) into carry/ next to train_step; and, for the
 # variant harness, build-cuda-sample/dev (its build line is in dev/cuda/delta_rule_chunkwise.cu).
 set -o pipefail
-(cd build-cuda-sample && tar -xJf carry.tar.xz)
-C=build-cuda-sample/carry
-export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
-export LINARCH_SOURCE_DIR=$PWD
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee $OUT/gpu.txt
+source dev/cuda/device_env.sh
 [ -x build-cuda-sample/dev/delta_rule_chunkwise ] && timeout 120 build-cuda-sample/dev/delta_rule_chunkwise 2>&1 | tee $OUT/harness.log
-summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST"; }
 timeout 120 $C/test_ops --gtest_filter='CudaDeltaRule.*' 2>&1 | tee $OUT/test_delta_rule.log | grep -E "^T=|OK|FAIL|Failure|Which|Expected|actual|message" | head -90
 timeout 150 $C/test_ops --gtest_filter='Cuda*:DenseOps.*:*.MixedDevicesAreRefused' 2>&1 | tee $OUT/test_ops.log | summary
 timeout 150 $C/cuda_mixers 2>&1 | tee $OUT/cuda_mixers.log

@@ -4,11 +4,7 @@
 # (Gated DeltaNet, GLA), and the rewritten kernels' times by ncu in one Gated DeltaNet step.
 # Carry build-cuda-sample/carry.tar.xz (test_ops, test_train, train_step, lib/).
 set -o pipefail
-(cd build-cuda-sample && tar -xJf carry.tar.xz)
-C=build-cuda-sample/carry
-export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
-export LINARCH_SOURCE_DIR=$PWD
-summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST"; }
+source dev/cuda/device_env.sh
 timeout 200 $C/test_ops --gtest_filter='Cuda*:DenseOps.*' 2>&1 | tee $OUT/test_ops.log | summary
 timeout 200 $C/test_train --gtest_filter='CudaTraining.*' 2>&1 | tee $OUT/test_train.log | summary
 S="--set model.d_model=768 --set model.n_layers=12 --set model.n_heads=12 --set model.head_dim=64 --set model.vocab_size=32000 --set data.seq_len=2048 --set data.batch_size=8"

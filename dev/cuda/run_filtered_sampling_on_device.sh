@@ -5,12 +5,7 @@
 # issue 7's shapes. Logs under $OUT. Carry build-cuda-sample/carry.tar.xz (test_ops, test_infer,
 # fused_sampling and their libraries, packed as dev/cuda/run_cuda_op_tests_on_device.sh says).
 set -o pipefail
-(cd build-cuda-sample && tar -xJf carry.tar.xz)
-C=build-cuda-sample/carry
-export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
-export LINARCH_SOURCE_DIR=$PWD
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee $OUT/gpu.txt
-summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST| ms\)$|chi2"; }
+source dev/cuda/device_env.sh
 timeout 150 $C/test_ops --gtest_filter='CudaFusedSampling.*:FusedSampling.*' 2>&1 | tee $OUT/test_sampling.log | summary
 timeout 150 compute-sanitizer --tool memcheck $C/test_ops --gtest_filter='CudaFusedSampling.FilteredDrawsAreTheCpuOps*' 2>&1 | tail -n 4 | tee $OUT/memcheck.log
 timeout 100 compute-sanitizer --tool racecheck $C/test_ops --gtest_filter='CudaFusedSampling.FilteredDrawsAreTheCpuOps*' 2>&1 | tail -n 4 | tee $OUT/racecheck.log

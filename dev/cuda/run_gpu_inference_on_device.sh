@@ -8,12 +8,7 @@
 # Carry build-cuda-sample/carry.tar.xz: as dev/cuda/run_cuda_op_tests_on_device.sh packs it, plus
 # test_infer, test_core and bin/linarch (stripped) next to test_ops.
 set -o pipefail
-(cd build-cuda-sample && tar -xJf carry.tar.xz)
-C=build-cuda-sample/carry
-export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
-export LINARCH_SOURCE_DIR=$PWD
-nvidia-smi --query-gpu=name,driver_version --format=csv | tee $OUT/gpu.txt
-summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST"; }
+source dev/cuda/device_env.sh
 timeout 120 $C/test_infer --gtest_filter='Cuda*' 2>&1 | tee $OUT/test_infer.log | summary
 timeout 60 $C/test_ops --gtest_filter='CudaSoftmax*' 2>&1 | tee $OUT/test_softmax.log | summary
 timeout 60 $C/test_core --gtest_filter='CudaDevice*' 2>&1 | tee $OUT/test_core.log | summary

@@ -4,12 +4,7 @@
 # with grape_planes, grape_mixture and spatial-decay models). Logs under $OUT. Carry build-cuda-sample/carry.tar.xz (test_ops,
 # test_infer, test_train and their libraries, packed as dev/cuda/run_cuda_op_tests_on_device.sh says).
 set -o pipefail
-(cd build-cuda-sample && tar -xJf carry.tar.xz)
-C=build-cuda-sample/carry
-export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
-export LINARCH_SOURCE_DIR=$PWD
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee $OUT/gpu.txt
-summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST| ms\)$"; }
+source dev/cuda/device_env.sh
 timeout 120 $C/test_ops --gtest_filter='CudaGrape*:Grape*:CudaHigherOrder*:CudaSpatialDecay*:SpatialDecay*' 2>&1 | tee $OUT/test_ops.log | summary
 timeout 150 compute-sanitizer --tool memcheck $C/test_ops --gtest_filter='CudaGrape*:CudaSpatialDecay*' 2>&1 | tail -n 4 | tee $OUT/memcheck.log
 timeout 120 $C/test_infer --gtest_filter='CudaInference.*' 2>&1 | tee $OUT/test_infer.log | summary

@@ -9,12 +9,7 @@
 # Carry build-cuda-sample/carry.tar.xz, packed as dev/cuda/run_cuda_op_tests_on_device.sh says, with
 # build-cuda-sample/bin/cuda_mixers copied (and stripped) into carry/ next to train_step.
 set -o pipefail
-(cd build-cuda-sample && tar -xJf carry.tar.xz)
-C=build-cuda-sample/carry
-export LD_LIBRARY_PATH=$PWD/$C/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
-export LINARCH_SOURCE_DIR=$PWD
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee $OUT/gpu.txt
-summary() { grep -E "^\[  (FAILED|SKIPPED) |Failure|actual|Expected|Which is|message|PASSED|FAILED TEST"; }
+source dev/cuda/device_env.sh
 if [ "${STAGE:-tests}" = tests ]; then
 timeout 120 $C/test_ops --gtest_filter='CudaSoftmax*:CudaPacked*' 2>&1 | tee $OUT/test_new.log | summary
 timeout 200 $C/test_ops --gtest_filter='Cuda*:DenseOps.*:*.MixedDevicesAreRefused' 2>&1 | tee $OUT/test_ops.log | summary
