@@ -115,7 +115,7 @@ class DeviceIds {
 public:
     explicit DeviceIds(std::span<const int32_t> ids)
         : bytes_(ids.size_bytes()), ptr_(static_cast<int32_t*>(cuda::allocate(bytes_))) {
-        cuda::copy_to_device(ptr_, ids.data(), bytes_);
+        cuda::copy_to_device_async(ptr_, ids.data(), bytes_);
     }
     ~DeviceIds() { cuda::release(ptr_, bytes_); }
     DeviceIds(const DeviceIds&) = delete;

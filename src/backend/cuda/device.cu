@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "backend/cuda/device.hpp"
 #include "core/error.hpp"
@@ -122,6 +123,38 @@ void release(void* ptr, size_t) {
 void copy_to_device(void* dst, const void* src, size_t bytes) {
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cudaStreamPerThread), "copy to GPU");
     check(cudaStreamSynchronize(cudaStreamPerThread), "copy to GPU");
+}
+
+namespace {
+
+// The calling thread's pinned staging ring for small uploads (copy_to_device_async). Its memory is the
+// thread's for the process's life: host threads here are few and long-lived.
+struct UploadRing {
+    static constexpr size_t kBytes = size_t(4) << 20;
+    char* base = nullptr;
+    size_t used = 0;
+    cudaEvent_t lap = nullptr;  // recorded when the ring wraps: the previous lap's copies are done after it
+};
+thread_local UploadRing upload_ring;
+
+}  // namespace
+
+void copy_to_device_async(void* dst, const void* src, size_t bytes) {
+    UploadRing& ring = upload_ring;
+    if (bytes > UploadRing::kBytes / 4) return copy_to_device(dst, src, bytes);
+    if (!ring.base) {
+        check(cudaMallocHost(reinterpret_cast<void**>(&ring.base), UploadRing::kBytes), "cudaMallocHost (upload ring)");
+        check(cudaEventCreateWithFlags(&ring.lap, cudaEventDisableTiming), "cudaEventCreate (upload ring)");
+    }
+    if (ring.used + bytes > UploadRing::kBytes) {  // the ring's start is reused: its copies must have run
+        check(cudaEventRecord(ring.lap, cudaStreamPerThread), "cudaEventRecord (upload ring)");
+        check(cudaEventSynchronize(ring.lap), "cudaEventSynchronize (upload ring)");
+        ring.used = 0;
+    }
+    char* staged = ring.base + ring.used;
+    std::memcpy(staged, src, bytes);
+    check(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, cudaStreamPerThread), "copy to GPU");
+    ring.used += (bytes + 255) / 256 * 256;
 }
 
 void copy_to_host(void* dst, const void* src, size_t bytes) {

@@ -19,6 +19,10 @@ void require_device(const std::string& what);
 void* allocate(size_t bytes);
 void release(void* ptr, size_t bytes);
 void copy_to_device(void* dst, const void* src, size_t bytes);
+// The same without waiting for the GPU, for small tables (offsets, positions, token ids): the bytes are
+// staged in a pinned ring of the calling thread and copied in stream order, so `src` may go at once. A
+// wrap of the 4 MiB ring waits for its previous lap; larger copies take copy_to_device.
+void copy_to_device_async(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_on_device(void* dst, const void* src, size_t bytes);
 // dst (contiguous) = the strided view at src: shape and strides in elements, at most 8 axes.
@@ -34,7 +38,7 @@ public:
     explicit DeviceBuffer(size_t bytes) : bytes_(bytes), ptr_(bytes > 0 ? allocate(bytes) : nullptr) {}
     template <typename T>
     explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size() * sizeof(T)) {
-        if (bytes_ > 0) copy_to_device(ptr_, host.data(), bytes_);
+        if (bytes_ > 0) copy_to_device_async(ptr_, host.data(), bytes_);
     }
     ~DeviceBuffer() { release(ptr_, bytes_); }
     DeviceBuffer(const DeviceBuffer&) = delete;

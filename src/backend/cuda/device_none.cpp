@@ -19,6 +19,7 @@ void* allocate(size_t) {
 }
 void release(void*, size_t) {}
 void copy_to_device(void*, const void*, size_t) { require_device("copying to the GPU"); }
+void copy_to_device_async(void*, const void*, size_t) { require_device("copying to the GPU"); }
 void copy_to_host(void*, const void*, size_t) { require_device("copying from the GPU"); }
 void copy_on_device(void*, const void*, size_t) { require_device("copying on the GPU"); }
 void copy_strided(void*, const void*, const std::vector<int64_t>&, const std::vector<int64_t>&, size_t) {
