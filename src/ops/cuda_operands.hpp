@@ -9,6 +9,7 @@
 
 #include "backend/cuda/dense.hpp"
 #include "backend/cuda/device.hpp"
+#include "backend/cuda/gemm.hpp"
 #include "core/error.hpp"
 #include "core/tensor.hpp"
 
@@ -24,6 +25,12 @@ inline void check_cuda_operand(const char* op, const char* name, const Tensor& t
     LINARCH_CHECK(t.is_contiguous(), "{}: {}: expected a contiguous tensor", op, name);
     LINARCH_CHECK(t.shape() == shape, "{}: {}: expected shape {}, got {}", op, name, shape_string(shape),
                   shape_string(t.shape()));
+}
+
+// c[m,n] = op(a) · op(b) + beta · c on row-major f32 device arrays (cuBLASLt).
+inline void gemm_f32(const float* a, bool trans_a, const float* b, bool trans_b, float* c, int64_t m, int64_t n,
+                     int64_t k, float beta = 0.f) {
+    cuda::gemm({.a = a, .b = b, .c = c, .m = m, .n = n, .k = k, .trans_a = trans_a, .trans_b = trans_b, .beta = beta});
 }
 
 // A bf16 copy of an f32 CUDA operand.

@@ -13,7 +13,6 @@
 #include "ops/operand_checks.hpp"
 #if LINARCH_HAS_CUDA
 #include "backend/cuda/device.hpp"
-#include "backend/cuda/gemm.hpp"
 #include "backend/cuda/grape.hpp"
 #include "ops/cuda_operands.hpp"
 #endif
@@ -114,11 +113,10 @@ struct CudaRows {
 
 Tensor on_gpu(const Shape& shape) { return Tensor::empty(shape, DType::f32, Device::cuda); }
 
-// c[m,n] = op(a) · op(b) + beta · c, row-major f32 on the GPU.
+// c[m,n] = op(a) · op(b) + beta · c on f32 GPU tensors.
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, int64_t m, int64_t n, int64_t k,
           float beta) {
-    cuda::gemm({.a = a.raw_data(), .b = b.raw_data(), .c = c.raw_data(), .m = m, .n = n, .k = k, .trans_a = trans_a,
-                .trans_b = trans_b, .beta = beta});
+    gemm_f32(a.data<float>(), trans_a, b.data<float>(), trans_b, c.data<float>(), m, n, k, beta);
 }
 
 // The basis rounded to f32 on the GPU: Q [D,D] or E [D,r].

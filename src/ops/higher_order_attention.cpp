@@ -188,7 +188,8 @@ CudaChecked check_cuda_inputs(const char* op, const Tensor& q, const Tensor& k, 
     a.initial = cuda_moments(initial_state);
     a.sequences = N;
     a.batch = B, a.seq_len = T, a.heads = H, a.key_dim = Dk, a.value_dim = d.value_dim;
-    a.chunk = std::min(args.chunk_size, max_length);
+    // (The recurrent op takes any chunk_size, the chunkwise one checked it: the kernels need a chunk ≥ 1.)
+    a.chunk = std::clamp<int64_t>(args.chunk_size, 1, max_length);
     a.max_length = max_length;
     a.masked = args.masked;
     a.scale = args.scale;

@@ -13,7 +13,6 @@
 #include "ops/operand_checks.hpp"
 #if LINARCH_HAS_CUDA
 #include "backend/cuda/device.hpp"
-#include "backend/cuda/gemm.hpp"
 #include "backend/cuda/spatial_decay_attention.hpp"
 #include "ops/cuda_operands.hpp"
 #endif
@@ -126,11 +125,6 @@ float* slice(const Tensor& head_major, int64_t pair) {
     return static_cast<float*>(head_major.raw_data()) + pair * head_major.size(2) * head_major.size(3);
 }
 
-// c[m,n] = op(a) · op(b), row-major f32 on the GPU.
-void gemm(const float* a, bool trans_a, const float* b, bool trans_b, float* c, int64_t m, int64_t n, int64_t k) {
-    cuda::gemm({.a = a, .b = b, .c = c, .m = m, .n = n, .k = k, .trans_a = trans_a, .trans_b = trans_b});
-}
-
 cuda::SpatialPair pair_of(const cpu::SpatialDecayDims& d, const SpatialDecayAttentionArgs& args, int64_t pair) {
     return {d.seq_len, d.grid_width, args.log_decay_row.data<float>(), args.log_decay_col.data<float>(),
             pair % d.heads, args.scale};
@@ -145,9 +139,9 @@ void cuda_forward(const char* op, Tensor& o, const Tensor& q, const Tensor& k, c
     Tensor O = Tensor::empty({d.batch, d.heads, T, Dv}, DType::f32, Device::cuda);
     Tensor scores = Tensor::empty({T, T}, DType::f32, Device::cuda);
     for (int64_t pair = 0; pair < d.batch * d.heads; ++pair) {
-        gemm(slice(Q, pair), false, slice(K, pair), true, scores.data<float>(), T, T, Dk);  // q kᵀ
+        gemm_f32(slice(Q, pair), false, slice(K, pair), true, scores.data<float>(), T, T, Dk);  // q kᵀ
         cuda::spatial_decay_mask(scores.data<float>(), pair_of(d, args, pair));          // S
-        gemm(scores.data<float>(), false, slice(V, pair), false, slice(O, pair), T, Dv, T);  // S v
+        gemm_f32(scores.data<float>(), false, slice(V, pair), false, slice(O, pair), T, Dv, T);  // S v
     }
     o.copy_from(O.transpose(1, 2));
 }
@@ -170,14 +164,14 @@ void cuda_backward(const char* op, Tensor& dq, Tensor& dk, Tensor& dv, Tensor* d
     Tensor scores = Tensor::empty({T, T}, DType::f32, Device::cuda), dscores = Tensor::empty({T, T}, DType::f32, Device::cuda);
     Tensor partials = Tensor::empty({B * H * cuda::kSpatialReductionBlocks * 2}, DType::f64, Device::cuda);
     for (int64_t pair = 0; pair < B * H; ++pair) {
-        gemm(slice(Q, pair), false, slice(K, pair), true, scores.data<float>(), T, T, Dk);      // q kᵀ
-        gemm(slice(dO, pair), false, slice(V, pair), true, dscores.data<float>(), T, T, Dv);   // dO vᵀ
+        gemm_f32(slice(Q, pair), false, slice(K, pair), true, scores.data<float>(), T, T, Dk);      // q kᵀ
+        gemm_f32(slice(dO, pair), false, slice(V, pair), true, dscores.data<float>(), T, T, Dv);   // dO vᵀ
         cuda::spatial_decay_mask_backward(scores.data<float>(), dscores.data<float>(),
                                           partials.data<double>() + pair * cuda::kSpatialReductionBlocks * 2,
                                           pair_of(d, args, pair));                           // S, dS
-        gemm(dscores.data<float>(), false, slice(K, pair), false, slice(dQ, pair), T, Dk, T);  // dS k
-        gemm(dscores.data<float>(), true, slice(Q, pair), false, slice(dK, pair), T, Dk, T);   // dSᵀ q
-        gemm(scores.data<float>(), true, slice(dO, pair), false, slice(dV, pair), T, Dv, T);   // Sᵀ dO
+        gemm_f32(dscores.data<float>(), false, slice(K, pair), false, slice(dQ, pair), T, Dk, T);  // dS k
+        gemm_f32(dscores.data<float>(), true, slice(Q, pair), false, slice(dK, pair), T, Dk, T);   // dSᵀ q
+        gemm_f32(scores.data<float>(), true, slice(dO, pair), false, slice(dV, pair), T, Dv, T);   // Sᵀ dO
     }
     add_into(dq, swap_tokens_and_heads(dQ));
     add_into(dk, swap_tokens_and_heads(dK));

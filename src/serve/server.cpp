@@ -17,7 +17,8 @@ namespace {
 constexpr std::chrono::milliseconds kStreamPoll{2};
 // How often a non-streamed reply sends a space while its candidates run. This HTTP library (0.11) notices a
 // client that went away only when a write fails, and JSON allows whitespace before the object: the spaces
-// are what lets a hang-up cancel the request. A broken connection fails the second write after it.
+// are what lets a hang-up cancel the request: a connection the peer closed or reset fails a later write (one
+// that vanished silently only once TCP gives up).
 constexpr std::chrono::milliseconds kKeepAlive{100};
 }  // namespace
 
@@ -170,7 +171,7 @@ void Server::generate(Endpoint endpoint, const httplib::Request& http_request, h
     if (!request.stream) {
         // One JSON object, sent chunked after a space every kKeepAlive while the candidates run. Once the
         // reply has begun its status is 200: an engine failure after that (a shutdown) is told by an error
-        // object in the body, as a stream tells it in an event.
+        // object in the body, as a stream tells it in an event (not counted as a rejected request).
         response.set_chunked_content_provider(
             "application/json",
             [builder, channels, cancel_all](size_t, httplib::DataSink& sink) {

@@ -127,13 +127,17 @@ void copy_to_device(void* dst, const void* src, size_t bytes) {
 
 namespace {
 
-// The calling thread's pinned staging ring for small uploads (copy_to_device_async). Its memory is the
-// thread's for the process's life: host threads here are few and long-lived.
+// The calling thread's pinned staging ring for small uploads (copy_to_device_async), freed when the thread
+// ends (errors ignored: at process exit the runtime may be gone first).
 struct UploadRing {
     static constexpr size_t kBytes = size_t(4) << 20;
     char* base = nullptr;
     size_t used = 0;
-    cudaEvent_t lap = nullptr;  // recorded when the ring wraps: the previous lap's copies are done after it
+    cudaEvent_t lap = nullptr;  // recorded when the ring wraps: everything queued before, its copies too, is done after it
+    ~UploadRing() {
+        if (lap) cudaEventDestroy(lap);
+        if (base) cudaFreeHost(base);
+    }
 };
 thread_local UploadRing upload_ring;
 
@@ -146,7 +150,7 @@ void copy_to_device_async(void* dst, const void* src, size_t bytes) {
         check(cudaMallocHost(reinterpret_cast<void**>(&ring.base), UploadRing::kBytes), "cudaMallocHost (upload ring)");
         check(cudaEventCreateWithFlags(&ring.lap, cudaEventDisableTiming), "cudaEventCreate (upload ring)");
     }
-    if (ring.used + bytes > UploadRing::kBytes) {  // the ring's start is reused: its copies must have run
+    if (ring.used + bytes > UploadRing::kBytes) {  // the ring's start is reused: its copies (and the stream) must have run
         check(cudaEventRecord(ring.lap, cudaStreamPerThread), "cudaEventRecord (upload ring)");
         check(cudaEventSynchronize(ring.lap), "cudaEventSynchronize (upload ring)");
         ring.used = 0;

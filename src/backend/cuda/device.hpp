@@ -20,8 +20,9 @@ void* allocate(size_t bytes);
 void release(void* ptr, size_t bytes);
 void copy_to_device(void* dst, const void* src, size_t bytes);
 // The same without waiting for the GPU, for small tables (offsets, positions, token ids): the bytes are
-// staged in a pinned ring of the calling thread and copied in stream order, so `src` may go at once. A
-// wrap of the 4 MiB ring waits for its previous lap; larger copies take copy_to_device.
+// staged in a pinned ring of the calling thread and copied in stream order on its cudaStreamPerThread (the
+// data is there for that stream's later work, not for other streams), so `src` may go at once. A wrap of
+// the 4 MiB ring waits for the stream; larger copies take copy_to_device.
 void copy_to_device_async(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_on_device(void* dst, const void* src, size_t bytes);
@@ -32,7 +33,8 @@ void fill_zero(void* ptr, size_t bytes);
 // Waits for everything enqueued on the calling thread's stream (timings; host reads go through copies).
 void synchronize();
 
-// Device memory owned by one scope: a kernel's scratch, or a small host array copied over for one call.
+// Device memory owned by one scope: a kernel's scratch, or a small host array copied over for one call
+// (copy_to_device_async: ready for the calling thread's stream, in order).
 class DeviceBuffer {
 public:
     explicit DeviceBuffer(size_t bytes) : bytes_(bytes), ptr_(bytes > 0 ? allocate(bytes) : nullptr) {}

@@ -1,5 +1,5 @@
 // Second-order HLA on CUDA (higher_order_attention.hpp): the CPU chunk step, one thread block per (sequence,
-// head) slice. Every helper below is a whole-block operation that ends in a barrier, so the chunk functions
+// head) slice. Every helper below that writes is a whole-block operation ending in a barrier, so the chunk functions
 // read like the CPU's BLAS sequence they mirror (backend/cpu/higher_order_attention.cpp and
 // higher_order_attention_backward.cpp carry the derivations); the names of the scratch matrices are the
 // CPU's ChunkScratch fields.
@@ -402,8 +402,32 @@ __device__ ScaledRows scaled_to_end(const Step& s) {
     return {s.key_scaled, s.Dk, s.value_scaled, s.Dv};
 }
 
+// A decayed chunk of one token (a decode step): every moment updated in double and rounded once, as the CPU's
+// recurrent form (decay_add_outer there): rounding ρ·M on its own would bias each of thousands of steps the
+// same way. G first, with the old C: G ← ρ² G + k (ρ kᵀ C); then S ← ρ S + k kᵀ, C ← ρ C + q vᵀ.
+__device__ void advance_carry_one_token(const Step& s, Carry a) {
+    const int Dk = s.Dk, Dv = s.Dv;
+    const double rho = s.exact_total;
+    if (s.masked) {
+        for (int j = threadIdx.x; j < Dv; j += blockDim.x) {  // kᵀ C_old, scaled by ρ and rounded as the CPU does
+            float sum = 0.f;
+            for (int r = 0; r < Dk; ++r) sum += s.k[r] * a.C[r * Dv + j];
+            s.kc[j] = float(rho * double(sum));
+        }
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < Dk * Dv; idx += blockDim.x)
+            a.G[idx] = float(rho * rho * double(a.G[idx]) + double(s.k[idx / Dv]) * double(s.kc[idx % Dv]));
+    }
+    for (int idx = threadIdx.x; idx < Dk * Dk; idx += blockDim.x)
+        a.S[idx] = float(rho * double(a.S[idx]) + double(s.k[idx / Dk]) * double(s.k[idx % Dk]));
+    for (int idx = threadIdx.x; idx < Dk * Dv; idx += blockDim.x)
+        a.C[idx] = float(rho * double(a.C[idx]) + double(s.q[idx / Dv]) * double(s.v[idx % Dv]));
+    __syncthreads();
+}
+
 __device__ void advance_carry(const Step& s, Carry a) {
     const int Dk = s.Dk, Dv = s.Dv, L = s.L, C = s.C;
+    if (L == 1 && s.decay_on) return advance_carry_one_token(s, a);
     const ScaledRows r = scaled_to_end(s);
     if (s.decay_on) decay_carry(a, s, s.exact_total);
     gemm(true, false, Dk, Dk, L, 1.f, r.key, r.key_ld, s.k, s.q_ld, 0.f, s.key_gram, Dk);
@@ -641,9 +665,10 @@ __device__ void load_moments(Carry to, const HigherOrderMoments& from, const Sli
 __device__ void store_moments(const HigherOrderMoments& to, Carry from, const Slice& slice, const Step& s,
                               bool accumulate) {
     const int64_t gram = int64_t(s.Dk) * s.Dk, moment = int64_t(s.Dk) * s.Dv;
+    // (Unmasked, the carries' G is scratch nobody wrote: the op refuses a correction moment then.)
     float* dst[3] = {to.key_moment ? to.key_moment + slice.key_moment : nullptr,
                      to.query_value_moment ? to.query_value_moment + slice.value_moment : nullptr,
-                     to.correction ? to.correction + slice.value_moment : nullptr};
+                     to.correction && s.masked ? to.correction + slice.value_moment : nullptr};
     const float* src[3] = {from.S, from.C, from.G};
     const int64_t sizes[3] = {gram, moment, moment};
     for (int m = 0; m < 3; ++m) {

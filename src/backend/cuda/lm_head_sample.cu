@@ -174,8 +174,11 @@ __global__ void __launch_bounds__(kThreads) reduce_chunk_kernel(const float* __r
         for (int g = 0; g < kGroups; ++g)
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                // (A filtered block may have nothing to draw: its threshold is −inf then.)
-                if (!(approx[g][j] >= threshold) || approx[g][j] == -INFINITY) continue;
+                if (!(approx[g][j] >= threshold)) continue;
+                // A filtered block may have nothing to draw (its threshold is −inf then); unfiltered, an
+                // all −inf row still draws its first index, as the CPU does.
+                if constexpr (kFiltered)
+                    if (approx[g][j] == -INFINITY) continue;
                 const int64_t column = int64_t(blockIdx.x) * kSegment + (int64_t(g) * kThreads + threadIdx.x) * 4 + j;
                 const double score = double(l[g][j]) * inv_temperature + noise::gumbel_from_word(words[g][j]);
                 if (beats(score, int32_t(v0 + column), mine.score, mine.index))

@@ -21,7 +21,7 @@ __global__ void mask_kernel(float* scores, SpatialPair p) {
     const float scale = float(p.scale);
     const int64_t total = p.seq_len * p.seq_len;
     for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < total; n += int64_t(gridDim.x) * blockDim.x)
-        scores[n] = scale * scores[n] * decay_of(n / p.seq_len, n % p.seq_len, p, log_row, log_col);
+        scores[n] *= scale * decay_of(n / p.seq_len, n % p.seq_len, p, log_row, log_col);  // as the backward's
 }
 
 __global__ void mask_backward_kernel(float* raw, float* dprobs, double* partials, SpatialPair p) {
