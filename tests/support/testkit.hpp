@@ -42,7 +42,10 @@ double dot(const Tensor& a, const Tensor& b);
 //
 // `extrapolate` adds Richardson extrapolation, (4·D(h) − D(2h))/3, which cancels the h² error of the
 // central difference for twice the evaluations: whole models need it, because a norm of a near-zero vector
-// (a head's first output, q·k ≈ 0) makes the loss so curved there that D(h) alone is off by ~1e-4.
+// (a head's first output, q·k ≈ 0) makes the loss so curved there that D(h) alone is off by ~1e-4. It
+// also tells where the loss is not smooth within ±2h (a ReLU feature crossing 0: a random input lands
+// there now and then): D(h) and D(2h) then differ by over 1% of the slope, not by O(h²), and such an entry,
+// which no finite difference can check, is left out (an all-kink sample is an error).
 double gradient_check(const std::function<double()>& loss, Tensor& input, const Tensor& analytic,
                       int64_t max_entries = 64, double step = 1e-6, bool extrapolate = false);
 
