@@ -70,6 +70,31 @@ std::string describe(const SamplingOptions& o) {
     return out;
 }
 
+// One table row (median ms and spread of each path, fused's speed-up over matmul+sample and its ratio to
+// the matmul) and its JSON line.
+void report(const char* device, int64_t V, int64_t D, int64_t B, const SamplingOptions& options, double logit_std,
+            const Timing& matmul, const Timing& plain, const Timing& fused) {
+    fmt::print("{:>6} {:>5} {:>3}  {:<30} {:8.3f} ({:3.0f}%) {:8.3f} ({:3.0f}%) {:8.3f} ({:3.0f}%)   {:5.2f}×  {:5.2f}×\n",
+               V, D, B, describe(options), matmul.median_ms, 100 * matmul.spread, plain.median_ms,
+               100 * plain.spread, fused.median_ms, 100 * fused.spread, plain.median_ms / fused.median_ms,
+               fused.median_ms / matmul.median_ms);
+    const nlohmann::json record = {{"device", device},
+                                   {"V", V},
+                                   {"D", D},
+                                   {"B", B},
+                                   {"options", describe(options)},
+                                   {"logit_std", logit_std},
+                                   {"matmul_ms", matmul.median_ms},
+                                   {"plain_ms", plain.median_ms},
+                                   {"fused_ms", fused.median_ms},
+                                   {"spread", {matmul.spread, plain.spread, fused.spread}},
+                                   {"speedup_vs_plain", plain.median_ms / fused.median_ms},
+                                   {"fused_over_matmul", fused.median_ms / matmul.median_ms},
+                                   {"threads", omp_get_max_threads()}};
+    fmt::print("{}\n", record.dump());
+    std::fflush(stdout);
+}
+
 void bench(int64_t V, int64_t D, int64_t B, const SamplingOptions& options, double logit_std, int repeats) {
     const Tensor hidden = normal({B, D}, 1, 1.0);
     const Tensor weight = normal({V, D}, 2, logit_std / std::sqrt(double(D)));
@@ -86,25 +111,7 @@ void bench(int64_t V, int64_t D, int64_t B, const SamplingOptions& options, doub
     });
     const Timing fused = time_ms(repeats, [&] { ops::lm_head_sample(tokens, nullptr, hidden, weight, options, rngs); });
 
-    fmt::print("{:>6} {:>5} {:>3}  {:<22} {:8.3f} ({:3.0f}%) {:8.3f} ({:3.0f}%) {:8.3f} ({:3.0f}%)"
-               "   {:5.2f}×  {:5.2f}×\n",
-               V, D, B, describe(options), matmul.median_ms, 100 * matmul.spread, plain.median_ms,
-               100 * plain.spread, fused.median_ms, 100 * fused.spread, plain.median_ms / fused.median_ms,
-               fused.median_ms / matmul.median_ms);
-    const nlohmann::json record = {{"V", V},
-                                   {"D", D},
-                                   {"B", B},
-                                   {"options", describe(options)},
-                                   {"logit_std", logit_std},
-                                   {"matmul_ms", matmul.median_ms},
-                                   {"plain_ms", plain.median_ms},
-                                   {"fused_ms", fused.median_ms},
-                                   {"spread", {matmul.spread, plain.spread, fused.spread}},
-                                   {"speedup_vs_plain", plain.median_ms / fused.median_ms},
-                                   {"fused_over_matmul", fused.median_ms / matmul.median_ms},
-                                   {"threads", omp_get_max_threads()}};
-    fmt::print("{}\n", record.dump());
-    std::fflush(stdout);
+    report("cpu", V, D, B, options, logit_std, matmul, plain, fused);
 }
 
 #if LINARCH_HAS_CUDA
@@ -144,24 +151,7 @@ void bench_cuda(const Tensor& hidden, const Tensor& weight, const SamplingOption
             tokens[size_t(b)] = sample_token({rows.data<float>() + b * V, size_t(V)}, options, rngs[size_t(b)]);
     });
     const Timing fused = time_ms(repeats, [&] { ops::lm_head_sample(tokens, nullptr, hidden, weight, options, rngs); });
-    fmt::print("{:>6} {:>5} {:>3}  {:<30} {:8.3f} ({:3.0f}%) {:8.3f} ({:3.0f}%) {:8.3f} ({:3.0f}%)   {:5.2f}×  {:5.2f}×\n",
-               V, D, B, describe(options), matmul.median_ms, 100 * matmul.spread, plain.median_ms,
-               100 * plain.spread, fused.median_ms, 100 * fused.spread, plain.median_ms / fused.median_ms,
-               fused.median_ms / matmul.median_ms);
-    const nlohmann::json record = {{"device", "cuda"},
-                                   {"V", V},
-                                   {"D", D},
-                                   {"B", B},
-                                   {"options", describe(options)},
-                                   {"logit_std", logit_std},
-                                   {"matmul_ms", matmul.median_ms},
-                                   {"plain_ms", plain.median_ms},
-                                   {"fused_ms", fused.median_ms},
-                                   {"spread", {matmul.spread, plain.spread, fused.spread}},
-                                   {"speedup_vs_plain", plain.median_ms / fused.median_ms},
-                                   {"fused_over_matmul", fused.median_ms / matmul.median_ms}};
-    fmt::print("{}\n", record.dump());
-    std::fflush(stdout);
+    report("cuda", V, D, B, options, logit_std, matmul, plain, fused);
 }
 
 void run_cuda(double logit_std, int repeats) {
@@ -217,7 +207,7 @@ int main(int argc, char** argv) {
         }
         fmt::print("LM head + sampling, f32, {} threads, logits N(0, {}²); times in ms, median of {} (spread)\n",
                    omp_get_max_threads(), logit_std, repeats);
-        fmt::print("{:>6} {:>5} {:>3}  {:<22} {:>15} {:>15} {:>15}   {:>6}  {:>6}\n", "V", "D", "B", "options",
+        fmt::print("{:>6} {:>5} {:>3}  {:<30} {:>15} {:>15} {:>15}   {:>6}  {:>6}\n", "V", "D", "B", "options",
                    "matmul", "matmul+sample", "fused", "vs m+s", "/matmul");
         for (int64_t V : {32000, 32768})
             for (int64_t D : {512, 1024})

@@ -49,6 +49,31 @@ std::vector<double> exact_logits(const Tensor& hidden, const Tensor& weight) {
     return logits;
 }
 
+// One row of hidden [D] (N(0,1), fixed seed) repeated `rows` times, a head [V,D] (N(0, 0.5²)), and the
+// row's exact logits: many draws of one distribution per call.
+struct RepeatedRow {
+    Tensor hidden, weight;
+    std::vector<double> logits;
+};
+RepeatedRow repeated_row(uint64_t seed, int64_t rows, int64_t V, int64_t D) {
+    RngStream data(seed, 1);
+    std::vector<double> h(static_cast<size_t>(D)), w(static_cast<size_t>(V * D));
+    for (double& x : h) x = data.normal();
+    for (double& x : w) x = 0.5 * data.normal();
+    std::vector<double> repeated(size_t(rows * D));
+    for (int64_t r = 0; r < rows; ++r) std::copy(h.begin(), h.end(), repeated.begin() + r * D);
+    RepeatedRow out{Tensor::from_vector({rows, D}, repeated, DType::f32), Tensor::from_vector({V, D}, w, DType::f32), {}};
+    out.logits = exact_logits(out.hidden.narrow(0, 0, 1), out.weight);
+    return out;
+}
+
+// Pearson's statistic's p-value at `dof` degrees of freedom, by the Wilson–Hilferty cube-root normal
+// approximation (ample from a few dof).
+double chi_square_p_value(double chi2, double dof) {
+    const double z = (std::cbrt(chi2 / dof) - (1 - 2 / (9 * dof))) / std::sqrt(2 / (9 * dof));
+    return 0.5 * std::erfc(z / std::sqrt(2.0));
+}
+
 // Largest difference between the GPU's fp32 logits and the exact ones for which a different token is
 // forgiven: a near tie of the two draws' scores (documented in backend/cuda/lm_head_sample.hpp).
 constexpr double kNearTie = 1e-4;
@@ -151,15 +176,9 @@ TEST(CudaFusedSampling, DrawAdvancesEachStream) {
 TEST(CudaFusedSampling, TemperatureDrawsFollowSoftmax) {
     SKIP_WITHOUT_GPU();
     constexpr int64_t kRows = 1000, kCalls = 100, V = 17, D = 8;
-    RngStream data(20260515, 1);
-    std::vector<double> h(D), w(size_t(V * D));
-    for (double& x : h) x = data.normal();
-    for (double& x : w) x = 0.5 * data.normal();
-    std::vector<double> rows(size_t(kRows * D));
-    for (int64_t r = 0; r < kRows; ++r) std::copy(h.begin(), h.end(), rows.begin() + r * D);
-    const Tensor hidden = Tensor::from_vector({kRows, D}, rows, DType::f32);
-    const Tensor weight = Tensor::from_vector({V, D}, w, DType::f32);
-    const std::vector<double> logits = exact_logits(hidden.narrow(0, 0, 1), weight);
+    const RepeatedRow row = repeated_row(20260515, kRows, V, D);
+    const Tensor &hidden = row.hidden, &weight = row.weight;
+    const std::vector<double>& logits = row.logits;
     for (double temperature : {1.0, 0.6}) {
         std::vector<int64_t> counts(V, 0);
         std::vector<RngStream> rngs = streams(kRows, 7);
@@ -173,16 +192,14 @@ TEST(CudaFusedSampling, TemperatureDrawsFollowSoftmax) {
         std::vector<double> p(V);
         for (int64_t v = 0; v < V; ++v) p[size_t(v)] = std::exp((logits[size_t(v)] - max) / temperature);
         const double total = std::accumulate(p.begin(), p.end(), 0.0);
-        // Every bin expects ≥ 5 draws here (a few percent of 10⁵), so Pearson's statistic has V − 1 dof;
-        // its p-value from the Wilson–Hilferty cube-root normal approximation (ample at 16 dof).
+        // Every bin expects ≥ 5 draws here (a few percent of 10⁵), so Pearson's statistic has V − 1 dof.
         double chi2 = 0;
         for (int64_t v = 0; v < V; ++v) {
             const double expected = double(kRows * kCalls) * p[size_t(v)] / total;
             ASSERT_GE(expected, 5.0);
             chi2 += (double(counts[size_t(v)]) - expected) * (double(counts[size_t(v)]) - expected) / expected;
         }
-        const double k = double(V - 1), z = (std::cbrt(chi2 / k) - (1 - 2 / (9 * k))) / std::sqrt(2 / (9 * k));
-        const double p_value = 0.5 * std::erfc(z / std::sqrt(2.0));
+        const double k = double(V - 1), p_value = chi_square_p_value(chi2, k);
         std::printf("  T = %.1f: chi2 = %.2f, dof = %.0f, p = %.3g\n", temperature, chi2, k, p_value);
         EXPECT_GT(p_value, 1e-4) << "T = " << temperature << ": chi2 " << chi2;
     }
@@ -287,15 +304,9 @@ TEST(CudaFusedSampling, FilteredDrawsAreTheCpuOpsOnExactLogits) {
 TEST(CudaFusedSampling, FilteredDrawsFollowTheRestrictedSoftmax) {
     SKIP_WITHOUT_GPU();
     constexpr int64_t kRows = 1000, kCalls = 100, V = 17, D = 8;
-    RngStream data(20261125, 1);
-    std::vector<double> h(D), w(size_t(V * D));
-    for (double& x : h) x = data.normal();
-    for (double& x : w) x = 0.5 * data.normal();
-    std::vector<double> rows(size_t(kRows * D));
-    for (int64_t r = 0; r < kRows; ++r) std::copy(h.begin(), h.end(), rows.begin() + r * D);
-    const Tensor hidden = Tensor::from_vector({kRows, D}, rows, DType::f32);
-    const Tensor weight = Tensor::from_vector({V, D}, w, DType::f32);
-    const std::vector<double> logits = exact_logits(hidden.narrow(0, 0, 1), weight);
+    const RepeatedRow row = repeated_row(20261125, kRows, V, D);
+    const Tensor &hidden = row.hidden, &weight = row.weight;
+    const std::vector<double>& logits = row.logits;
     const Tensor h_gpu = hidden.to(Device::cuda), w_gpu = weight.to(Device::cuda);
     for (const SamplingOptions& options : {SamplingOptions{.temperature = 1.0, .top_k = 5},
                                            SamplingOptions{.temperature = 0.8, .top_p = 0.7},
@@ -340,8 +351,7 @@ TEST(CudaFusedSampling, FilteredDrawsFollowTheRestrictedSoftmax) {
             ASSERT_GE(expected, 5.0);
             chi2 += (double(observed) - expected) * (double(observed) - expected) / expected;
         }
-        const double k = double(keep - 1), z = (std::cbrt(chi2 / k) - (1 - 2 / (9 * k))) / std::sqrt(2 / (9 * k));
-        const double p_value = 0.5 * std::erfc(z / std::sqrt(2.0));
+        const double k = double(keep - 1), p_value = chi_square_p_value(chi2, k);
         std::printf("  %s: kept %zu, chi2 = %.2f, dof = %.0f, p = %.3g\n", describe(options).c_str(), keep, chi2, k,
                     p_value);
         EXPECT_GT(p_value, 1e-4) << "chi2 " << chi2;

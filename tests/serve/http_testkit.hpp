@@ -42,16 +42,22 @@ inline HttpReply http_post(int port, const std::string& path, const std::string&
     return {result->status, result->body};
 }
 
-// POSTs body and hangs up as soon as the reply's status line and headers arrive (a client that goes away
-// while a non-streamed reply is being made); returns the status it saw (-1: none).
-inline int http_post_and_hang_up(int port, const std::string& path, const std::string& body) {
-    auto http = client(port);
-    int status = -1;
+// A POST of a JSON body to path, for client.send.
+inline httplib::Request json_post(const std::string& path, const std::string& body) {
     httplib::Request request;
     request.method = "POST";
     request.path = path;
     request.body = body;
     request.set_header("Content-Type", "application/json");
+    return request;
+}
+
+// POSTs body and hangs up as soon as the reply's status line and headers arrive (a client that goes away
+// while a non-streamed reply is being made); returns the status it saw (-1: none).
+inline int http_post_and_hang_up(int port, const std::string& path, const std::string& body) {
+    auto http = client(port);
+    int status = -1;
+    httplib::Request request = json_post(path, body);
     request.response_handler = [&](const httplib::Response& response) {
         status = response.status;
         return false;
@@ -80,11 +86,7 @@ inline StreamReply http_stream(int port, const std::string& path, const std::str
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
     };
     int events = 0;
-    httplib::Request request;
-    request.method = "POST";
-    request.path = path;
-    request.body = body;
-    request.set_header("Content-Type", "application/json");
+    httplib::Request request = json_post(path, body);
     request.response_handler = [&](const httplib::Response& response) {
         reply.status = response.status;
         return true;
